@@ -1,0 +1,10 @@
+//! One module per subcommand; each owns its clap arguments and a `run` function.
+
+pub mod convert;
+pub mod data;
+pub mod embed;
+pub mod extract;
+pub mod finetune;
+pub mod head;
+pub mod store;
+pub mod train_graph;

@@ -1,0 +1,63 @@
+//! Reading and writing `.onnx` files.
+
+use std::io::Write;
+use std::path::Path;
+
+use prost::Message;
+
+use crate::{Error, ModelProto, Result};
+
+/// Decodes a model from protobuf bytes.
+pub fn read_model_bytes(bytes: &[u8]) -> Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|source| Error::Decode {
+        path: "<memory>".to_owned(),
+        source,
+    })
+}
+
+/// Reads a `.onnx` file.
+pub fn read_model(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        op: "reading",
+        path: path.display().to_string(),
+        source,
+    })?;
+    ModelProto::decode(bytes.as_slice()).map_err(|source| Error::Decode {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Encodes a model to protobuf bytes.
+pub fn write_model_bytes(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// Writes a `.onnx` file atomically: a temporary file in the same directory,
+/// synced, then renamed over `path`, so readers never see a partial model.
+pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
+    let bytes = model.encode_to_vec();
+    let io_err = |source| Error::Io {
+        op: "writing",
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(e));
+    }
+    Ok(())
+}

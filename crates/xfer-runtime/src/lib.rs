@@ -1,0 +1,77 @@
+//! ONNX Runtime for xfer: finds the shared library, builds sessions on a
+//! chosen execution provider and runs them on ndarray tensors.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`), from the first
+//! of: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, or `.ort/` in the
+//! working directory or one of its ancestors (where `just setup` puts it).
+
+mod library;
+mod session;
+
+pub use library::{LIBRARY_FILE_NAME, find_library, init, loaded_library};
+pub use session::{Device, InputTensor, Model, OutputTensor, SessionOptions};
+
+/// Errors of the runtime layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No ONNX Runtime library was found at any of the places searched.
+    #[error(
+        "ONNX Runtime library not found; looked in:\n{}\nrun `just setup` to fetch it, or pass --ort-lib PATH / set ORT_DYLIB_PATH",
+        .searched.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    LibraryNotFound {
+        /// Every place that was searched, in order.
+        searched: Vec<String>,
+    },
+    /// The library file exists but could not be loaded.
+    #[error("could not load ONNX Runtime from {path}: {reason}")]
+    LibraryLoad {
+        /// Path of the library file.
+        path: String,
+        /// What ONNX Runtime or the loader said.
+        reason: String,
+    },
+    /// A different library was already loaded in this process.
+    #[error("ONNX Runtime was already loaded from {loaded}; cannot switch to {requested} in the same process")]
+    LibraryConflict {
+        /// Library loaded first.
+        loaded: String,
+        /// Library asked for now.
+        requested: String,
+    },
+    /// The requested execution provider is not available.
+    #[error("execution provider `{device}` is not available: {reason}")]
+    DeviceUnavailable {
+        /// Device name (`cuda`, `tensorrt`).
+        device: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The model file could not be read or is not a valid ONNX model.
+    #[error("could not load ONNX model {path}: {reason}")]
+    ModelLoad {
+        /// Path of the model.
+        path: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// An input given to `run` does not match the model.
+    #[error("input `{name}` does not match the model: {reason}")]
+    Input {
+        /// Input name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running the model.
+    #[error("ONNX Runtime failed running {model}: {reason}")]
+    Run {
+        /// Model path or name.
+        model: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

