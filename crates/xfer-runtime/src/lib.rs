@@ -6,9 +6,11 @@
 //! working directory or one of its ancestors (where `just setup` puts it).
 
 mod library;
+mod manifest;
 mod session;
 
 pub use library::{LIBRARY_FILE_NAME, find_library, init, loaded_library};
+pub use manifest::{Backbone, MANIFEST_FILE_NAME, ModelManifest, ModelSource, fingerprint};
 pub use session::{Device, InputTensor, Model, OutputTensor, SessionOptions};
 
 /// Errors of the runtime layer.
@@ -53,6 +55,14 @@ pub enum Error {
         /// Path of the model.
         path: String,
         /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// A model manifest (`model.json`) is missing, unreadable or inconsistent.
+    #[error("model manifest {path}: {reason}")]
+    Manifest {
+        /// Path of the manifest.
+        path: String,
+        /// What is wrong and what to do.
         reason: String,
     },
     /// An input given to `run` does not match the model.
