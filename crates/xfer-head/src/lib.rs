@@ -1,1 +1,85 @@
-//! xfer-head.
+//! Heads trained on stored embeddings: logistic regression (binary and
+//! multinomial, with `linfa-logistic`), classification metrics, persistence
+//! (`head.json`, `head.onnx`, `metrics.json`) and export of backbone + head as
+//! one ONNX model.
+//!
+//! Every head computes `probabilities = softmax(W · standardise(x) + b)` with
+//! one row of `W` per class. A binary head keeps row 0 at zero, so its
+//! softmax is exactly the logistic sigmoid of row 1.
+
+mod export;
+mod fsutil;
+mod head;
+mod metrics;
+mod standardize;
+mod train;
+
+pub use export::{
+    ExportOptions, METADATA_CLASSES, METADATA_IMAGE_SIZE, METADATA_INPUT, PROBABILITIES_OUTPUT,
+    merge,
+};
+pub use fsutil::write_atomic;
+pub use head::{FEATURES_INPUT, HEAD_JSON, HEAD_ONNX, Head, HeadKind, HyperParameters};
+pub use metrics::{ClassMetrics, METRICS_JSON, Metrics, format_table, save_metrics};
+pub use standardize::Standardizer;
+pub use train::{ClassWeight, GridPoint, Split, TrainOptions, train};
+
+/// Errors of the head layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Training or evaluation data is unusable (shape, labels, values).
+    #[error("invalid data: {0}")]
+    Data(String),
+    /// Options are inconsistent or out of range.
+    #[error("invalid option: {0}")]
+    Options(String),
+    /// The solver failed.
+    #[error("training the logistic head (L2 strength {alpha}) failed: {reason}")]
+    Training {
+        /// The L2 strength being fitted.
+        alpha: f64,
+        /// What linfa-logistic said.
+        reason: String,
+    },
+    /// Embeddings come from a different backbone than the one the head was trained for.
+    #[error(
+        "the head was trained on embeddings of model {head} but these embeddings come from model {data}; \
+         extract embeddings with the same model (or train a new head on these embeddings)"
+    )]
+    FingerprintMismatch {
+        /// Fingerprint recorded in the head.
+        head: String,
+        /// Fingerprint of the embeddings given.
+        data: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`reading`, `writing`).
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A `head.json` (or other JSON file) could not be parsed or is inconsistent.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An ONNX model could not be built, merged or written.
+    #[error("ONNX: {0}")]
+    Onnx(String),
+}
+
+impl From<xfer_onnx::Error> for Error {
+    fn from(e: xfer_onnx::Error) -> Self {
+        Error::Onnx(e.to_string())
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,137 @@
-//! xfer-store.
+//! The Parquet embeddings store of xfer: one row per (image, model).
+//!
+//! A store is a directory of Parquet files (`part-<run>-<seq>.parquet`), each
+//! written under a temporary name (`.part-….parquet.tmp`) and renamed when
+//! complete, so a killed run never leaves a half file. Columns (see
+//! [`schema::store_schema`]): `id`, `label`, `label_name`, `split`,
+//! `content_hash` (blake3 of the image file bytes), `model` (backbone
+//! fingerprint) and `embedding` (`FixedSizeList<Float32, D>`); every file
+//! carries key/value metadata describing the model and the classes.
+//!
+//! * [`EmbeddingWriter`] appends rows and rolls part files.
+//! * [`StoreReader`] opens a store: cache keys, [`StoreReader::load_split`],
+//!   [`StoreReader::info`], [`StoreReader::compact`].
+//! * [`extract`] runs a backbone over a dataset into a store (decode on the
+//!   rayon pool, inference, writing — overlapped, memory bounded).
+//!
+//! When an image changes, its new row supersedes the older one: readers keep,
+//! per `(id, model)`, the row of the newest part file (part names sort by
+//! time), and `compact` drops the superseded rows.
+
+pub mod extract;
+mod reader;
+pub mod schema;
+mod writer;
+
+pub use reader::{LoadedSplit, StoreFile, StoreInfo, StoreReader, CompactSummary, StoredKey};
+pub use schema::{StoreMetadata, content_hash};
+pub use writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
+
+/// Errors of the embeddings store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory of the store could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`create store directory`, `read`, `rename`).
+        op: &'static str,
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Parquet or Arrow failed on a store file.
+    #[error("{op} {path}: {reason}")]
+    Parquet {
+        /// What was being done.
+        op: &'static str,
+        /// The file involved.
+        path: String,
+        /// What Parquet/Arrow said.
+        reason: String,
+    },
+    /// A store file does not have the schema or metadata xfer writes.
+    #[error("{path} is not an xfer embeddings file: {reason}")]
+    Format {
+        /// The file involved.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Rows handed to the writer are inconsistent (lengths, dimension, label range).
+    #[error("invalid rows for {op}: {reason}")]
+    InvalidRows {
+        /// The operation.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store holds embeddings of another model (or several) and mixing was not allowed.
+    #[error(
+        "store {store} holds embeddings of model(s) {existing}, not {requested}; use another --store directory, or pass --allow-mixed-models to keep both in one store"
+    )]
+    MixedModels {
+        /// Store directory.
+        store: String,
+        /// Fingerprints already in the store, comma separated (name in parentheses).
+        existing: String,
+        /// Fingerprint of the model being written.
+        requested: String,
+    },
+    /// The store's files disagree with each other or with the request (classes, dimension, splits).
+    #[error("store {store}: {reason}")]
+    Inconsistent {
+        /// Store directory.
+        store: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The requested rows are not in the store.
+    #[error("store {store}: {reason}")]
+    NotFound {
+        /// Store directory.
+        store: String,
+        /// What was asked and what is there.
+        reason: String,
+    },
+    /// A split assignment or shard specification could not be parsed.
+    #[error("invalid {what} `{spec}`: {reason}")]
+    Spec {
+        /// `--split` or `--shard`.
+        what: &'static str,
+        /// The text given.
+        spec: String,
+        /// What is wrong and the expected syntax.
+        reason: String,
+    },
+    /// The dataset layer failed (listing, splitting, decoding).
+    #[error(transparent)]
+    Data(#[from] xfer_data::DataError),
+    /// The runtime failed (library, session, inference).
+    #[error(transparent)]
+    Runtime(#[from] xfer_runtime::Error),
+    /// The extraction was cancelled by the caller.
+    #[error("extraction cancelled")]
+    Cancelled,
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.display().to_string();
+    move |source| Error::Io {
+        op,
+        path,
+        source,
+    }
+}
+
+pub(crate) fn pq_err<E: std::fmt::Display>(op: &'static str, path: &std::path::Path) -> impl FnOnce(E) -> Error + use<E> {
+    let path = path.display().to_string();
+    move |e| Error::Parquet {
+        op,
+        path,
+        reason: e.to_string(),
+    }
+}

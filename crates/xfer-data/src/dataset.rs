@@ -1,0 +1,422 @@
+//! Datasets: a folder with one subfolder per class, or a CSV manifest `path,label`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{DataError, Result};
+
+/// File extensions (lower case) that are listed as images.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+
+/// One labelled image of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Example {
+    /// The path relative to the dataset root, `/`-separated (lossy UTF-8 for non-UTF-8 names).
+    pub id: String,
+    /// The file to read (exact, also for non-UTF-8 names).
+    pub path: PathBuf,
+    /// The class index: the position of the class name in [`Dataset::classes`].
+    pub label: u32,
+}
+
+/// Where a dataset's examples come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSource {
+    /// A folder with one subfolder per class (Keras `image_dataset_from_directory`).
+    ClassFolders,
+    /// A CSV manifest with `path,label` rows.
+    CsvManifest,
+}
+
+/// A labelled image collection: classes, examples (sorted by id) and what could not be listed.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+    source: DatasetSource,
+    classes: Vec<String>,
+    examples: Vec<Example>,
+    listing_problems: Vec<ListingProblem>,
+}
+
+/// A directory entry that was skipped while listing a dataset (symlink loop, unreadable folder, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingProblem {
+    /// The entry concerned.
+    pub path: PathBuf,
+    /// Why it was skipped (symlink loop, permission denied, ...).
+    pub reason: String,
+}
+
+impl Dataset {
+    /// Opens a dataset: a folder with one subfolder per class, or a `.csv` manifest file.
+    ///
+    /// Class folders: each non-hidden subfolder of `root` is a class; class index = position
+    /// of the folder name in sorted (byte) order, as Keras `image_dataset_from_directory`
+    /// does. Images are listed recursively by extension ([`IMAGE_EXTENSIONS`],
+    /// case-insensitive); hidden files and folders (`.name`) are ignored; files directly in
+    /// `root` are ignored. Symlinks are followed; loops and unreadable folders are recorded
+    /// in [`Dataset::listing_problems`] instead of failing the whole listing.
+    ///
+    /// CSV manifest: rows `path,label` (an optional header `path,label`), paths relative to
+    /// the CSV's folder; classes are the distinct labels in sorted order (numeric order
+    /// when every label is a non-negative integer).
+    pub fn open(root: &Path) -> Result<Dataset> {
+        let meta = fs::metadata(root).map_err(|e| DataError::io("open dataset", root, e))?;
+        if meta.is_dir() {
+            open_class_folders(root)
+        } else if root
+            .extension()
+            .and_then(OsStr::to_str)
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            open_manifest(root)
+        } else {
+            Err(DataError::InvalidDataset {
+                path: root.to_path_buf(),
+                reason: "expected a folder with one subfolder per class, or a .csv manifest `path,label`".into(),
+            })
+        }
+    }
+
+    /// The folder (or manifest file) the dataset was opened from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the dataset came from class folders or a CSV manifest.
+    pub fn source(&self) -> &DatasetSource {
+        &self.source
+    }
+
+    /// Class names; a label is an index into this list.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The name of class `label`, if it exists.
+    pub fn class_name(&self, label: u32) -> Option<&str> {
+        self.classes.get(label as usize).map(String::as_str)
+    }
+
+    /// All examples, sorted by id.
+    pub fn examples(&self) -> &[Example] {
+        &self.examples
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Whether the dataset has no examples.
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// Entries that were skipped while listing (symlink loops, unreadable folders, ...).
+    pub fn listing_problems(&self) -> &[ListingProblem] {
+        &self.listing_problems
+    }
+
+    /// Number of examples per class, indexed by label.
+    pub fn counts_per_class(&self) -> Vec<usize> {
+        count_per_class(&self.examples, self.classes.len())
+    }
+}
+
+/// Number of examples per class (indexed by label) among `examples`, for `num_classes` classes.
+pub fn count_per_class(examples: &[Example], num_classes: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; num_classes];
+    for example in examples {
+        if let Some(count) = counts.get_mut(example.label as usize) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+fn is_hidden(name: &OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .map(|e| e.to_ascii_lowercase())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+/// `/`-joined, lossy-UTF-8 form of a relative path.
+pub(crate) fn relative_id(rel: &Path) -> String {
+    let mut id = String::new();
+    for component in rel.components() {
+        if let Component::Normal(part) = component {
+            if !id.is_empty() {
+                id.push('/');
+            }
+            id.push_str(&part.to_string_lossy());
+        }
+    }
+    id
+}
+
+fn open_class_folders(root: &Path) -> Result<Dataset> {
+    let mut class_dirs: Vec<(Vec<u8>, String, PathBuf)> = Vec::new();
+    let mut problems = Vec::new();
+    let entries = fs::read_dir(root).map_err(|e| DataError::io("open directory", root, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| DataError::io("list directory", root, e))?;
+        let name = entry.file_name();
+        if is_hidden(&name) {
+            continue;
+        }
+        let path = entry.path();
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                class_dirs.push((name.as_encoded_bytes().to_vec(), name.to_string_lossy().into_owned(), path));
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(ListingProblem {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    class_dirs.sort();
+    if class_dirs.is_empty() {
+        return Err(DataError::InvalidDataset {
+            path: root.to_path_buf(),
+            reason: "no class subfolders found; expected ROOT/<class name>/<image files>".into(),
+        });
+    }
+    let mut visited = HashSet::new();
+    if let Ok(canonical) = fs::canonicalize(root) {
+        visited.insert(canonical);
+    }
+    let mut examples = Vec::new();
+    let mut classes = Vec::new();
+    for (label, (_, class_name, dir)) in class_dirs.iter().enumerate() {
+        classes.push(class_name.clone());
+        let label = u32::try_from(label).map_err(|_| DataError::InvalidDataset {
+            path: root.to_path_buf(),
+            reason: "too many classes".into(),
+        })?;
+        walk(root, dir, label, &mut visited, &mut examples, &mut problems);
+    }
+    if examples.is_empty() {
+        return Err(DataError::InvalidDataset {
+            path: root.to_path_buf(),
+            reason: format!(
+                "no images found in the class folders ({}); extensions read: {}",
+                classes.join(", "),
+                IMAGE_EXTENSIONS.join(", ")
+            ),
+        });
+    }
+    examples.sort();
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        source: DatasetSource::ClassFolders,
+        classes,
+        examples,
+        listing_problems: problems,
+    })
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    label: u32,
+    visited: &mut HashSet<PathBuf>,
+    examples: &mut Vec<Example>,
+    problems: &mut Vec<ListingProblem>,
+) {
+    let mut problem = |path: &Path, reason: String| {
+        problems.push(ListingProblem {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    match fs::canonicalize(dir) {
+        Ok(canonical) => {
+            if !visited.insert(canonical.clone()) {
+                problem(
+                    dir,
+                    format!("symlink loop or duplicate folder: {} is already listed", canonical.display()),
+                );
+                return;
+            }
+        }
+        Err(e) => {
+            problem(dir, e.to_string());
+            return;
+        }
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problem(dir, format!("cannot open directory: {e}"));
+            return;
+        }
+    };
+    let mut children: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let name = entry.file_name();
+                if !is_hidden(&name) {
+                    children.push((name.as_encoded_bytes().to_vec(), entry.path()));
+                }
+            }
+            Err(e) => problem(dir, format!("cannot list directory: {e}")),
+        }
+    }
+    children.sort();
+    for (_, path) in children {
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk(root, &path, label, visited, examples, problems),
+            Ok(_) => {
+                if has_image_extension(&path) {
+                    let rel = path.strip_prefix(root).unwrap_or(&path);
+                    examples.push(Example {
+                        id: relative_id(rel),
+                        path,
+                        label,
+                    });
+                }
+            }
+            Err(e) => {
+                let reason = if e.raw_os_error() == Some(40) {
+                    format!("symlink loop ({e})")
+                } else {
+                    e.to_string()
+                };
+                problems.push(ListingProblem { path, reason });
+            }
+        }
+    }
+}
+
+/// Splits one CSV line into fields (RFC 4180 quoting with `"` and `""`).
+fn csv_fields(line: &str) -> std::result::Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut in_quotes = false;
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    in_quotes = false;
+                }
+            } else {
+                field.push(c);
+            }
+        } else if c == '"' {
+            in_quotes = true;
+        } else if c == ',' {
+            fields.push(std::mem::take(&mut field));
+        } else {
+            field.push(c);
+        }
+    }
+    if in_quotes {
+        return Err("unterminated quoted field".into());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+fn open_manifest(csv: &Path) -> Result<Dataset> {
+    let text = fs::read_to_string(csv).map_err(|e| DataError::io("read manifest", csv, e))?;
+    let base = csv.parent().unwrap_or(Path::new("."));
+    let mut rows: Vec<(String, PathBuf, String)> = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| DataError::Manifest {
+            path: csv.to_path_buf(),
+            line: line_no,
+            reason,
+        };
+        let fields = csv_fields(line).map_err(bad)?;
+        if fields.len() != 2 {
+            return Err(bad(format!(
+                "expected 2 fields `path,label`, found {}",
+                fields.len()
+            )));
+        }
+        let (path_text, label) = (fields[0].trim(), fields[1].trim());
+        if rows.is_empty()
+            && seen.is_empty()
+            && path_text.eq_ignore_ascii_case("path")
+            && label.eq_ignore_ascii_case("label")
+        {
+            seen.insert(String::new(), 0);
+            continue;
+        }
+        if path_text.is_empty() || label.is_empty() {
+            return Err(bad("empty path or label".into()));
+        }
+        let id = path_text.replace('\\', "/");
+        if let Some(first) = seen.insert(id.clone(), line_no) {
+            return Err(bad(format!("`{id}` is listed twice (first on line {first})")));
+        }
+        rows.push((id, base.join(path_text), label.to_string()));
+    }
+    if rows.is_empty() {
+        return Err(DataError::InvalidDataset {
+            path: csv.to_path_buf(),
+            reason: "the manifest lists no images; expected rows `path,label`".into(),
+        });
+    }
+    let distinct: BTreeSet<&str> = rows.iter().map(|(_, _, label)| label.as_str()).collect();
+    let mut classes: Vec<String> = distinct.into_iter().map(str::to_string).collect();
+    if classes.iter().all(|c| c.parse::<u64>().is_ok()) {
+        classes.sort_by_key(|c| c.parse::<u64>().unwrap_or(u64::MAX));
+    }
+    let index: BTreeMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    let mut examples: Vec<Example> = rows
+        .iter()
+        .map(|(id, path, label)| Example {
+            id: id.clone(),
+            path: path.clone(),
+            label: index.get(label.as_str()).copied().unwrap_or(0),
+        })
+        .collect();
+    examples.sort();
+    Ok(Dataset {
+        root: csv.to_path_buf(),
+        source: DatasetSource::CsvManifest,
+        classes,
+        examples,
+        listing_problems: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(
+            csv_fields(r#""a,b.jpg","c""at""#).expect("parses"),
+            vec!["a,b.jpg".to_string(), "c\"at".to_string()]
+        );
+        assert!(csv_fields(r#""open,cat"#).is_err());
+    }
+}

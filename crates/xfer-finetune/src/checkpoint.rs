@@ -1,0 +1,270 @@
+//! Checkpoints: named float32 tensors (parameters, Adam moments) in one
+//! safetensors file whose metadata carries the training state as JSON, so one
+//! atomic rename publishes both. A copy of the state is written beside it as
+//! `*.json` for people and scripts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Folder of the checkpoints inside a run folder.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+/// Metadata key of the training state inside the safetensors header.
+const STATE_KEY: &str = "xfer.training_state";
+
+/// Named float32 tensors, in name order.
+pub type TensorMap = BTreeMap<String, ArrayD<f32>>;
+
+/// Running sums of an unfinished epoch (a checkpoint written by Ctrl-C mid-epoch).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Sum over batches of (mean batch loss × batch size).
+    pub loss_sum: f64,
+    /// Correct predictions so far.
+    pub correct: u64,
+    /// Examples seen so far.
+    pub seen: u64,
+    /// Training seconds spent so far.
+    pub seconds: f64,
+}
+
+/// Where a run stands; everything besides the tensors that resuming needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Phase the position refers to: 1 (base frozen) or 2 (fine-tuning).
+    pub phase: u8,
+    /// Finished epochs of `phase`.
+    pub epochs_done: usize,
+    /// Batches done of the unfinished epoch `epochs_done + 1` (0 at an epoch boundary).
+    pub step_in_epoch: usize,
+    /// Optimizer steps over the whole run.
+    pub global_step: u64,
+    /// Adam's iteration count in the current phase (its bias correction uses it).
+    pub optimizer_step: u64,
+    /// Seed of the run. Every random draw (shuffle, augmentation, dropout) is a
+    /// pure function of (seed, phase, epoch, step, example), so together with the
+    /// position above this is the complete RNG state.
+    pub seed: u64,
+    /// Sums of the unfinished epoch, when `step_in_epoch > 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+    /// Lowest validation loss so far and the global epoch it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<(f64, usize)>,
+    /// Fingerprint of the backbone the parameters belong to.
+    pub model_fingerprint: String,
+    /// Names of the parameters trained in the current phase (the Adam moments cover these).
+    pub trainable: Vec<String>,
+    /// xfer version that wrote the checkpoint.
+    pub xfer_version: String,
+}
+
+impl TrainingState {
+    /// Global epochs finished, given the number of epochs of phase 1.
+    pub fn global_epochs_done(&self, phase1_epochs: usize) -> usize {
+        match self.phase {
+            1 => self.epochs_done,
+            _ => phase1_epochs + self.epochs_done,
+        }
+    }
+}
+
+/// A training state and its tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Where the run stands.
+    pub state: TrainingState,
+    /// Parameters (`param.NAME`) and Adam moments (`adam_m.NAME`, `adam_v.NAME`).
+    pub tensors: TensorMap,
+}
+
+impl Checkpoint {
+    /// `run_dir/checkpoints/last.safetensors`.
+    pub fn last_path(run_dir: &Path) -> PathBuf {
+        run_dir.join(CHECKPOINT_DIR).join("last.safetensors")
+    }
+
+    /// `run_dir/checkpoints/best.safetensors`.
+    pub fn best_path(run_dir: &Path) -> PathBuf {
+        run_dir.join(CHECKPOINT_DIR).join("best.safetensors")
+    }
+
+    /// Encodes the checkpoint as safetensors bytes (state in the metadata).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let state = serde_json::to_string(&self.state).map_err(|e| Error::Checkpoint {
+            path: String::new(),
+            reason: format!("cannot serialise the training state: {e}"),
+        })?;
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        for (name, array) in &self.tensors {
+            let mut bytes = Vec::with_capacity(array.len() * 4);
+            for v in array.iter() {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            buffers.push((name.clone(), array.shape().to_vec(), bytes));
+        }
+        let mut views = Vec::with_capacity(buffers.len());
+        for (name, shape, bytes) in &buffers {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| Error::Checkpoint {
+                path: String::new(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+            views.push((name.as_str(), view));
+        }
+        let metadata = HashMap::from([(STATE_KEY.to_owned(), state)]);
+        safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes safetensors bytes written by [`Checkpoint::to_bytes`]; `origin` names them in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Checkpoint {
+            path: origin.to_owned(),
+            reason,
+        };
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let state_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(STATE_KEY))
+            .ok_or_else(|| bad("no xfer training state in its metadata; it was not written by `xfer finetune`".to_owned()))?;
+        let state: TrainingState =
+            serde_json::from_str(state_json).map_err(|e| bad(format!("unreadable training state: {e}")))?;
+        let file = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut tensors = TensorMap::new();
+        for (name, view) in file.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
+                .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+            tensors.insert(name, array);
+        }
+        Ok(Checkpoint { state, tensors })
+    }
+
+    /// Writes the checkpoint to `path` (and its state to `path` with extension `json`), each atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes().map_err(|e| with_path(e, path))?;
+        crate::fsutil::write_atomic(path, &bytes)?;
+        let json = serde_json::to_string_pretty(&self.state).map_err(|e| Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        crate::fsutil::write_atomic(&path.with_extension("json"), json.as_bytes())
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: "no such file; a run folder gets its first checkpoint after its first epoch (or at Ctrl-C)"
+                    .to_owned(),
+            });
+        }
+        let bytes = crate::fsutil::read(path)?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The tensor `name`, or an error naming the checkpoint.
+    pub fn tensor(&self, name: &str) -> Result<&ArrayD<f32>> {
+        self.tensors.get(name).ok_or_else(|| Error::Checkpoint {
+            path: String::new(),
+            reason: format!("has no tensor `{name}`"),
+        })
+    }
+}
+
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Checkpoint { reason, .. } => Error::Checkpoint {
+            path: path.display().to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        let mut tensors = TensorMap::new();
+        tensors.insert(
+            "param.head.kernel".to_owned(),
+            ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![0.5, -1.25, f32::MIN_POSITIVE]).expect("shape"),
+        );
+        tensors.insert("adam_m.head.bias".to_owned(), ArrayD::from_elem(IxDyn(&[1]), 1e-9));
+        Checkpoint {
+            state: TrainingState {
+                phase: 2,
+                epochs_done: 1,
+                step_in_epoch: 3,
+                global_step: 17,
+                optimizer_step: 5,
+                seed: 42,
+                partial: Some(PartialEpoch {
+                    loss_sum: 1.5,
+                    correct: 4,
+                    seen: 6,
+                    seconds: 0.25,
+                }),
+                best: Some((0.3, 2)),
+                model_fingerprint: "abc".to_owned(),
+                trainable: vec!["head.kernel".to_owned()],
+                xfer_version: "0".to_owned(),
+            },
+            tensors,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Checkpoint::last_path(dir.path());
+        let ckpt = sample();
+        ckpt.save(&path).expect("save");
+        let back = Checkpoint::load(&path).expect("load");
+        assert_eq!(back, ckpt);
+        assert!(path.with_extension("json").is_file());
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn foreign_or_broken_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.safetensors");
+        std::fs::write(&path, b"garbage").expect("write");
+        let err = Checkpoint::load(&path).expect_err("garbage");
+        assert!(err.to_string().contains("not a safetensors file"), "{err}");
+        let plain = safetensors::tensor::serialize(
+            [("a", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).expect("view"))],
+            None,
+        )
+        .expect("serialize");
+        std::fs::write(&path, plain).expect("write");
+        let err = Checkpoint::load(&path).expect_err("no state");
+        assert!(err.to_string().contains("xfer finetune"), "{err}");
+        let err = Checkpoint::load(&dir.path().join("missing.safetensors")).expect_err("missing");
+        assert!(err.to_string().contains("no such file"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The fine-tuning configuration: every hyper-parameter, from a TOML file and/or flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// File name of the effective configuration inside a run folder.
+pub const CONFIG_FILE_NAME: &str = "config.toml";
+
+/// Epochs and learning rate of one phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// Number of epochs (0 skips the phase).
+    pub epochs: usize,
+    /// Adam learning rate.
+    pub learning_rate: f32,
+}
+
+/// Augmentation applied freshly to every training example in every epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentationConfig {
+    /// Keras `RandomFlip("horizontal")`.
+    pub flip: bool,
+    /// Keras `RandomRotation(factor)`: angles uniform in ±factor·2π (0 disables).
+    pub rotation: f32,
+    /// Fill mode of the rotation: `reflect` (Keras's default), `constant` or `nearest`.
+    pub fill: String,
+}
+
+impl Default for AugmentationConfig {
+    fn default() -> Self {
+        AugmentationConfig {
+            flip: true,
+            rotation: 0.1,
+            fill: "reflect".to_owned(),
+        }
+    }
+}
+
+/// The three splits, as slices of the dataset's stable order (`train[:40%]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Examples trained on.
+    pub train: String,
+    /// Examples validated on after every epoch (best checkpoint by their loss).
+    pub val: String,
+    /// Examples the exported model is tested on at the end (empty: no test).
+    pub test: String,
+    /// Keep the class balance in every split.
+    pub stratified: bool,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        // The guide's split of cats_vs_dogs: 40% / 10% / 10%.
+        SplitConfig {
+            train: "train[:40%]".to_owned(),
+            val: "train[40%:50%]".to_owned(),
+            test: "train[50%:60%]".to_owned(),
+            stratified: false,
+        }
+    }
+}
+
+/// Everything that decides a fine-tuning run; saved as `runs/NAME/config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Dataset folder (one subfolder per class) or CSV manifest.
+    pub data: PathBuf,
+    /// Model folder (`model.json` with a `training_onnx` graph).
+    pub model: PathBuf,
+    /// Seed of the splits, shuffling, augmentation, dropout and head initialisation.
+    pub seed: u64,
+    /// Input size `[height, width]` (default: the model's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[u32; 2]>,
+    /// Images per training step.
+    pub batch_size: usize,
+    /// Dropout rate before the Dense head.
+    pub dropout: f32,
+    /// Phase 1: base frozen, only the head trains.
+    pub phase1: PhaseConfig,
+    /// Phase 2: base unfrozen (all of it, or from `unfreeze_from` on).
+    pub phase2: PhaseConfig,
+    /// First layer (node or parameter name prefix) trained in phase 2; everything before stays frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfreeze_from: Option<String>,
+    /// A run of `xfer train-head` on the same model whose head starts phase 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_head: Option<PathBuf>,
+    /// Augmentation of the training images.
+    pub augmentation: AugmentationConfig,
+    /// Train, validation and test splits.
+    pub splits: SplitConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            data: PathBuf::from("data/cats_vs_dogs"),
+            model: PathBuf::from("models/xception"),
+            seed: 1337,
+            image_size: None,
+            batch_size: 32,
+            dropout: 0.2,
+            phase1: PhaseConfig {
+                epochs: 20,
+                learning_rate: 1e-3,
+            },
+            phase2: PhaseConfig {
+                epochs: 10,
+                learning_rate: 1e-5,
+            },
+            unfreeze_from: None,
+            init_head: None,
+            augmentation: AugmentationConfig::default(),
+            splits: SplitConfig::default(),
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Parses a TOML configuration; keys not given keep their defaults, unknown keys are refused.
+    pub fn from_toml_str(text: &str, origin: Option<&Path>) -> Result<Self> {
+        let config: FinetuneConfig = toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.map(|p| p.display().to_string()),
+            reason: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Reads a TOML configuration file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            op: "reading",
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, Some(path))
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config {
+            path: None,
+            reason: format!("cannot serialise the configuration: {e}"),
+        })
+    }
+
+    /// Writes `run_dir/config.toml` atomically.
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        let text = format!(
+            "# Effective configuration of this xfer finetune run (flags applied over any --config file).\n{}",
+            self.to_toml_string()?
+        );
+        crate::fsutil::write_atomic(&run_dir.join(CONFIG_FILE_NAME), text.as_bytes())
+    }
+
+    /// Checks every value; the error says which key is wrong and what it must be.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::Config { path: None, reason });
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".to_owned());
+        }
+        if self.phase1.epochs == 0 && self.phase2.epochs == 0 {
+            return bad("phase1.epochs and phase2.epochs are both 0: nothing to train".to_owned());
+        }
+        for (name, phase) in [("phase1", &self.phase1), ("phase2", &self.phase2)] {
+            let lr = phase.learning_rate;
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("{name}.learning_rate must be a positive number, got {lr}"));
+            }
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        let r = self.augmentation.rotation;
+        if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+            return bad(format!("augmentation.rotation is a fraction of a full turn in [0, 1], got {r}"));
+        }
+        if !["reflect", "constant", "nearest"].contains(&self.augmentation.fill.as_str()) {
+            return bad(format!(
+                "augmentation.fill must be reflect, constant or nearest, got `{}`",
+                self.augmentation.fill
+            ));
+        }
+        if let Some([h, w]) = self.image_size
+            && (h == 0 || w == 0)
+        {
+            return bad(format!("image_size must be positive, got {h}x{w}"));
+        }
+        if self.splits.train.trim().is_empty() || self.splits.val.trim().is_empty() {
+            return bad("splits.train and splits.val must name a split (e.g. `train[:40%]`)".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The settings that must not change when a run is resumed, as `(key, value)` pairs.
+    pub(crate) fn resume_keys(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("data", self.data.display().to_string()),
+            ("model", self.model.display().to_string()),
+            ("seed", self.seed.to_string()),
+            ("image_size", format!("{:?}", self.image_size)),
+            ("batch_size", self.batch_size.to_string()),
+            ("dropout", self.dropout.to_string()),
+            ("unfreeze_from", format!("{:?}", self.unfreeze_from)),
+            ("augmentation", format!("{:?}", self.augmentation)),
+            ("splits", format!("{:?}", self.splits)),
+        ]
+    }
+
+    /// Refuses to resume `saved` under `self` when a setting that shapes the run changed.
+    pub fn check_resumable_from(&self, saved: &FinetuneConfig) -> Result<()> {
+        for ((key, now), (_, before)) in self.resume_keys().into_iter().zip(saved.resume_keys()) {
+            if now != before {
+                return Err(Error::Config {
+                    path: None,
+                    reason: format!(
+                        "--resume with a different `{key}` ({before} in the run's config.toml, {now} now); \
+                         resume with the saved settings or start a new run folder"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}

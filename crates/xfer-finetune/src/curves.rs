@@ -1,0 +1,137 @@
+//! `curves.png` / `curves.svg`: loss and accuracy per epoch, both phases, the
+//! phase boundary marked.
+//!
+//! plotters is built without a font rasteriser (its `ttf` feature needs the
+//! system's fontconfig), so the PNG carries no text: left panel loss, right
+//! panel accuracy; blue = train, orange = validation; the grey vertical line is
+//! the start of phase 2. `curves.svg` is the same chart with titles, axis
+//! labels and a legend (SVG text needs no rasteriser).
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::{EpochRecord, Error, Result};
+
+/// File name of the text-free PNG chart.
+pub const CURVES_PNG: &str = "curves.png";
+/// File name of the labelled SVG chart.
+pub const CURVES_SVG: &str = "curves.svg";
+
+const TRAIN: RGBColor = RGBColor(31, 119, 180);
+const VAL: RGBColor = RGBColor(255, 127, 14);
+const BOUNDARY: RGBColor = RGBColor(150, 150, 150);
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 400;
+
+/// Draws `run_dir/curves.png` and `run_dir/curves.svg` from the records so far
+/// (each written to a temporary name, then renamed).
+pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
+    let png = run_dir.join(CURVES_PNG);
+    let plot_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: String| Error::Plot { path, reason: e }
+    };
+    // The bitmap encoder writes to a path chosen by extension: draw into a
+    // temporary `.png` beside the target, then rename it over the target.
+    std::fs::create_dir_all(run_dir).map_err(|source| Error::Io {
+        op: "creating",
+        path: run_dir.display().to_string(),
+        source,
+    })?;
+    let tmp = run_dir.join(format!(".{CURVES_PNG}.{}.tmp.png", std::process::id()));
+    let drawn = (|| {
+        let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(&root, records, false)?;
+        root.present().map_err(|e| e.to_string())
+    })();
+    if let Err(e) = drawn {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(plot_err(&png)(e));
+    }
+    std::fs::rename(&tmp, &png).map_err(|source| Error::Io {
+        op: "renaming into",
+        path: png.display().to_string(),
+        source,
+    })?;
+
+    let svg_path = run_dir.join(CURVES_SVG);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(&root, records, true).map_err(plot_err(&svg_path))?;
+        root.present().map_err(|e| plot_err(&svg_path)(e.to_string()))?;
+    }
+    crate::fsutil::write_atomic(&svg_path, svg.as_bytes())
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, records: &[EpochRecord], labels: bool) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 2));
+    let last_epoch = records.iter().map(|r| r.global_epoch).max().unwrap_or(1).max(2) as f64;
+    let boundary = records
+        .iter()
+        .find(|r| r.phase == 2)
+        .map(|r| r.global_epoch as f64 - 0.5)
+        .filter(|_| records.iter().any(|r| r.phase == 1));
+    let losses = records.iter().flat_map(|r| [r.train_loss, r.val_loss]).filter(|v| v.is_finite());
+    let loss_max = losses.fold(0.0f64, f64::max).max(1e-3) * 1.05;
+    type Getter = fn(&EpochRecord) -> f64;
+    let series: [(&str, &str, f64, [Getter; 2]); 2] = [
+        ("loss", "loss", loss_max, [|r| r.train_loss, |r| r.val_loss]),
+        ("accuracy", "accuracy", 1.0, [|r| r.train_accuracy, |r| r.val_accuracy]),
+    ];
+    for (panel, (title, y_desc, y_max, getters)) in panels.iter().zip(series) {
+        let mut builder = ChartBuilder::on(panel);
+        builder.margin(12);
+        if labels {
+            builder
+                .caption(title, ("sans-serif", 18))
+                .x_label_area_size(36)
+                .y_label_area_size(48);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0.5f64..last_epoch + 0.5, 0.0f64..y_max)
+            .map_err(err)?;
+        let mut mesh = chart.configure_mesh();
+        if labels {
+            mesh.x_desc("epoch").y_desc(y_desc);
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.light_line_style(RGBColor(235, 235, 235)).draw().map_err(err)?;
+        if let Some(x) = boundary {
+            chart
+                .draw_series(LineSeries::new([(x, 0.0), (x, y_max)], BOUNDARY.stroke_width(2)))
+                .map_err(err)?;
+        }
+        for (getter, color, name) in [(getters[0], TRAIN, "train"), (getters[1], VAL, "validation")] {
+            let points: Vec<(f64, f64)> = records
+                .iter()
+                .map(|r| (r.global_epoch as f64, getter(r)))
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            let line = chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(err)?;
+            if labels {
+                line.label(name)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        if labels {
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.8))
+                .draw()
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,913 @@
+//! The two-phase training loop on the training graphs of `xfer-autodiff`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use xfer_autodiff::{Adam, HeadSpec, Loss, Optimizer, Parameter, TrainingGraphBuilder, TrainingGraphs, Trainable};
+use xfer_data::{Augmentation, Batch, BatchLoader, Dataset, Example, FillMode, LoaderConfig, OnError, SplitSpec};
+use xfer_onnx::ModelProto;
+use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
+
+use crate::checkpoint::{Checkpoint, TensorMap, TrainingState};
+use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
+use crate::{EpochRecord, Error, FinetuneConfig, MetricsLog, Result, draw_curves, epoch_permutation};
+
+/// File name of the exported model inside a run folder.
+pub const EXPORTED_MODEL: &str = "model.onnx";
+
+/// How to run (not part of the saved configuration: it does not change the results,
+/// except `session.intra_threads`, which changes float summation order).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run folder (`runs/NAME`).
+    pub run_dir: PathBuf,
+    /// Continue from `run_dir/checkpoints/last.safetensors`.
+    pub resume: bool,
+    /// ONNX Runtime options of the training and evaluation sessions.
+    pub session: SessionOptions,
+    /// Decoder threads (`None`: all cores).
+    pub loader_threads: Option<usize>,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunOptions {
+    /// Options for `run_dir` with defaults: no resume, CPU, a fresh stop flag.
+    pub fn new(run_dir: &Path) -> Self {
+        RunOptions {
+            run_dir: run_dir.to_path_buf(),
+            resume: false,
+            session: SessionOptions::default(),
+            loader_threads: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Progress reported while a run goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The data is split and the model loaded.
+    Started {
+        /// Class names.
+        classes: &'a [String],
+        /// Training examples.
+        train: usize,
+        /// Validation examples.
+        val: usize,
+        /// Test examples.
+        test: usize,
+    },
+    /// A phase begins (its graphs are built).
+    PhaseStarted {
+        /// 1 or 2.
+        phase: u8,
+        /// Epochs of the phase.
+        epochs: usize,
+        /// Number of trainable parameter tensors.
+        trainable_tensors: usize,
+        /// Number of trainable values.
+        trainable_values: usize,
+    },
+    /// An epoch begins.
+    EpochStarted {
+        /// 1 or 2.
+        phase: u8,
+        /// Epoch within the phase, from 1.
+        epoch: usize,
+        /// Batches of the epoch.
+        batches: usize,
+        /// Batches already done (resumed mid-epoch).
+        done: usize,
+    },
+    /// One optimizer step is done.
+    Step {
+        /// Batch index within the epoch, from 1.
+        batch: usize,
+        /// Mean loss of the batch.
+        loss: f32,
+    },
+    /// Validation of the epoch begins.
+    Validating,
+    /// An epoch is done (logged, plotted and checkpointed).
+    EpochFinished(&'a EpochRecord),
+    /// The exported model is written.
+    Exported(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Both phases ran; the model is exported.
+    Finished(Summary),
+    /// The stop flag was set; a checkpoint was written and `--resume` continues.
+    Interrupted {
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+        /// Phase, epoch within the phase (from 1) and batches done in it.
+        phase: u8,
+        /// Epoch within the phase, from 1.
+        epoch: usize,
+        /// Batches done of that epoch.
+        step_in_epoch: usize,
+    },
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Summary {
+    /// The exported model.
+    pub model: PathBuf,
+    /// Test-split metrics of the exported model (`None` without a test split).
+    pub test: Option<xfer_head::Metrics>,
+    /// Lowest validation loss and the global epoch it came from.
+    pub best: Option<(f64, usize)>,
+    /// Every epoch of the run.
+    pub epochs: Vec<EpochRecord>,
+}
+
+/// Everything fixed for the whole run.
+struct Setup {
+    forward: ModelProto,
+    manifest: ModelManifest,
+    classes: Vec<String>,
+    train: Vec<Example>,
+    val: Vec<Example>,
+    test: Vec<Example>,
+    size: [u32; 2],
+    head: HeadSpec,
+    loss: Loss,
+}
+
+/// Runs (or resumes) a fine-tuning run. See the crate documentation for the files it writes.
+pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+    config.validate()?;
+    let run_dir = &options.run_dir;
+    let last_path = Checkpoint::last_path(run_dir);
+    let resumed = if options.resume {
+        let saved_path = run_dir.join(crate::CONFIG_FILE_NAME);
+        if saved_path.is_file() {
+            config.check_resumable_from(&FinetuneConfig::read(&saved_path)?)?;
+        }
+        if last_path.is_file() {
+            Some(Checkpoint::load(&last_path)?)
+        } else {
+            tracing::warn!("--resume: {} has no checkpoint yet; starting from the beginning", run_dir.display());
+            None
+        }
+    } else {
+        if last_path.exists() {
+            return Err(Error::Config {
+                path: None,
+                reason: format!(
+                    "{} already holds a run (checkpoints/last.safetensors); pass --resume to continue it or choose another --out",
+                    run_dir.display()
+                ),
+            });
+        }
+        None
+    };
+    config.save(run_dir)?;
+    let setup = prepare(config)?;
+    on_event(Event::Started {
+        classes: &setup.classes,
+        train: setup.train.len(),
+        val: setup.val.len(),
+        test: setup.test.len(),
+    });
+
+    let mut state = match &resumed {
+        Some(c) => {
+            if c.state.model_fingerprint != setup.manifest.fingerprint {
+                return Err(Error::Checkpoint {
+                    path: last_path.display().to_string(),
+                    reason: format!(
+                        "was written for model {} but {} is model {}; resume with the same model",
+                        c.state.model_fingerprint,
+                        config.model.display(),
+                        setup.manifest.fingerprint
+                    ),
+                });
+            }
+            c.state.clone()
+        }
+        None => TrainingState {
+            phase: 1,
+            epochs_done: 0,
+            step_in_epoch: 0,
+            global_step: 0,
+            optimizer_step: 0,
+            seed: config.seed,
+            partial: None,
+            best: None,
+            model_fingerprint: setup.manifest.fingerprint.clone(),
+            trainable: Vec::new(),
+            xfer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    };
+    let mut log = match &resumed {
+        Some(_) => MetricsLog::resume(run_dir, state.global_epochs_done(config.phase1.epochs))?,
+        None => MetricsLog::create(run_dir)?,
+    };
+    // Every parameter trained so far (head, then backbone), by name.
+    let mut trained: BTreeMap<String, Parameter> = BTreeMap::new();
+    let mut optimizer_state: Vec<Parameter> = Vec::new();
+    if let Some(c) = &resumed {
+        for (name, array) in &c.tensors {
+            if let Some(p) = name.strip_prefix("param.") {
+                trained.insert(p.to_owned(), to_parameter(p, array));
+            } else if let Some(s) = name.strip_prefix("optim.") {
+                optimizer_state.push(to_parameter(s, array));
+            }
+        }
+    }
+
+    for phase in [1u8, 2] {
+        let phase_config = if phase == 1 { &config.phase1 } else { &config.phase2 };
+        if state.phase > phase || phase_config.epochs == 0 {
+            continue;
+        }
+        if state.phase < phase {
+            state.phase = phase;
+            state.epochs_done = 0;
+            state.step_in_epoch = 0;
+            state.optimizer_step = 0;
+            state.partial = None;
+            optimizer_state.clear();
+        }
+        if state.epochs_done >= phase_config.epochs {
+            continue;
+        }
+        if options.stop.load(Ordering::SeqCst) {
+            return Ok(Outcome::Interrupted {
+                checkpoint: last_path.clone(),
+                phase,
+                epoch: state.epochs_done,
+                step_in_epoch: state.step_in_epoch,
+            });
+        }
+        let trainable = match (phase, &config.unfreeze_from) {
+            (1, _) => Trainable::Head,
+            (_, None) => Trainable::All,
+            (_, Some(layer)) => Trainable::From(layer.clone()),
+        };
+        let graphs = TrainingGraphBuilder::new(setup.forward.clone())
+            .features(&setup.manifest.output)
+            .head(setup.head.clone())
+            .trainable(trainable)
+            .loss(setup.loss)
+            .example_shape(&[3, i64::from(setup.size[0]), i64::from(setup.size[1])])
+            .seed(config.seed)
+            .session_options(options.session.clone())
+            .build()?;
+        let mut params = graphs.params.clone();
+        if trained.is_empty()
+            && phase == 1
+            && let Some(dir) = &config.init_head
+        {
+            init_head_from(dir, &setup, &mut params)?;
+        }
+        for p in &mut params {
+            if let Some(t) = trained.get(&p.name) {
+                if t.data.len() != p.data.len() {
+                    return Err(Error::Checkpoint {
+                        path: last_path.display().to_string(),
+                        reason: format!("parameter `{}` has {} values, the model needs {}", p.name, t.data.len(), p.data.len()),
+                    });
+                }
+                p.data.clone_from(&t.data);
+            }
+        }
+        for p in &params {
+            trained.insert(p.name.clone(), p.clone());
+        }
+        state.trainable = params.iter().map(|p| p.name.clone()).collect();
+        let mut adam = Adam::new(phase_config.learning_rate);
+        if !optimizer_state.is_empty() {
+            adam.load_state(&params, &optimizer_state)?;
+        }
+        on_event(Event::PhaseStarted {
+            phase,
+            epochs: phase_config.epochs,
+            trainable_tensors: params.len(),
+            trainable_values: params.iter().map(Parameter::numel).sum(),
+        });
+        let training_bytes = xfer_onnx::write_model_bytes(&graphs.training);
+        let mut session = Model::from_bytes(&training_bytes, &format!("training graph (phase {phase})"), &options.session)?;
+        let mut run = PhaseRun {
+            config,
+            options,
+            setup: &setup,
+            graphs: &graphs,
+            phase,
+            learning_rate: phase_config.learning_rate,
+        };
+        while state.epochs_done < phase_config.epochs {
+            match run.epoch(&mut session, &mut params, &mut adam, &mut state, &mut log, on_event)? {
+                EpochEnd::Interrupted => {
+                    let checkpoint = Checkpoint::last_path(run_dir);
+                    return Ok(Outcome::Interrupted {
+                        checkpoint,
+                        phase,
+                        epoch: state.epochs_done + 1,
+                        step_in_epoch: state.step_in_epoch,
+                    });
+                }
+                EpochEnd::Done => {}
+            }
+            if options.stop.load(Ordering::SeqCst) && state.epochs_done < phase_config.epochs {
+                return Ok(Outcome::Interrupted {
+                    checkpoint: Checkpoint::last_path(run_dir),
+                    phase,
+                    epoch: state.epochs_done,
+                    step_in_epoch: 0,
+                });
+            }
+        }
+        for p in &params {
+            trained.insert(p.name.clone(), p.clone());
+        }
+        optimizer_state.clear();
+    }
+
+    // Export and test.
+    let info = ExportInfo {
+        input: setup.manifest.input.clone(),
+        features: setup.manifest.output.clone(),
+        classes: setup.classes.clone(),
+        image_size: setup.size,
+        value_range: setup.manifest.value_range,
+        backbone_name: setup.manifest.name.clone(),
+        fingerprint: setup.manifest.fingerprint.clone(),
+    };
+    let exported = export_model(&setup.forward, &trained, &info)?;
+    let model_path = run_dir.join(EXPORTED_MODEL);
+    xfer_onnx::write_model(&exported, &model_path)?;
+    on_event(Event::Exported(&model_path));
+    let test = if setup.test.is_empty() {
+        None
+    } else {
+        let bytes = xfer_onnx::write_model_bytes(&exported);
+        let mut model = Model::from_bytes(&bytes, &model_path.display().to_string(), &options.session)?;
+        let (probs, labels) = predict(&mut model, &info.input, xfer_head::PROBABILITIES_OUTPUT, &setup, &setup.test, config.batch_size, options)?;
+        let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &setup.classes)?;
+        xfer_head::save_metrics(run_dir, &[("test".to_owned(), metrics.clone())])?;
+        Some(metrics)
+    };
+    Ok(Outcome::Finished(Summary {
+        model: model_path,
+        test,
+        best: state.best,
+        epochs: log.records().to_vec(),
+    }))
+}
+
+fn prepare(config: &FinetuneConfig) -> Result<Setup> {
+    let manifest = ModelManifest::read(&config.model)?;
+    let training_path = match manifest.training_onnx_path(&config.model) {
+        Some(p) => p,
+        None => {
+            tracing::warn!(
+                "{} names no training graph (training_onnx); training on the inference graph {}, whose BatchNorm is folded",
+                config.model.display(),
+                manifest.onnx
+            );
+            manifest.onnx_path(&config.model)
+        }
+    };
+    let forward = xfer_onnx::read_model(&training_path)?;
+    let dataset = Dataset::open(&config.data)?;
+    let classes = dataset.classes().to_vec();
+    if classes.len() < 2 {
+        return Err(Error::Config {
+            path: None,
+            reason: format!(
+                "{} has {} class(es); a classifier needs at least 2 (one subfolder per class)",
+                config.data.display(),
+                classes.len()
+            ),
+        });
+    }
+    let split = |text: &str| -> Result<Vec<Example>> {
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec = SplitSpec::parse(text)?.stratified(config.splits.stratified);
+        Ok(dataset.split(&spec, config.seed)?)
+    };
+    let train = split(&config.splits.train)?;
+    let val = split(&config.splits.val)?;
+    let test = split(&config.splits.test)?;
+    for (name, part) in [("train", &train), ("val", &val)] {
+        if part.is_empty() {
+            return Err(Error::Config {
+                path: None,
+                reason: format!(
+                    "the {name} split `{}` of {} is empty ({} examples in the dataset)",
+                    if name == "train" { &config.splits.train } else { &config.splits.val },
+                    config.data.display(),
+                    dataset.len()
+                ),
+            });
+        }
+    }
+    let size = config.image_size.unwrap_or(manifest.image_size);
+    let (head, loss) = if classes.len() == 2 {
+        (
+            HeadSpec::Dense {
+                units: 1,
+                dropout: config.dropout,
+            },
+            Loss::BinaryCrossEntropyWithLogits,
+        )
+    } else {
+        (
+            HeadSpec::Dense {
+                units: classes.len(),
+                dropout: config.dropout,
+            },
+            Loss::SoftmaxCrossEntropy,
+        )
+    };
+    Ok(Setup {
+        forward,
+        manifest,
+        classes,
+        train,
+        val,
+        test,
+        size,
+        head,
+        loss,
+    })
+}
+
+/// Sets `head.kernel` / `head.bias` from a head trained by `xfer train-head`
+/// (standardisation folded into the weights).
+fn init_head_from(dir: &Path, setup: &Setup, params: &mut [Parameter]) -> Result<()> {
+    let head = xfer_head::Head::load(dir)?;
+    head.check_fingerprint(&setup.manifest.fingerprint)?;
+    if head.classes != setup.classes {
+        return Err(Error::Config {
+            path: None,
+            reason: format!(
+                "--init-head {}: its classes {:?} differ from the dataset's {:?}",
+                dir.display(),
+                head.classes,
+                setup.classes
+            ),
+        });
+    }
+    let d = head.feature_dim;
+    let (mean, scale) = match &head.standardizer {
+        Some(s) => (s.mean.clone(), s.scale.clone()),
+        None => (vec![0.0; d], vec![1.0; d]),
+    };
+    // Rows of the dense layer: binary heads keep row 0 at zero, so the logit is row 1.
+    let rows: Vec<usize> = if setup.classes.len() == 2 { vec![1] } else { (0..setup.classes.len()).collect() };
+    let units = rows.len();
+    let mut kernel = vec![0f32; d * units];
+    let mut bias = vec![0f32; units];
+    for (u, &r) in rows.iter().enumerate() {
+        let mut b = f64::from(head.bias[r]);
+        for i in 0..d {
+            let w = f64::from(head.weights[r][i]) / f64::from(scale[i]);
+            kernel[i * units + u] = w as f32;
+            b -= w * f64::from(mean[i]);
+        }
+        if setup.classes.len() == 2 {
+            b -= f64::from(head.bias[0]);
+        }
+        bias[u] = b as f32;
+    }
+    for p in params.iter_mut() {
+        let values = match p.name.as_str() {
+            HEAD_KERNEL => &kernel,
+            HEAD_BIAS => &bias,
+            _ => continue,
+        };
+        if values.len() != p.data.len() {
+            return Err(Error::Config {
+                path: None,
+                reason: format!(
+                    "--init-head {}: `{}` has {} values, the model's head needs {}",
+                    dir.display(),
+                    p.name,
+                    values.len(),
+                    p.data.len()
+                ),
+            });
+        }
+        p.data.clone_from(values);
+    }
+    Ok(())
+}
+
+enum EpochEnd {
+    Done,
+    Interrupted,
+}
+
+struct PhaseRun<'a> {
+    config: &'a FinetuneConfig,
+    options: &'a RunOptions,
+    setup: &'a Setup,
+    graphs: &'a TrainingGraphs,
+    phase: u8,
+    learning_rate: f32,
+}
+
+impl PhaseRun<'_> {
+    fn global_epoch(&self, epoch_in_phase: usize) -> usize {
+        match self.phase {
+            1 => epoch_in_phase,
+            _ => self.config.phase1.epochs + epoch_in_phase,
+        }
+    }
+
+    fn loader(&self, examples: Vec<Example>, augment: bool, epoch: u64) -> Result<BatchLoader> {
+        let mut lc = LoaderConfig::new(self.setup.size[0], self.setup.size[1], self.config.batch_size);
+        lc.seed = self.config.seed;
+        lc.epoch = epoch;
+        lc.threads = self.options.loader_threads;
+        lc.hash_contents = false;
+        lc.on_error = OnError::Skip;
+        if augment {
+            let a = &self.config.augmentation;
+            let fill = match a.fill.as_str() {
+                "constant" => FillMode::Constant(0.0),
+                "nearest" => FillMode::Nearest,
+                _ => FillMode::Reflect,
+            };
+            if a.flip || a.rotation > 0.0 {
+                lc.augmentation = Some(Augmentation {
+                    flip_horizontal: a.flip,
+                    rotation_factor: a.rotation,
+                    fill,
+                });
+            }
+        }
+        Ok(BatchLoader::start(examples, lc)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn epoch(
+        &mut self,
+        session: &mut Model,
+        params: &mut [Parameter],
+        adam: &mut Adam,
+        state: &mut TrainingState,
+        log: &mut MetricsLog,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<EpochEnd> {
+        let epoch = state.epochs_done + 1;
+        let global_epoch = self.global_epoch(epoch);
+        let bs = self.config.batch_size;
+        let n = self.setup.train.len();
+        let batches = n.div_ceil(bs);
+        let order = epoch_permutation(self.config.seed, global_epoch as u64, n);
+        let skip = state.step_in_epoch.min(batches);
+        let examples: Vec<Example> = order[skip * bs..].iter().map(|&i| self.setup.train[i].clone()).collect();
+        let mut partial = state.partial.take().unwrap_or_default();
+        on_event(Event::EpochStarted {
+            phase: self.phase,
+            epoch,
+            batches,
+            done: skip,
+        });
+        let started = Instant::now();
+        let seconds_before = partial.seconds;
+        let loader = self.loader(examples, true, global_epoch as u64)?;
+        let mut step_in_epoch = skip;
+        for batch in loader {
+            let batch = batch?;
+            step_in_epoch += 1;
+            if !batch.examples.is_empty() {
+                let (loss, correct) = self.step(session, params, adam, &batch, state.global_step)?;
+                if !loss.is_finite() {
+                    return Err(Error::NonFinite {
+                        phase: self.phase,
+                        epoch,
+                        step: step_in_epoch,
+                        global_step: state.global_step + 1,
+                        value: format!("training loss {loss}"),
+                        checkpoint: Checkpoint::last_path(&self.options.run_dir).display().to_string(),
+                    });
+                }
+                partial.loss_sum += f64::from(loss) * batch.examples.len() as f64;
+                partial.correct += correct as u64;
+                partial.seen += batch.examples.len() as u64;
+                state.global_step += 1;
+                state.optimizer_step = adam.iterations();
+                on_event(Event::Step {
+                    batch: step_in_epoch,
+                    loss,
+                });
+            }
+            if self.options.stop.load(Ordering::SeqCst) && step_in_epoch < batches {
+                partial.seconds = seconds_before + started.elapsed().as_secs_f64();
+                state.step_in_epoch = step_in_epoch;
+                state.partial = Some(partial);
+                self.save_checkpoint(params, adam, state, &Checkpoint::last_path(&self.options.run_dir))?;
+                return Ok(EpochEnd::Interrupted);
+            }
+        }
+        let train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        on_event(Event::Validating);
+        let (val_loss, val_accuracy) = self.validate(params)?;
+        if !val_loss.is_finite() {
+            return Err(Error::NonFinite {
+                phase: self.phase,
+                epoch,
+                step: step_in_epoch,
+                global_step: state.global_step,
+                value: format!("validation loss {val_loss}"),
+                checkpoint: Checkpoint::last_path(&self.options.run_dir).display().to_string(),
+            });
+        }
+        let seen = partial.seen.max(1) as f64;
+        let record = EpochRecord {
+            phase: self.phase,
+            epoch,
+            global_epoch,
+            step: state.global_step,
+            learning_rate: self.learning_rate,
+            train_loss: partial.loss_sum / seen,
+            train_accuracy: partial.correct as f64 / seen,
+            val_loss,
+            val_accuracy,
+            images_per_second: partial.seen as f64 / train_seconds.max(1e-9),
+            train_seconds,
+            seconds: 0.0,
+        };
+        state.epochs_done = epoch;
+        state.step_in_epoch = 0;
+        state.partial = None;
+        let improved = state.best.is_none_or(|(best, _)| val_loss < best);
+        if improved {
+            state.best = Some((val_loss, global_epoch));
+        }
+        let mut record = record;
+        record.seconds = seconds_before + started.elapsed().as_secs_f64();
+        // Log first, checkpoint second: a run killed in between redoes this epoch on
+        // resume, and the resumed log drops the line of the epoch it redoes.
+        log.append(record.clone())?;
+        if let Err(e) = draw_curves(&self.options.run_dir, log.records()) {
+            tracing::warn!("could not draw the curves: {e}");
+        }
+        let last = Checkpoint::last_path(&self.options.run_dir);
+        let checkpoint = self.save_checkpoint(params, adam, state, &last)?;
+        if improved {
+            checkpoint.save(&Checkpoint::best_path(&self.options.run_dir))?;
+        }
+        on_event(Event::EpochFinished(&record));
+        Ok(EpochEnd::Done)
+    }
+
+    /// One optimizer step; returns the batch's mean loss and its number of correct predictions.
+    fn step(
+        &self,
+        session: &mut Model,
+        params: &mut [Parameter],
+        adam: &mut Adam,
+        batch: &Batch,
+        global_step: u64,
+    ) -> Result<(f32, usize)> {
+        let spec = &self.graphs.spec;
+        let n = batch.examples.len();
+        let labels_f32: ArrayD<f32>;
+        let labels_i64: ArrayD<i64>;
+        let labels = match self.setup.loss {
+            Loss::BinaryCrossEntropyWithLogits => {
+                labels_f32 = ArrayD::from_shape_vec(
+                    IxDyn(&[n]),
+                    batch.examples.iter().map(|e| e.label as f32).collect(),
+                )
+                .map_err(shape_err)?;
+                InputTensor::F32(labels_f32.view())
+            }
+            Loss::SoftmaxCrossEntropy => {
+                labels_i64 = ArrayD::from_shape_vec(
+                    IxDyn(&[n]),
+                    batch.examples.iter().map(|e| i64::from(e.label)).collect(),
+                )
+                .map_err(shape_err)?;
+                InputTensor::I64(labels_i64.view())
+            }
+        };
+        let mut masks = Vec::with_capacity(spec.dropout_masks.len());
+        for m in &spec.dropout_masks {
+            let shape: Vec<usize> = m.shape.iter().map(|&d| if d < 0 { n } else { d as usize }).collect();
+            let len = shape.iter().product();
+            let data = xfer_autodiff::dropout_mask(self.config.seed, global_step, m.stream, len, m.rate);
+            masks.push((m.name.as_str(), ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(shape_err)?));
+        }
+        let pixels = batch.pixels.view().into_dyn();
+        let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![(spec.data_input.name.as_str(), InputTensor::F32(pixels))];
+        feeds.push((spec.labels.name.as_str(), labels));
+        for (name, mask) in &masks {
+            feeds.push((name, InputTensor::F32(mask.view())));
+        }
+        for p in params.iter() {
+            let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;
+            feeds.push((p.name.as_str(), InputTensor::F32(view)));
+        }
+        let outputs = session.run(&feeds)?;
+        drop(feeds);
+        let mut by_name: BTreeMap<String, ArrayD<f32>> = BTreeMap::new();
+        for (name, t) in outputs {
+            if let OutputTensor::F32(a) = t {
+                by_name.insert(name, a);
+            }
+        }
+        let take = |name: &str| {
+            by_name.get(name).ok_or_else(|| Error::Model {
+                reason: format!("the training graph did not output `{name}`"),
+            })
+        };
+        let loss = take("loss")?.iter().next().copied().unwrap_or(f32::NAN);
+        let correct = count_correct(take("logits")?, &batch.examples);
+        if !loss.is_finite() {
+            return Ok((loss, correct));
+        }
+        let mut grads: Vec<&[f32]> = Vec::with_capacity(params.len());
+        for p in params.iter() {
+            let g = take(&format!("{}_grad", p.name))?;
+            grads.push(g.as_slice().ok_or_else(|| Error::Model {
+                reason: format!("gradient of `{}` is not contiguous", p.name),
+            })?);
+        }
+        adam.step(params, &grads)?;
+        Ok((loss, correct))
+    }
+
+    /// Validation loss and accuracy with the eval graph (no dropout, no augmentation).
+    fn validate(&self, params: &[Parameter]) -> Result<(f64, f64)> {
+        let eval = self.graphs.eval_with(params)?;
+        let bytes = xfer_onnx::write_model_bytes(&eval);
+        let mut model = Model::from_bytes(&bytes, "eval graph", &self.options.session)?;
+        let input = self.graphs.spec.data_input.name.clone();
+        let (logits, labels) = predict(
+            &mut model,
+            &input,
+            "logits",
+            self.setup,
+            &self.setup.val,
+            self.config.batch_size,
+            self.options,
+        )?;
+        Ok(loss_and_accuracy(&logits, &labels, self.setup.loss))
+    }
+
+    fn save_checkpoint(
+        &self,
+        params: &[Parameter],
+        adam: &Adam,
+        state: &TrainingState,
+        path: &Path,
+    ) -> Result<Checkpoint> {
+        let mut tensors = TensorMap::new();
+        for p in params {
+            tensors.insert(format!("param.{}", p.name), to_array(p)?);
+        }
+        for s in adam.state() {
+            tensors.insert(format!("optim.{}", s.name), to_array(&s)?);
+        }
+        let checkpoint = Checkpoint {
+            state: state.clone(),
+            tensors,
+        };
+        checkpoint.save(path)?;
+        Ok(checkpoint)
+    }
+}
+
+/// Runs `model` over `examples` (no augmentation) and returns output `output` as
+/// `[n, k]` f64 rows plus the labels of the examples that loaded.
+fn predict(
+    model: &mut Model,
+    input: &str,
+    output: &str,
+    setup: &Setup,
+    examples: &[Example],
+    batch_size: usize,
+    options: &RunOptions,
+) -> Result<(ndarray::Array2<f64>, Vec<i32>)> {
+    let mut lc = LoaderConfig::new(setup.size[0], setup.size[1], batch_size);
+    lc.threads = options.loader_threads;
+    lc.hash_contents = false;
+    let loader = BatchLoader::start(examples.to_vec(), lc)?;
+    let mut rows: Vec<f64> = Vec::new();
+    let mut labels = Vec::new();
+    let mut width = 0;
+    for batch in loader {
+        let batch = batch?;
+        if batch.examples.is_empty() {
+            continue;
+        }
+        let outputs = model.run(&[(input, InputTensor::F32(batch.pixels.view().into_dyn()))])?;
+        let values = outputs
+            .into_iter()
+            .find(|(n, _)| n == output)
+            .and_then(|(_, t)| t.into_f32())
+            .ok_or_else(|| Error::Model {
+                reason: format!("the model did not output `{output}`"),
+            })?;
+        width = values.len() / batch.examples.len();
+        rows.extend(values.iter().map(|&v| f64::from(v)));
+        labels.extend(batch.examples.iter().map(|e| e.label as i32));
+    }
+    let n = labels.len();
+    let array = ndarray::Array2::from_shape_vec((n, width), rows).map_err(shape_err)?;
+    Ok((array, labels))
+}
+
+/// Mean loss and accuracy of logits `[n, units]` (f64).
+pub(crate) fn loss_and_accuracy(logits: &ndarray::Array2<f64>, labels: &[i32], loss: Loss) -> (f64, f64) {
+    let n = labels.len().max(1) as f64;
+    let mut total = 0.0;
+    let mut correct = 0usize;
+    for (row, &y) in logits.rows().into_iter().zip(labels) {
+        match loss {
+            Loss::BinaryCrossEntropyWithLogits => {
+                let z = row[0];
+                let y = f64::from(y);
+                total += z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
+                if (z > 0.0) == (y > 0.5) {
+                    correct += 1;
+                }
+            }
+            Loss::SoftmaxCrossEntropy => {
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                total += lse - row[y as usize];
+                if argmax(row.iter().copied()) == y as usize {
+                    correct += 1;
+                }
+            }
+        }
+    }
+    (total / n, correct as f64 / n)
+}
+
+fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+fn count_correct(logits: &ArrayD<f32>, examples: &[Example]) -> usize {
+    let n = examples.len();
+    if n == 0 {
+        return 0;
+    }
+    let units = logits.len() / n;
+    let flat: Vec<f32> = logits.iter().copied().collect();
+    examples
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            let row = &flat[i * units..(i + 1) * units];
+            if units == 1 {
+                (row[0] > 0.0) == (e.label == 1)
+            } else {
+                argmax(row.iter().map(|&v| f64::from(v))) == e.label as usize
+            }
+        })
+        .count()
+}
+
+fn shape_err(e: ndarray::ShapeError) -> Error {
+    Error::Model {
+        reason: format!("tensor shape: {e}"),
+    }
+}
+
+fn to_array(p: &Parameter) -> Result<ArrayD<f32>> {
+    ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).map_err(shape_err)
+}
+
+fn to_parameter(name: &str, array: &ArrayD<f32>) -> Parameter {
+    Parameter {
+        name: name.to_owned(),
+        shape: array.shape().to_vec(),
+        data: array.iter().copied().collect(),
+    }
+}
+
+/// The trained parameters stored in a checkpoint (`param.*`), by name.
+pub fn checkpoint_parameters(checkpoint: &Checkpoint) -> BTreeMap<String, Parameter> {
+    checkpoint
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), to_parameter(n, v))))
+        .collect()
+}

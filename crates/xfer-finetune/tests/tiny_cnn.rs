@@ -1,0 +1,397 @@
+//! End-to-end fine-tuning of a tiny CNN (2 × Conv + BatchNorm + ReLU, global
+//! average pooling) that the tests build, on a small synthetic PNG dataset that
+//! the tests write, through the real ONNX Runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use ndarray::{Array4, ArrayD, IxDyn};
+use xfer_autodiff::{HeadSpec, Loss, Parameter, TrainingGraphBuilder, Trainable};
+use xfer_finetune::{
+    Checkpoint, Error, Event, FinetuneConfig, MetricsLog, Outcome, RunOptions, checkpoint_parameters, finetune,
+    trained_forward,
+};
+use xfer_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, attr};
+use xfer_runtime::{InputTensor, Model, ModelManifest, ModelSource, SessionOptions};
+
+const SIDE: u32 = 12;
+const PER_CLASS: usize = 16;
+
+/// A deterministic pseudo-random stream for fixtures.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Two classes told apart by colour: `blue` images are blue-ish, `red` ones red-ish, with noise.
+fn write_dataset(root: &Path) {
+    let mut rng = Lcg(7);
+    for (class, (r, b)) in [("blue", (70.0, 170.0)), ("red", (170.0, 70.0))] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for i in 0..PER_CLASS {
+            let img = image::RgbImage::from_fn(SIDE, SIDE, |x, y| {
+                let stripe = if (x + y) % 4 < 2 { 20.0 } else { -20.0 };
+                let noise = |rng: &mut Lcg| (rng.next() - 0.5) * 80.0;
+                let px = |v: f32| v.clamp(0.0, 255.0) as u8;
+                image::Rgb([px(r + stripe + noise(&mut rng)), px(110.0 + noise(&mut rng)), px(b - stripe + noise(&mut rng))])
+            });
+            img.save(dir.join(format!("{i:03}.png"))).expect("save png");
+        }
+    }
+}
+
+fn values(rng: &mut Lcg, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.next() - 0.5) * 2.0 * scale).collect()
+}
+
+/// pixels → x/127.5 − 1 → Conv(4, 3×3) → BN → ReLU → Conv(4, 3×3, stride 2) → BN → ReLU → GAP → Flatten.
+fn tiny_forward() -> ModelProto {
+    let mut rng = Lcg(11);
+    let mut g = GraphBuilder::new("tiny_cnn");
+    g.input("pixels", &[Dim::from("batch"), Dim::Fixed(3), Dim::Fixed(SIDE as i64), Dim::Fixed(SIDE as i64)]);
+    let scale = g.constant_f32("pre.scale", &[], &[1.0 / 127.5]);
+    let offset = g.constant_f32("pre.offset", &[], &[-1.0]);
+    let x = g.op("Mul", &["pixels", &scale], vec![], "scaled");
+    let mut x = g.op("Add", &[&x, &offset], vec![], "preprocessed");
+    for (layer, (cin, stride)) in [(1, (3i64, 1i64)), (2, (4, 2))] {
+        let conv = format!("block{layer}_conv");
+        let bn = format!("block{layer}_bn");
+        // Small random kernels plus a designed part, so that the frozen features
+        // already tell the classes apart: block 1's filters 0 and 1 compare red
+        // with blue, block 2 passes its input through at the centre tap.
+        let mut kernel = values(&mut rng, (4 * cin * 9) as usize, 0.1);
+        for o in 0..4usize {
+            for i in 0..cin as usize {
+                for t in 0..9usize {
+                    let w = &mut kernel[(o * cin as usize + i) * 9 + t];
+                    *w += match (layer, o, i) {
+                        (1, 0, 0) | (1, 1, 2) => 0.15,
+                        (1, 0, 2) | (1, 1, 0) => -0.15,
+                        (2, o, i) if o == i && t == 4 => 1.0,
+                        _ => 0.0,
+                    };
+                }
+            }
+        }
+        let k = g.initializer(TensorProto::from_f32(format!("{conv}.kernel"), &[4, cin, 3, 3], &kernel));
+        let bias = g.initializer(TensorProto::from_f32(format!("{conv}.bias"), &[4], &values(&mut rng, 4, 0.1)));
+        let c = g.op(
+            "Conv",
+            &[&x, &k, &bias],
+            vec![attr::ints("pads", &[1, 1, 1, 1]), attr::ints("strides", &[stride, stride])],
+            &conv,
+        );
+        let gamma: Vec<f32> = values(&mut rng, 4, 0.2).iter().map(|v| 1.0 + v).collect();
+        let var: Vec<f32> = values(&mut rng, 4, 0.5).iter().map(|v| 1.0 + v).collect();
+        let gamma = g.initializer(TensorProto::from_f32(format!("{bn}.gamma"), &[4], &gamma));
+        let beta = g.initializer(TensorProto::from_f32(format!("{bn}.beta"), &[4], &values(&mut rng, 4, 0.1)));
+        let mean = g.initializer(TensorProto::from_f32(format!("{bn}.moving_mean"), &[4], &values(&mut rng, 4, 0.3)));
+        let var = g.initializer(TensorProto::from_f32(format!("{bn}.moving_variance"), &[4], &var));
+        let n = g.op(
+            "BatchNormalization",
+            &[&c, &gamma, &beta, &mean, &var],
+            vec![attr::float("epsilon", 1e-3)],
+            &bn,
+        );
+        x = g.op("Relu", &[&n], vec![], &format!("block{layer}_relu"));
+    }
+    let pooled = g.op("GlobalAveragePool", &[&x], vec![], "pooled");
+    g.node_named("Flatten", &[&pooled], &["features"], vec![attr::int("axis", 1)]);
+    g.output("features", &[Dim::from("batch"), Dim::Fixed(4)]);
+    g.build_model()
+}
+
+/// Writes `dir/{model.onnx, train.onnx, model.json}`.
+fn write_model(dir: &Path) -> ModelProto {
+    let forward = tiny_forward();
+    std::fs::create_dir_all(dir).expect("mkdir");
+    xfer_onnx::write_model(&forward, &dir.join("model.onnx")).expect("write");
+    xfer_onnx::write_model(&forward, &dir.join("train.onnx")).expect("write");
+    let bytes = std::fs::read(dir.join("model.onnx")).expect("read");
+    ModelManifest {
+        name: "tiny".to_owned(),
+        onnx: "model.onnx".to_owned(),
+        training_onnx: Some("train.onnx".to_owned()),
+        input: "pixels".to_owned(),
+        layout: "NCHW".to_owned(),
+        channel_order: "RGB".to_owned(),
+        value_range: [0.0, 255.0],
+        image_size: [SIDE, SIDE],
+        preprocessing: "x/127.5 - 1".to_owned(),
+        output: "features".to_owned(),
+        feature_dim: 4,
+        classes: None,
+        source: ModelSource {
+            package: "test".to_owned(),
+            file: "tiny".to_owned(),
+            sha256: String::new(),
+        },
+        fingerprint: xfer_runtime::fingerprint(&bytes),
+        xfer_version: "test".to_owned(),
+    }
+    .write(dir)
+    .expect("manifest");
+    forward
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    forward: ModelProto,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    write_dataset(&root.join("data"));
+    let forward = write_model(&root.join("model"));
+    Fixture { _dir: dir, root, forward }
+}
+
+fn config(f: &Fixture, phase1: usize, phase2: usize) -> FinetuneConfig {
+    let mut c = FinetuneConfig {
+        data: f.root.join("data"),
+        model: f.root.join("model"),
+        seed: 3,
+        batch_size: 8,
+        ..FinetuneConfig::default()
+    };
+    c.phase1.epochs = phase1;
+    c.phase1.learning_rate = 0.05;
+    c.phase2.epochs = phase2;
+    c.phase2.learning_rate = 0.01;
+    c.splits.train = "train[:50%]".to_owned();
+    c.splits.val = "train[50%:75%]".to_owned();
+    c.splits.test = "train[75%:]".to_owned();
+    c
+}
+
+fn options(run: &Path) -> RunOptions {
+    let mut o = RunOptions::new(run);
+    o.session = SessionOptions {
+        intra_threads: Some(1),
+        ..SessionOptions::default()
+    };
+    o.loader_threads = Some(1);
+    o
+}
+
+fn run_to_end(config: &FinetuneConfig, options: &RunOptions) -> xfer_finetune::Summary {
+    match finetune(config, options, &mut |_| {}).expect("finetune") {
+        Outcome::Finished(s) => s,
+        other => panic!("expected a finished run, got {other:?}"),
+    }
+}
+
+fn initializers(model: &ModelProto) -> BTreeMap<String, Vec<f32>> {
+    model
+        .graph
+        .as_ref()
+        .expect("graph")
+        .initializer
+        .iter()
+        .filter_map(|t| t.to_f32().ok().map(|v| (t.name.clone(), v)))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn phase1_lowers_the_loss_and_trains_only_the_head() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let summary = run_to_end(&config(&f, 5, 0), &options(&run));
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(records.len(), 5);
+    assert!(records.iter().all(|r| r.phase == 1));
+    let (first, last) = (&records[0], &records[4]);
+    assert!(
+        last.train_loss < first.train_loss && last.val_loss < first.val_loss,
+        "loss did not decrease: {:?}",
+        records.iter().map(|r| (r.train_loss, r.val_loss)).collect::<Vec<_>>()
+    );
+    assert_eq!(summary.epochs, records);
+
+    // Only the head is in the checkpoint; every backbone initializer is bit-identical.
+    let ckpt = Checkpoint::load(&Checkpoint::last_path(&run)).expect("checkpoint");
+    let params = checkpoint_parameters(&ckpt);
+    assert_eq!(params.keys().cloned().collect::<Vec<_>>(), vec!["head.bias", "head.kernel"]);
+    assert_eq!(ckpt.state.phase, 1);
+    assert_eq!(ckpt.state.epochs_done, 5);
+    let trained = trained_forward(&f.forward, &params).expect("trained forward");
+    let (before, after) = (initializers(&f.forward), initializers(&trained));
+    assert_eq!(before.len(), after.len());
+    for (name, v) in &before {
+        assert_eq!(bits(v), bits(&after[name]), "{name} changed in phase 1");
+    }
+    // Run files.
+    for file in ["config.toml", "curves.png", "curves.svg", "model.onnx", "metrics.json", "checkpoints/best.safetensors", "checkpoints/last.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let png = std::fs::read(run.join("curves.png")).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(run.join("curves.svg")).expect("svg");
+    assert!(svg.contains("accuracy") && svg.contains("epoch"), "svg lacks labels");
+    let test = summary.test.expect("test metrics");
+    assert_eq!(test.rows, 8);
+}
+
+#[test]
+fn phase2_trains_the_backbone_but_never_the_batchnorm_statistics() {
+    let f = fixture();
+    let run = f.root.join("run");
+    run_to_end(&config(&f, 2, 2), &options(&run));
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(records.iter().map(|r| (r.phase, r.epoch, r.global_epoch)).collect::<Vec<_>>(), vec![
+        (1, 1, 1),
+        (1, 2, 2),
+        (2, 1, 3),
+        (2, 2, 4)
+    ]);
+    let ckpt = Checkpoint::load(&Checkpoint::last_path(&run)).expect("checkpoint");
+    let params = checkpoint_parameters(&ckpt);
+    assert!(params.contains_key("block1_conv.kernel") && params.contains_key("block2_bn.gamma"));
+    assert!(!params.keys().any(|k| k.contains("moving")), "statistics were trained: {:?}", params.keys());
+    let trained = trained_forward(&f.forward, &params).expect("trained forward");
+    let (before, after) = (initializers(&f.forward), initializers(&trained));
+    let mut changed = Vec::new();
+    for (name, v) in &before {
+        if name.contains("moving") {
+            assert_eq!(bits(v), bits(&after[name]), "{name} changed in phase 2");
+        } else if bits(v) != bits(&after[name]) {
+            changed.push(name.clone());
+        }
+    }
+    for name in ["block1_conv.kernel", "block2_conv.kernel", "block1_bn.gamma", "block2_bn.beta"] {
+        assert!(changed.iter().any(|c| c == name), "{name} did not train in phase 2; changed: {changed:?}");
+    }
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let f = fixture();
+    let cfg = config(&f, 2, 2);
+    let straight = f.root.join("straight");
+    run_to_end(&cfg, &options(&straight));
+
+    // Interrupt twice: mid-epoch in phase 1, then mid-epoch in phase 2.
+    let resumed = f.root.join("resumed");
+    let mut opts = options(&resumed);
+    for (stop_after, resume) in [(3usize, false), (4, true)] {
+        opts.resume = resume;
+        opts.stop.store(false, Ordering::SeqCst);
+        let stop = opts.stop.clone();
+        let mut steps = 0usize;
+        let outcome = finetune(&cfg, &opts, &mut |e| {
+            if let Event::Step { .. } = e {
+                steps += 1;
+                if steps == stop_after {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .expect("finetune");
+        let Outcome::Interrupted { step_in_epoch, .. } = outcome else {
+            panic!("expected an interruption, got {outcome:?}");
+        };
+        assert!(step_in_epoch > 0, "the interruption should fall mid-epoch");
+    }
+    opts.resume = true;
+    opts.stop.store(false, Ordering::SeqCst);
+    run_to_end(&cfg, &opts);
+
+    let a = Checkpoint::load(&Checkpoint::last_path(&straight)).expect("a");
+    let b = Checkpoint::load(&Checkpoint::last_path(&resumed)).expect("b");
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    for (name, ta) in &a.tensors {
+        let tb = &b.tensors[name];
+        assert_eq!(
+            ta.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            tb.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{name} differs after resume"
+        );
+    }
+    assert_eq!(a.state.global_step, b.state.global_step);
+    let la = MetricsLog::read(&straight.join("metrics.jsonl")).expect("log a");
+    let lb = MetricsLog::read(&resumed.join("metrics.jsonl")).expect("log b");
+    assert_eq!(la.len(), lb.len());
+    for (ra, rb) in la.iter().zip(&lb) {
+        assert_eq!((ra.train_loss, ra.val_loss, ra.train_accuracy), (rb.train_loss, rb.val_loss, rb.train_accuracy));
+    }
+    // A fresh run in a used folder is refused.
+    let err = finetune(&cfg, &options(&straight), &mut |_| {}).expect_err("must refuse");
+    assert!(err.to_string().contains("--resume"), "{err}");
+}
+
+#[test]
+fn training_is_seeded() {
+    let f = fixture();
+    let params_of = |name: &str, seed: u64| {
+        let mut cfg = config(&f, 1, 0);
+        cfg.seed = seed;
+        let run = f.root.join(name);
+        run_to_end(&cfg, &options(&run));
+        let ckpt = Checkpoint::load(&Checkpoint::last_path(&run)).expect("ckpt");
+        bits(&checkpoint_parameters(&ckpt)["head.kernel"].data)
+    };
+    let a = params_of("a", 5);
+    assert_eq!(a, params_of("b", 5), "same seed, different result");
+    assert_ne!(a, params_of("c", 6), "another seed gave the same result");
+}
+
+#[test]
+fn the_exported_model_matches_the_eval_graph() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let summary = run_to_end(&config(&f, 1, 1), &options(&run));
+    let params = checkpoint_parameters(&Checkpoint::load(&Checkpoint::last_path(&run)).expect("ckpt"));
+    let graphs = TrainingGraphBuilder::new(f.forward.clone())
+        .features("features")
+        .head(HeadSpec::Dense { units: 1, dropout: 0.2 })
+        .trainable(Trainable::All)
+        .loss(Loss::BinaryCrossEntropyWithLogits)
+        .example_shape(&[3, SIDE as i64, SIDE as i64])
+        .build()
+        .expect("graphs");
+    let trained: Vec<Parameter> = graphs.params.iter().map(|p| params[&p.name].clone()).collect();
+    let eval = graphs.eval_with(&trained).expect("eval");
+    let session = SessionOptions::default();
+    let mut eval = Model::from_bytes(&xfer_onnx::write_model_bytes(&eval), "eval", &session).expect("eval session");
+    let mut exported = Model::load(&summary.model, &session).expect("exported session");
+    let exported_proto = xfer_onnx::read_model(&summary.model).expect("read");
+    let ops: Vec<&str> = exported_proto.graph.as_ref().expect("g").node.iter().map(|n| n.op_type.as_str()).collect();
+    assert!(!ops.contains(&"BatchNormalization"), "BatchNorm not folded: {ops:?}");
+
+    let mut rng = Lcg(99);
+    let pixels = Array4::from_shape_fn((5, 3, SIDE as usize, SIDE as usize), |_| rng.next() * 255.0);
+    let logits = eval.run_single("pixels", pixels.view().into_dyn()).expect("eval run");
+    let probs = exported.run(&[("pixels", InputTensor::F32(pixels.view().into_dyn()))]).expect("run");
+    let probs: ArrayD<f32> = probs.into_iter().next().and_then(|(_, t)| t.into_f32()).expect("probs");
+    assert_eq!(probs.shape(), &[5, 2]);
+    for i in 0..5 {
+        let p = 1.0 / (1.0 + (-f64::from(logits[IxDyn(&[i, 0])])).exp());
+        let got = f64::from(probs[IxDyn(&[i, 1])]);
+        assert!((p - got).abs() <= 1e-5, "image {i}: eval {p}, exported {got}");
+        assert!((f64::from(probs[IxDyn(&[i, 0])]) + got - 1.0).abs() <= 1e-6);
+    }
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_naming_epoch_and_step() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let mut cfg = config(&f, 2, 0);
+    cfg.phase1.learning_rate = 3e38;
+    let err = finetune(&cfg, &options(&run), &mut |_| {}).expect_err("must diverge");
+    assert!(matches!(err, Error::NonFinite { phase: 1, epoch: 1, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("epoch 1") && text.contains("batch"), "{text}");
+    assert!(!Checkpoint::last_path(&run).exists(), "a diverged state was checkpointed");
+}

@@ -1,0 +1,309 @@
+//! [`EmbeddingWriter`]: appends rows to part files written under a temporary
+//! name and renamed when complete.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, DictionaryArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{Field, SchemaRef};
+use ndarray::ArrayView2;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::schema::{StoreMetadata, store_schema};
+use crate::{Error, Result, io_err, pq_err};
+
+/// One row's identity; its embedding is passed alongside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingRecord {
+    /// Image path relative to the dataset root.
+    pub id: String,
+    /// Class index into [`StoreMetadata::classes`].
+    pub label: i32,
+    /// Split tag.
+    pub split: String,
+    /// blake3 hex of the image file bytes.
+    pub content_hash: String,
+}
+
+/// How an [`EmbeddingWriter`] names and sizes its part files.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Rows per part file; a killed run loses at most this many rows of work.
+    pub rows_per_part: usize,
+    /// Extra tag in part names (e.g. `s0of2` for a shard); the process id is always added.
+    pub tag: Option<String>,
+    /// zstd level (1..=22).
+    pub zstd_level: i32,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            rows_per_part: 256,
+            tag: None,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// What a finished writer produced.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSummary {
+    /// Complete part files, in the order written.
+    pub files: Vec<PathBuf>,
+    /// Rows written.
+    pub rows: usize,
+}
+
+struct OpenPart {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: usize,
+}
+
+/// Writes embedding rows into `part-<run>-<seq>.parquet` files of a store directory.
+///
+/// Each part is written to `.part-<run>-<seq>.parquet.tmp` and renamed once it
+/// holds `rows_per_part` rows (or at [`EmbeddingWriter::finish`]); readers
+/// ignore the temporary names. Dropping the writer without `finish` discards
+/// the part in progress.
+pub struct EmbeddingWriter {
+    dir: PathBuf,
+    meta: StoreMetadata,
+    schema: SchemaRef,
+    props: WriterProperties,
+    run_id: String,
+    seq: usize,
+    rows_per_part: usize,
+    current: Option<OpenPart>,
+    summary: WriteSummary,
+}
+
+impl std::fmt::Debug for EmbeddingWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingWriter")
+            .field("dir", &self.dir)
+            .field("run_id", &self.run_id)
+            .field("rows", &self.summary.rows)
+            .finish()
+    }
+}
+
+/// A run id that sorts by creation time: `<unix millis, 13 digits>-<tag>p<pid>`.
+pub(crate) fn new_run_id(tag: Option<&str>) -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let tag = tag.map(|t| format!("{t}-")).unwrap_or_default();
+    format!("{millis:013}-{tag}p{}", std::process::id())
+}
+
+impl EmbeddingWriter {
+    /// Prepares a writer into `dir` (created if missing). Nothing is written until rows arrive.
+    pub fn create(dir: &Path, meta: StoreMetadata, options: &WriterOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io_err("create store directory", dir))?;
+        if let Some(tag) = &options.tag
+            && !tag.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(Error::InvalidRows {
+                op: "EmbeddingWriter::create",
+                reason: format!("part tag `{tag}` must be ASCII letters and digits"),
+            });
+        }
+        if meta.feature_dim == 0 || i32::try_from(meta.feature_dim).is_err() {
+            return Err(Error::InvalidRows {
+                op: "EmbeddingWriter::create",
+                reason: format!("feature_dim {} is not a usable embedding length", meta.feature_dim),
+            });
+        }
+        let level = ZstdLevel::try_new(options.zstd_level).map_err(|e| Error::InvalidRows {
+            op: "EmbeddingWriter::create",
+            reason: format!("zstd level {}: {e}", options.zstd_level),
+        })?;
+        let kv = meta.to_key_values().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_key_value_metadata(Some(kv))
+            .set_max_row_group_row_count(Some(options.rows_per_part.max(1)))
+            .build();
+        Ok(EmbeddingWriter {
+            dir: dir.to_path_buf(),
+            schema: store_schema(meta.feature_dim),
+            meta,
+            props,
+            run_id: new_run_id(options.tag.as_deref()),
+            seq: 0,
+            rows_per_part: options.rows_per_part.max(1),
+            current: None,
+            summary: WriteSummary::default(),
+        })
+    }
+
+    /// The run id in this writer's part names.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The metadata written into every part.
+    pub fn metadata(&self) -> &StoreMetadata {
+        &self.meta
+    }
+
+    /// Rows written so far (including the part in progress).
+    pub fn rows(&self) -> usize {
+        self.summary.rows
+    }
+
+    /// Appends rows; `embeddings` has one row of `feature_dim` values per record.
+    pub fn append(&mut self, records: &[EmbeddingRecord], embeddings: ArrayView2<'_, f32>) -> Result<()> {
+        if records.len() != embeddings.nrows() {
+            return Err(Error::InvalidRows {
+                op: "EmbeddingWriter::append",
+                reason: format!("{} records but {} embedding rows", records.len(), embeddings.nrows()),
+            });
+        }
+        if embeddings.ncols() != self.meta.feature_dim {
+            return Err(Error::InvalidRows {
+                op: "EmbeddingWriter::append",
+                reason: format!(
+                    "embeddings have {} columns but the model's feature_dim is {}",
+                    embeddings.ncols(),
+                    self.meta.feature_dim
+                ),
+            });
+        }
+        let n_classes = self.meta.classes.len();
+        if let Some(r) = records.iter().find(|r| r.label < 0 || r.label as usize >= n_classes) {
+            return Err(Error::InvalidRows {
+                op: "EmbeddingWriter::append",
+                reason: format!("`{}` has label {} but there are {n_classes} classes", r.id, r.label),
+            });
+        }
+        let mut start = 0;
+        while start < records.len() {
+            let room = self.rows_per_part - self.current.as_ref().map_or(0, |p| p.rows);
+            let end = (start + room).min(records.len());
+            let batch = self.record_batch(&records[start..end], embeddings.slice(ndarray::s![start..end, ..]))?;
+            let part = match self.current.as_mut() {
+                Some(p) => p,
+                None => self.open_part()?,
+            };
+            part.writer.write(&batch).map_err(pq_err("write", &part.tmp))?;
+            part.rows += end - start;
+            let full = part.rows >= self.rows_per_part;
+            self.summary.rows += end - start;
+            if full {
+                self.close_part()?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Completes the part in progress and returns what was written.
+    pub fn finish(mut self) -> Result<WriteSummary> {
+        self.close_part()?;
+        Ok(std::mem::take(&mut self.summary))
+    }
+
+    fn open_part(&mut self) -> Result<&mut OpenPart> {
+        let name = format!("part-{}-{:05}.parquet", self.run_id, self.seq);
+        self.seq += 1;
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
+            .map_err(pq_err("start parquet file", &tmp))?;
+        Ok(self.current.insert(OpenPart {
+            writer,
+            tmp,
+            path,
+            rows: 0,
+        }))
+    }
+
+    fn close_part(&mut self) -> Result<()> {
+        let Some(mut part) = self.current.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            part.writer.finish().map_err(pq_err("finish", &part.tmp))?;
+            part.writer.inner().sync_all().map_err(io_err("sync", &part.tmp))?;
+            std::fs::rename(&part.tmp, &part.path).map_err(io_err("rename", &part.tmp))?;
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.summary.files.push(part.path);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&part.tmp);
+                self.summary.rows -= part.rows;
+                Err(e)
+            }
+        }
+    }
+
+    fn record_batch(&self, records: &[EmbeddingRecord], embeddings: ArrayView2<'_, f32>) -> Result<RecordBatch> {
+        build_batch(&self.schema, &self.meta, records, embeddings).map_err(|e| Error::InvalidRows {
+            op: "EmbeddingWriter::append",
+            reason: e,
+        })
+    }
+}
+
+impl Drop for EmbeddingWriter {
+    fn drop(&mut self) {
+        if let Some(part) = self.current.take() {
+            drop(part.writer);
+            let _ = std::fs::remove_file(&part.tmp);
+        }
+    }
+}
+
+/// Builds one Arrow record batch of the store schema.
+pub(crate) fn build_batch(
+    schema: &SchemaRef,
+    meta: &StoreMetadata,
+    records: &[EmbeddingRecord],
+    embeddings: ArrayView2<'_, f32>,
+) -> std::result::Result<RecordBatch, String> {
+    let ids = StringArray::from_iter_values(records.iter().map(|r| r.id.as_str()));
+    let labels = Int32Array::from_iter_values(records.iter().map(|r| r.label));
+    let names = DictionaryArray::<Int32Type>::try_new(
+        labels.clone(),
+        Arc::new(StringArray::from_iter_values(meta.classes.iter().map(String::as_str))),
+    )
+    .map_err(|e| e.to_string())?;
+    let splits = StringArray::from_iter_values(records.iter().map(|r| r.split.as_str()));
+    let hashes = StringArray::from_iter_values(records.iter().map(|r| r.content_hash.as_str()));
+    let models = StringArray::from_iter_values(records.iter().map(|_| meta.fingerprint.as_str()));
+    let values: Vec<f32> = embeddings.iter().copied().collect();
+    let dim = i32::try_from(meta.feature_dim).map_err(|e| e.to_string())?;
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", arrow_schema::DataType::Float32, false)),
+        dim,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids),
+        Arc::new(labels),
+        Arc::new(names),
+        Arc::new(splits),
+        Arc::new(hashes),
+        Arc::new(models),
+        Arc::new(list),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}

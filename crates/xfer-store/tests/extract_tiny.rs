@@ -1,0 +1,297 @@
+//! The extract pipeline end to end on a tiny backbone built here (real ONNX Runtime).
+//!
+//! The backbone is GlobalAveragePool → Flatten → MatMul(W), so the embedding of a
+//! solid-colour image is exactly `[r, g, b] @ W`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use xfer_onnx::{Dim, GraphBuilder, attr};
+use xfer_runtime::{ModelManifest, ModelSource};
+use xfer_store::extract::{ExtractConfig, Shard, SplitAssignment, extract};
+use xfer_store::{Error, StoreReader};
+
+const DIM: usize = 4;
+
+fn weights(scale: f32) -> Vec<f32> {
+    (0..3 * DIM).map(|i| scale * (i as f32 + 1.0) / 10.0).collect()
+}
+
+/// Writes a tiny backbone into `dir` (model.onnx + model.json); `scale` changes the weights.
+fn tiny_backbone(dir: &Path, scale: f32) -> PathBuf {
+    let mut g = GraphBuilder::new("tiny");
+    g.input(
+        "pixels",
+        &[Dim::from("batch"), Dim::Fixed(3), Dim::from("h"), Dim::from("w")],
+    );
+    let w = g.constant_f32("w", &[3, DIM as i64], &weights(scale));
+    let gap = g.op("GlobalAveragePool", &["pixels"], vec![], "gap");
+    let flat = g.op("Flatten", &[&gap], vec![attr::int("axis", 1)], "flat");
+    g.node_named("MatMul", &[&flat, &w], &["features"], vec![]);
+    g.output("features", &[Dim::from("batch"), Dim::Fixed(DIM as i64)]);
+    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
+    std::fs::create_dir_all(dir).expect("model dir");
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("write onnx");
+    let manifest = ModelManifest {
+        name: "tiny".into(),
+        onnx: "model.onnx".into(),
+        training_onnx: None,
+        input: "pixels".into(),
+        layout: "NCHW".into(),
+        channel_order: "RGB".into(),
+        value_range: [0.0, 255.0],
+        image_size: [6, 6],
+        preprocessing: "none".into(),
+        output: "features".into(),
+        feature_dim: DIM,
+        classes: None,
+        source: ModelSource {
+            package: "test".into(),
+            file: "tiny".into(),
+            sha256: String::new(),
+        },
+        fingerprint: xfer_runtime::fingerprint(&bytes),
+        xfer_version: "test".into(),
+    };
+    manifest.write(dir).expect("manifest");
+    dir.to_path_buf()
+}
+
+fn colour(class: usize, i: usize) -> [u8; 3] {
+    [(i * 7 % 256) as u8, (class * 100 + 20) as u8, (i * 13 % 200) as u8]
+}
+
+fn write_png(path: &Path, rgb: [u8; 3]) {
+    image::RgbImage::from_pixel(8, 8, image::Rgb(rgb)).save(path).expect("png");
+}
+
+/// `n` solid-colour images per class in `root/{cat,dog}/NNNN.png`.
+fn dataset(root: &Path, n: usize) -> PathBuf {
+    for (c, name) in ["cat", "dog"].iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("class dir");
+        for i in 0..n {
+            write_png(&dir.join(format!("{i:04}.png")), colour(c, i));
+        }
+    }
+    root.to_path_buf()
+}
+
+fn expected_embedding(rgb: [u8; 3], scale: f32) -> Vec<f32> {
+    let w = weights(scale);
+    (0..DIM)
+        .map(|j| (0..3).map(|c| rgb[c] as f32 * w[c * DIM + j]).sum())
+        .collect()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    model: PathBuf,
+    store: PathBuf,
+}
+
+fn fixture(n_per_class: usize) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = dataset(&tmp.path().join("data"), n_per_class);
+    let model = tiny_backbone(&tmp.path().join("model"), 1.0);
+    let store = tmp.path().join("store");
+    Fixture {
+        _tmp: tmp,
+        data,
+        model,
+        store,
+    }
+}
+
+fn config(f: &Fixture, store: &Path) -> ExtractConfig {
+    let mut c = ExtractConfig::new(&f.data, &f.model, store).expect("config");
+    c.batch_size = 4;
+    c.rows_per_part = 8;
+    c.decode_threads = Some(2);
+    c
+}
+
+/// (id → (split, hash, embedding)) of all live rows, with a check that each (id, model) occurs once.
+fn rows(store: &Path) -> BTreeMap<String, (String, String, Vec<f32>)> {
+    let reader = StoreReader::open(store).expect("open store");
+    let keys = reader.stored_keys().expect("keys");
+    let mut ids: Vec<&String> = keys.iter().map(|k| &k.id).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(before, ids.len(), "every id is stored once");
+    let mut out = BTreeMap::new();
+    for split in ["train", "val", "test"] {
+        let Ok(loaded) = reader.load_split(split, None) else { continue };
+        for (i, id) in loaded.ids.iter().enumerate() {
+            let hash = keys.iter().find(|k| &k.id == id).map(|k| k.content_hash.clone()).expect("key");
+            out.insert(id.clone(), (split.to_owned(), hash, loaded.features.row(i).to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn full_run_stores_each_image_once_and_rerun_embeds_nothing() {
+    let f = fixture(15);
+    let mut calls = 0;
+    let summary = extract(&config(&f, &f.store), &mut |_| calls += 1).expect("extract");
+    assert_eq!(summary.embedded, 30);
+    assert_eq!(summary.cached, 0);
+    assert!(summary.skipped.is_empty());
+    assert!(calls >= 30 / 4, "progress reported per batch");
+    assert_eq!(summary.files.len(), 4, "30 rows at 8 rows per part");
+    assert_eq!(summary.per_split.values().sum::<usize>(), 30);
+    assert_eq!(summary.per_split["train"], 21);
+
+    let stored = rows(&f.store);
+    assert_eq!(stored.len(), 30);
+    let splits: std::collections::BTreeSet<&str> = stored.values().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(splits.into_iter().collect::<Vec<_>>(), vec!["test", "train", "val"]);
+    let (_, hash, emb) = &stored["dog/0003.png"];
+    let bytes = std::fs::read(f.data.join("dog/0003.png")).expect("read");
+    assert_eq!(hash, &xfer_store::content_hash(&bytes));
+    let want = expected_embedding(colour(1, 3), 1.0);
+    for (a, b) in emb.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{emb:?} vs {want:?}");
+    }
+    let reader = StoreReader::open(&f.store).expect("open");
+    let train = reader.load_split("train", None).expect("train");
+    assert_eq!(train.classes, vec!["cat", "dog"]);
+    for (id, label) in train.ids.iter().zip(&train.labels) {
+        assert_eq!(*label, i32::from(id.starts_with("dog/")), "{id}");
+    }
+
+    let again = extract(&config(&f, &f.store), &mut |_| {}).expect("rerun");
+    assert_eq!(again.embedded, 0);
+    assert_eq!(again.cached, 30);
+    assert!(again.files.is_empty());
+    assert_eq!(again.device, None, "nothing to embed: the model is not even loaded");
+    assert_eq!(rows(&f.store), stored);
+}
+
+#[test]
+fn a_modified_image_is_re_embedded_and_supersedes_its_old_row() {
+    let f = fixture(6);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    let before = rows(&f.store);
+    let new_rgb = [250, 1, 2];
+    write_png(&f.data.join("cat/0002.png"), new_rgb);
+    let summary = extract(&config(&f, &f.store), &mut |_| {}).expect("rerun");
+    assert_eq!(summary.embedded, 1);
+    assert_eq!(summary.changed, 1);
+    assert_eq!(summary.cached, 11);
+
+    let reader = StoreReader::open(&f.store).expect("open");
+    let info = reader.info().expect("info");
+    assert_eq!(info.models[0].rows, 12);
+    assert_eq!(info.models[0].superseded, 1);
+    let split = &before["cat/0002.png"].0;
+    let loaded = reader.load_split(split, None).expect("split");
+    let i = loaded.ids.iter().position(|id| id == "cat/0002.png").expect("row");
+    let want = expected_embedding(new_rgb, 1.0);
+    for (a, b) in loaded.features.row(i).iter().zip(&want) {
+        assert!((a - b).abs() < 1e-3 * b.abs().max(1.0));
+    }
+    assert_eq!(loaded.ids.len(), loaded.ids.iter().collect::<std::collections::BTreeSet<_>>().len());
+
+    let compacted = reader.compact().expect("compact");
+    assert_eq!(compacted.rows, 12);
+    assert_eq!(compacted.dropped, 1);
+    let after = rows(&f.store);
+    assert_eq!(after.len(), 12);
+    assert_eq!(after["cat/0002.png"].2, loaded.features.row(i).to_vec());
+    assert_eq!(after["dog/0001.png"], before["dog/0001.png"]);
+}
+
+#[test]
+fn another_models_store_is_refused_unless_mixing_is_allowed() {
+    let f = fixture(3);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    let other = tiny_backbone(&f.model.with_file_name("other"), 2.0);
+    let mut c = config(&f, &f.store);
+    c.model_dir = other;
+    let err = extract(&c, &mut |_| {}).expect_err("mixed");
+    assert!(matches!(err, Error::MixedModels { .. }), "{err}");
+    assert!(err.to_string().contains("--allow-mixed-models"), "{err}");
+    c.allow_mixed_models = true;
+    let summary = extract(&c, &mut |_| {}).expect("mixed allowed");
+    assert_eq!(summary.embedded, 6, "another model's rows do not count as cached");
+    let reader = StoreReader::open(&f.store).expect("open");
+    assert_eq!(reader.models().len(), 2);
+    let err = reader.load_split("train", None).expect_err("ambiguous");
+    assert!(err.to_string().contains("several models"), "{err}");
+}
+
+#[test]
+fn two_shards_together_equal_an_unsharded_run() {
+    let f = fixture(10);
+    let whole = f.store.with_file_name("whole");
+    extract(&config(&f, &whole), &mut |_| {}).expect("unsharded");
+    let mut taken = 0;
+    for i in 0..2 {
+        let mut c = config(&f, &f.store);
+        c.shard = Some(Shard { index: i, count: 2 });
+        let s = extract(&c, &mut |_| {}).expect("shard");
+        assert!(s.embedded > 0 && s.embedded < 20, "a shard takes a part: {}", s.embedded);
+        assert_eq!(s.embedded + s.other_shards, 20);
+        assert!(s.files.iter().all(|p| p.to_string_lossy().contains(&format!("s{i}of2"))));
+        taken += s.embedded;
+    }
+    assert_eq!(taken, 20);
+    assert_eq!(rows(&f.store), rows(&whole));
+}
+
+#[test]
+fn unreadable_images_are_skipped_with_a_reason_or_stop_the_run() {
+    let f = fixture(4);
+    std::fs::write(f.data.join("cat/0001.png"), b"not a png at all").expect("corrupt");
+    std::fs::write(f.data.join("dog/0002.png"), b"").expect("empty");
+    let summary = extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    assert_eq!(summary.embedded, 6);
+    assert_eq!(summary.skipped.len(), 2);
+    let kinds = summary.skipped_by_kind();
+    assert_eq!(kinds.get("empty file"), Some(&1), "{kinds:?}");
+    assert!(summary.to_string().contains("cat/0001.png"), "{summary}");
+
+    let mut c = config(&f, &f.store.with_file_name("strict"));
+    c.on_error = xfer_data::OnError::Fail;
+    let err = extract(&c, &mut |_| {}).expect_err("fail policy");
+    assert!(err.to_string().contains("000"), "{err}");
+}
+
+#[test]
+fn changing_the_split_assignment_of_a_store_is_refused() {
+    let f = fixture(5);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    let mut c = config(&f, &f.store);
+    c.seed = 7;
+    let err = extract(&c, &mut |_| {}).expect_err("retag");
+    assert!(err.to_string().contains("another split"), "{err}");
+}
+
+#[test]
+fn split_and_shard_specs_parse_or_explain() {
+    let s = SplitAssignment::parse("train=train[:50%],rest=train[50%:]").expect("two");
+    assert_eq!(s.names(), vec!["train", "rest"]);
+    let one = SplitAssignment::parse("validation[:10%]").expect("one");
+    assert_eq!(one.names(), vec!["validation"]);
+    let err = SplitAssignment::parse("a=train[:5x]").expect_err("bad bound");
+    assert!(err.to_string().contains("name=SPEC"), "{err}");
+    let err = SplitAssignment::parse("a=train,a=train").expect_err("dup");
+    assert!(err.to_string().contains("twice"), "{err}");
+
+    let f = fixture(5);
+    let ds = xfer_data::Dataset::open(&f.data).expect("dataset");
+    let overlap = SplitAssignment::parse("a=train[:60%],b=train[50%:]").expect("parse");
+    let err = overlap.assign(ds.examples(), 1).expect_err("overlap");
+    assert!(err.to_string().contains("overlap"), "{err}");
+    let partial = SplitAssignment::parse("a=train[:30%]").expect("parse");
+    assert_eq!(partial.assign(ds.examples(), 1).expect("assign").len(), 3);
+
+    assert_eq!(Shard::parse("1/3").expect("shard"), Shard { index: 1, count: 3 });
+    for bad in ["3/3", "1", "a/2", "0/0"] {
+        assert!(Shard::parse(bad).is_err(), "{bad}");
+    }
+}
