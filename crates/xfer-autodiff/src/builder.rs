@@ -692,11 +692,11 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
     }
     let labels_spec = match cfg.loss {
         Loss::BinaryCrossEntropyWithLogits => {
-            b.input_typed("labels", DataType::Float, &[batch.clone()]);
+            b.input_typed("labels", DataType::Float, std::slice::from_ref(&batch));
             "float32"
         }
         Loss::SoftmaxCrossEntropy => {
-            b.input_typed("labels", DataType::Int64, &[batch.clone()]);
+            b.input_typed("labels", DataType::Int64, std::slice::from_ref(&batch));
             "int64"
         }
     };
@@ -871,7 +871,7 @@ fn select(trainable: &Trainable, candidates: &[String], head: &[String]) -> Resu
         Trainable::Names(names) => {
             let all: Vec<&String> = candidates.iter().chain(head).collect();
             for n in names {
-                if !all.iter().any(|c| *c == n) {
+                if !all.contains(&n) {
                     return Err(Error::Selection(format!(
                         "`{n}` is not a parameter (expected an initializer used as a weight, bias or BatchNorm scale/offset, or head.kernel/head.bias)"
                     )));

@@ -128,10 +128,10 @@ pub(crate) fn vjp(
                 ));
             }
             let mut offset = 0i64;
-            for i in 0..node.input.len() {
+            for (i, slot) in out.iter_mut().enumerate() {
                 let size = e.shape(node, input(i))?[axis as usize];
                 if want(i) {
-                    out[i] = Some(e.slice(g, &[offset], &[offset + size], &[axis], &[1]));
+                    *slot = Some(e.slice(g, &[offset], &[offset + size], &[axis], &[1]));
                 }
                 offset += size;
             }
@@ -491,7 +491,7 @@ fn conv(
     let unit = strides == [1, 1] && dilations == [1, 1];
 
     if need.first().copied().unwrap_or(false) {
-        let fits = (0..2).all(|i| pads[i] <= k[i] - 1 && pads[i + 2] <= k[i] - 1);
+        let fits = (0..2).all(|i| pads[i] < k[i] && pads[i + 2] < k[i]);
         let gx = if unit && fits && (group == 1 || (depthwise && c_out == c_in)) {
             // Stride 1: a Conv with the kernel flipped 180 degrees (and I/O swapped for group 1).
             let flipped = if k == [1, 1] {

@@ -1,10 +1,309 @@
-//! `xfer finetune` (under construction).
+//! `xfer finetune`: workflow A of the Keras guide — a new head on augmented
+//! images with the base frozen, then the base unfrozen at a low learning rate
+//! (BatchNorm in inference mode), checkpointed every epoch, exported at the end.
 
-/// Arguments of `xfer finetune`.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use xfer_finetune::{CONFIG_FILE_NAME, Event, FinetuneConfig, Outcome, RunOptions, finetune};
+use xfer_runtime::{Device, SessionOptions};
+
+/// Arguments of `xfer finetune`. Every hyper-parameter flag overrides the `--config`
+/// file (or, with `--resume`, the run's saved `config.toml`), which overrides the defaults.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Run folder: config.toml, metrics.jsonl, curves.png/svg, checkpoints/, model.onnx, metrics.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Dataset folder (one subfolder per class) or CSV manifest [default: data/cats_vs_dogs].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Model folder with model.json and its training graph [default: models/xception].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// TOML file with any of the settings (keys as in a run's config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (settings from its config.toml).
+    #[arg(long)]
+    pub resume: bool,
+    /// Epochs with the base frozen (phase 1) [default: 20].
+    #[arg(long, value_name = "N")]
+    pub phase1_epochs: Option<usize>,
+    /// Adam learning rate of phase 1 [default: 1e-3].
+    #[arg(long, value_name = "LR")]
+    pub phase1_lr: Option<f32>,
+    /// Epochs with the base unfrozen (phase 2; 0 skips it) [default: 10].
+    #[arg(long, value_name = "N")]
+    pub phase2_epochs: Option<usize>,
+    /// Adam learning rate of phase 2 [default: 1e-5].
+    #[arg(long, value_name = "LR")]
+    pub phase2_lr: Option<f32>,
+    /// Images per step [default: 32].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Dropout rate before the Dense head [default: 0.2].
+    #[arg(long, value_name = "RATE")]
+    pub dropout: Option<f32>,
+    /// Seed of splits, shuffling, augmentation, dropout and head init [default: 1337].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Input size HxW (or one number for a square) [default: the model's].
+    #[arg(long, value_name = "HxW")]
+    pub image_size: Option<String>,
+    /// Phase 2 trains only from this layer on (e.g. `block14_sepconv1`) [default: the whole base].
+    #[arg(long, value_name = "LAYER")]
+    pub unfreeze_from: Option<String>,
+    /// Start phase 1 from a head trained by `xfer train-head` on the same model (a run folder or head.json).
+    #[arg(long, value_name = "DIR")]
+    pub init_head: Option<PathBuf>,
+    /// Turn off the random horizontal flip.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// RandomRotation factor (fraction of a full turn; 0 disables) [default: 0.1].
+    #[arg(long, value_name = "FACTOR")]
+    pub rotation: Option<f32>,
+    /// Rotation fill: reflect, constant or nearest [default: reflect].
+    #[arg(long)]
+    pub fill: Option<String>,
+    /// Training split [default: train[:40%]].
+    #[arg(long, value_name = "SPLIT")]
+    pub train: Option<String>,
+    /// Validation split [default: train[40%:50%]].
+    #[arg(long, value_name = "SPLIT")]
+    pub val: Option<String>,
+    /// Test split of the exported model ("" for none) [default: train[50%:60%]].
+    #[arg(long, value_name = "SPLIT")]
+    pub test: Option<String>,
+    /// Keep the class balance in every split.
+    #[arg(long)]
+    pub stratified: bool,
+    /// Execution provider: cpu, cuda or tensorrt.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Fall back to the CPU when the device is unavailable.
+    #[arg(long)]
+    pub allow_cpu_fallback: bool,
+    /// ONNX Runtime threads per operator (1 makes runs bit-reproducible) [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Image decoding threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub loader_threads: Option<usize>,
+    /// The ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
+    #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<[u32; 2]> {
+    let parse = |v: &str| -> anyhow::Result<u32> {
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("--image-size `{s}`: write HxW with positive numbers, e.g. 150x150"),
+        }
+    };
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok([parse(h)?, parse(w)?]),
+        None => {
+            let n = parse(s)?;
+            Ok([n, n])
+        }
+    }
+}
+
+/// The effective configuration: defaults, then the file (or the run's saved config), then flags.
+fn effective_config(args: &Args) -> anyhow::Result<FinetuneConfig> {
+    let saved = args.out.join(CONFIG_FILE_NAME);
+    let mut c = match (&args.config, args.resume && saved.is_file()) {
+        (Some(path), _) => FinetuneConfig::read(path)?,
+        (None, true) => FinetuneConfig::read(&saved)?,
+        (None, false) => FinetuneConfig::default(),
+    };
+    if let Some(v) = &args.data {
+        c.data.clone_from(v);
+    }
+    if let Some(v) = &args.model {
+        c.model.clone_from(v);
+    }
+    if let Some(v) = args.phase1_epochs {
+        c.phase1.epochs = v;
+    }
+    if let Some(v) = args.phase1_lr {
+        c.phase1.learning_rate = v;
+    }
+    if let Some(v) = args.phase2_epochs {
+        c.phase2.epochs = v;
+    }
+    if let Some(v) = args.phase2_lr {
+        c.phase2.learning_rate = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.dropout {
+        c.dropout = v;
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    if let Some(v) = &args.image_size {
+        c.image_size = Some(parse_size(v)?);
+    }
+    if let Some(v) = &args.unfreeze_from {
+        c.unfreeze_from = Some(v.clone());
+    }
+    if let Some(v) = &args.init_head {
+        c.init_head = Some(v.clone());
+    }
+    if args.no_flip {
+        c.augmentation.flip = false;
+    }
+    if let Some(v) = args.rotation {
+        c.augmentation.rotation = v;
+    }
+    if let Some(v) = &args.fill {
+        c.augmentation.fill.clone_from(v);
+    }
+    if let Some(v) = &args.train {
+        c.splits.train.clone_from(v);
+    }
+    if let Some(v) = &args.val {
+        c.splits.val.clone_from(v);
+    }
+    if let Some(v) = &args.test {
+        c.splits.test.clone_from(v);
+    }
+    if args.stratified {
+        c.splits.stratified = true;
+    }
+    c.validate()?;
+    Ok(c)
+}
 
 /// Runs `xfer finetune`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`xfer finetune` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = effective_config(&args)?;
+    let mut options = RunOptions::new(&args.out);
+    options.resume = args.resume;
+    options.loader_threads = args.loader_threads;
+    options.session = SessionOptions {
+        ort_lib: args.ort_lib.clone(),
+        device: args.device,
+        allow_cpu_fallback: args.allow_cpu_fallback,
+        intra_threads: args.threads,
+        disable_optimizations: false,
+    };
+    // First Ctrl-C: finish the current step, checkpoint, exit. Second: exit at once.
+    let stop = options.stop.clone();
+    let presses = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+            stop.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut bar: Option<ProgressBar> = None;
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}, eta {eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut on_event = |event: Event<'_>| match event {
+        Event::Started {
+            classes,
+            train,
+            val,
+            test,
+        } => eprintln!(
+            "classes {classes:?}; {train} training, {val} validation, {test} test images; run folder {}",
+            args.out.display()
+        ),
+        Event::PhaseStarted {
+            phase: p,
+            epochs,
+            trainable_tensors,
+            trainable_values,
+        } => {
+            let what = if p == 1 { "base frozen" } else { "fine-tuning" };
+            eprintln!(
+                "phase {p} ({what}): {epochs} epochs, {trainable_tensors} trainable tensors ({trainable_values} values)"
+            );
+        }
+        Event::EpochStarted {
+            phase: p,
+            epoch,
+            batches,
+            done,
+        } => {
+            let b = ProgressBar::new(batches as u64).with_style(style.clone());
+            b.set_prefix(format!("phase {p} epoch {epoch}"));
+            b.set_position(done as u64);
+            bar = Some(b);
+        }
+        Event::Step { batch, loss } => {
+            if let Some(b) = &bar {
+                b.set_position(batch as u64);
+                b.set_message(format!("loss {loss:.4}"));
+            }
+        }
+        Event::Validating => {
+            if let Some(b) = &bar {
+                b.set_message("validating".to_owned());
+            }
+        }
+        Event::EpochFinished(r) => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            println!(
+                "phase {} epoch {:>3}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.1} img/s, {:.1} s",
+                r.phase,
+                r.epoch,
+                r.train_loss,
+                r.train_accuracy,
+                r.val_loss,
+                r.val_accuracy,
+                r.images_per_second,
+                r.seconds
+            );
+        }
+        Event::Exported(path) => eprintln!("exported {}", path.display()),
+    };
+    let outcome = finetune(&config, &options, &mut on_event);
+    if let Some(b) = bar.take() {
+        b.abandon();
+    }
+    match outcome.with_context(|| format!("fine-tuning into {}", args.out.display()))? {
+        Outcome::Finished(summary) => {
+            if let Some((loss, epoch)) = summary.best {
+                println!("best validation loss {loss:.4} at epoch {epoch} (checkpoints/best.safetensors)");
+            }
+            if let Some(test) = &summary.test {
+                println!(
+                    "{}",
+                    xfer_head::format_table(&[("test".to_owned(), test.clone())])
+                );
+            }
+            println!("model: {}", summary.model.display());
+            Ok(())
+        }
+        Outcome::Interrupted {
+            checkpoint,
+            phase,
+            epoch,
+            step_in_epoch,
+        } => {
+            eprintln!(
+                "stopped in phase {phase}, epoch {epoch} after {step_in_epoch} batches; checkpoint {}\n\
+                 continue with: xfer finetune --out {} --resume",
+                checkpoint.display(),
+                args.out.display()
+            );
+            std::process::exit(130);
+        }
+    }
 }

@@ -1,10 +1,124 @@
-//! `xfer train_graph` (under construction).
+//! `xfer train-graph`: builds an ONNX training graph (forward + head + loss + gradients) and
+//! its eval graph from a model folder, plus the initial parameters and a `graph.json` that
+//! says what to feed, so training can be driven from any ONNX Runtime binding.
 
-/// Arguments of `xfer train_graph`.
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use xfer_autodiff::{HeadSpec, Loss, Trainable, TrainingGraphBuilder};
+use xfer_runtime::{ModelManifest, SessionOptions};
+
+use super::convert::parse_size;
+
+/// Arguments of `xfer train-graph`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model folder (model.json; its training graph, else model.onnx).
+    #[arg(long, default_value = "models/xception", value_name = "DIR")]
+    pub model: PathBuf,
+    /// Head: `dense:UNITS[:DROPOUT]` (Keras Dense on the features, dropout before it) or `none`
+    /// (the feature output already is the logits).
+    #[arg(long, default_value = "dense:1")]
+    pub head: HeadSpec,
+    /// What trains: `all`, `head`, `from:LAYER` (that Keras layer and everything after it),
+    /// or `names:P1,P2` (parameter names).
+    #[arg(long, default_value = "all")]
+    pub trainable: Trainable,
+    /// Loss: `bce` (binary cross-entropy on one logit, float labels) or `softmax`
+    /// (softmax cross-entropy, int64 labels).
+    #[arg(long, default_value = "bce")]
+    pub loss: Loss,
+    /// Input size `HxW` the graphs are built for (default: the manifest's image_size).
+    #[arg(long, value_name = "HxW")]
+    pub size: Option<String>,
+    /// Seed of the head's Glorot-uniform initialization.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use this ONNX file instead of the manifest's graph.
+    #[arg(long, value_name = "FILE")]
+    pub onnx: Option<PathBuf>,
+    /// ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    /// Output folder: training.onnx, eval.onnx, params.safetensors, graph.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
 
-/// Runs `xfer train_graph`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`xfer train_graph` is not built yet")
+/// Runs `xfer train-graph`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let manifest = ModelManifest::read(&args.model)?;
+    let source = match (&args.onnx, manifest.training_onnx_path(&args.model)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => {
+            tracing::warn!(
+                "{} lists no training graph; using {} (BatchNorm may be folded into the convolutions there)",
+                args.model.display(),
+                manifest.onnx
+            );
+            manifest.onnx_path(&args.model)
+        }
+    };
+    let [h, w] = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => manifest.image_size,
+    };
+    let forward = xfer_onnx::read_model(&source).with_context(|| format!("reading {}", source.display()))?;
+    let session = SessionOptions {
+        ort_lib: args.ort_lib.clone(),
+        ..Default::default()
+    };
+    let graphs = TrainingGraphBuilder::new(forward)
+        .features(&manifest.output)
+        .head(args.head.clone())
+        .trainable(args.trainable.clone())
+        .loss(args.loss)
+        .example_shape(&[3, i64::from(h), i64::from(w)])
+        .seed(args.seed)
+        .session_options(session)
+        .build()
+        .with_context(|| format!("building the training graph of {}", source.display()))?;
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    xfer_onnx::write_model(&graphs.training, &args.out.join("training.onnx"))?;
+    xfer_onnx::write_model(&graphs.eval, &args.out.join("eval.onnx"))?;
+    let mut meta = HashMap::new();
+    meta.insert("model".to_owned(), manifest.name.clone());
+    meta.insert("source".to_owned(), source.display().to_string());
+    xfer_autodiff::save_params(&args.out.join("params.safetensors"), &graphs.params, Some(meta))?;
+    let json = serde_json::to_string_pretty(&graphs.spec).context("encoding graph.json")?;
+    write_atomic(&args.out.join("graph.json"), json.as_bytes())?;
+
+    let values: usize = graphs.params.iter().map(|p| p.numel()).sum();
+    let nodes = |m: &xfer_onnx::ModelProto| m.graph.as_ref().map_or(0, |g| g.node.len());
+    println!(
+        "training graph for {} at {h}x{w}: {} trainable tensors ({values} values), {} frozen; {} nodes (eval {})",
+        manifest.name,
+        graphs.params.len(),
+        graphs.spec.frozen_parameters,
+        nodes(&graphs.training),
+        nodes(&graphs.eval),
+    );
+    println!("wrote {}/{{training.onnx, eval.onnx, params.safetensors, graph.json}}", args.out.display());
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
 }

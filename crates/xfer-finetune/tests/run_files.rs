@@ -1,0 +1,122 @@
+//! The run folder's files on their own: config, metrics log, curves.
+
+use xfer_finetune::{EpochRecord, FinetuneConfig, MetricsLog, draw_curves};
+
+#[test]
+fn config_defaults_are_the_guides_schedule() {
+    let c = FinetuneConfig::default();
+    assert_eq!((c.phase1.epochs, c.phase1.learning_rate), (20, 1e-3));
+    assert_eq!((c.phase2.epochs, c.phase2.learning_rate), (10, 1e-5));
+    assert_eq!(c.batch_size, 32);
+    assert_eq!(c.dropout, 0.2);
+    assert!(c.augmentation.flip);
+    assert_eq!(c.augmentation.rotation, 0.1);
+    assert_eq!(c.augmentation.fill, "reflect");
+    c.validate().expect("defaults are valid");
+}
+
+#[test]
+fn a_partial_toml_file_keeps_the_other_defaults_and_round_trips() {
+    let text = "seed = 9\nbatch_size = 16\n[phase2]\nepochs = 3\nlearning_rate = 2e-5\n[augmentation]\nrotation = 0.05\n";
+    let c = FinetuneConfig::from_toml_str(text, None).expect("parse");
+    assert_eq!((c.seed, c.batch_size, c.phase2.epochs), (9, 16, 3));
+    assert_eq!(c.phase2.learning_rate, 2e-5);
+    assert_eq!(c.phase1.epochs, 20, "phase1 keeps its default");
+    assert!(c.augmentation.flip, "flip keeps its default");
+    assert_eq!(c.augmentation.rotation, 0.05);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    c.save(dir.path()).expect("save");
+    let back = FinetuneConfig::read(&dir.path().join("config.toml")).expect("read");
+    assert_eq!(back, c);
+}
+
+#[test]
+fn bad_configs_say_which_key_is_wrong() {
+    let err = FinetuneConfig::from_toml_str("batch_sise = 3\n", None).expect_err("unknown key");
+    assert!(err.to_string().contains("batch_sise"), "{err}");
+    let cases: [(&str, fn(&mut FinetuneConfig)); 5] = [
+        ("batch_size", |c| c.batch_size = 0),
+        ("phase1.learning_rate", |c| c.phase1.learning_rate = f32::NAN),
+        ("dropout", |c| c.dropout = 1.0),
+        ("augmentation.fill", |c| c.augmentation.fill = "wrap".to_owned()),
+        ("nothing to train", |c| {
+            c.phase1.epochs = 0;
+            c.phase2.epochs = 0;
+        }),
+    ];
+    for (needle, mutate) in cases {
+        let mut c = FinetuneConfig::default();
+        mutate(&mut c);
+        let err = c.validate().expect_err(needle);
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+}
+
+#[test]
+fn resuming_with_other_settings_is_refused() {
+    let saved = FinetuneConfig::default();
+    let mut now = saved.clone();
+    now.phase2.epochs = 12; // more epochs: fine
+    now.check_resumable_from(&saved).expect("more epochs may be added");
+    now.seed = 1;
+    let err = now.check_resumable_from(&saved).expect_err("seed changed");
+    assert!(err.to_string().contains("`seed`"), "{err}");
+}
+
+fn record(global_epoch: usize, phase: u8, loss: f64) -> EpochRecord {
+    EpochRecord {
+        phase,
+        epoch: global_epoch,
+        global_epoch,
+        step: global_epoch as u64 * 10,
+        learning_rate: 1e-3,
+        train_loss: loss,
+        train_accuracy: 0.5 + 0.05 * global_epoch as f64,
+        val_loss: loss * 1.1,
+        val_accuracy: 0.5,
+        images_per_second: 100.0,
+        train_seconds: 1.0,
+        seconds: 1.5,
+    }
+}
+
+#[test]
+fn metrics_log_appends_and_a_resume_drops_epochs_after_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = MetricsLog::create(dir.path()).expect("create");
+    for e in 1..=4 {
+        log.append(record(e, if e <= 2 { 1 } else { 2 }, 1.0 / e as f64)).expect("append");
+    }
+    let on_disk = MetricsLog::read(log.path()).expect("read");
+    assert_eq!(on_disk, log.records());
+    let resumed = MetricsLog::resume(dir.path(), 3).expect("resume");
+    assert_eq!(resumed.records().len(), 3);
+    assert_eq!(MetricsLog::read(resumed.path()).expect("read").len(), 3);
+    std::fs::write(resumed.path(), "{not json\n").expect("write");
+    let err = MetricsLog::read(resumed.path()).expect_err("broken");
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn curves_are_a_png_and_a_labelled_svg_with_the_phase_boundary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<EpochRecord> = (1..=5).map(|e| record(e, if e <= 3 { 1 } else { 2 }, 1.0 / e as f64)).collect();
+    draw_curves(dir.path(), &records).expect("draw");
+    let png = std::fs::read(dir.path().join("curves.png")).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(dir.path().join("curves.svg")).expect("svg");
+    for label in ["loss", "accuracy", "epoch", "train", "validation"] {
+        assert!(svg.contains(label), "svg lacks `{label}`");
+    }
+    // The boundary is a grey line at x = 3.5 in both panels: it is drawn in rgb(150,150,150).
+    assert!(svg.contains("#969696"), "no phase boundary line in the svg");
+    // A single epoch (no boundary) draws too, and nothing is left behind.
+    draw_curves(dir.path(), &records[..1]).expect("draw one");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "temporary files left: {names:?}");
+}
