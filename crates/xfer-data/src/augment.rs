@@ -189,20 +189,19 @@ pub fn reflect_coordinate(coord: f32, len: usize) -> f32 {
     c.clamp(0.0, len_f - 1.0)
 }
 
-/// Bilinear sample of one channel plane at (y, x); taps outside read `outside`.
-fn bilinear(plane: &[f32], h: usize, w: usize, y: f32, x: f32, outside: f32) -> f32 {
+/// The four bilinear taps of a sampling position: plane offsets (`None` outside) and weights.
+fn bilinear_taps(h: usize, w: usize, y: f32, x: f32) -> [(Option<usize>, f32); 4] {
     let (y0, x0) = (y.floor(), x.floor());
     let (wy, wx) = (y - y0, x - x0);
-    let read = |yy: f32, xx: f32| -> f32 {
-        if yy >= 0.0 && xx >= 0.0 && (yy as usize) < h && (xx as usize) < w {
-            plane[yy as usize * w + xx as usize]
-        } else {
-            outside
-        }
+    let at = |yy: f32, xx: f32| -> Option<usize> {
+        (yy >= 0.0 && xx >= 0.0 && (yy as usize) < h && (xx as usize) < w).then(|| yy as usize * w + xx as usize)
     };
-    let top = (1.0 - wx) * read(y0, x0) + wx * read(y0, x0 + 1.0);
-    let bottom = (1.0 - wx) * read(y0 + 1.0, x0) + wx * read(y0 + 1.0, x0 + 1.0);
-    (1.0 - wy) * top + wy * bottom
+    [
+        (at(y0, x0), (1.0 - wy) * (1.0 - wx)),
+        (at(y0, x0 + 1.0), (1.0 - wy) * wx),
+        (at(y0 + 1.0, x0), wy * (1.0 - wx)),
+        (at(y0 + 1.0, x0 + 1.0), wy * wx),
+    ]
 }
 
 /// Rotates a CHW image by `angle` radians (counter-clockwise as displayed) about its
@@ -240,8 +239,14 @@ pub fn rotate(image: &Array3<f32>, angle: f32, fill: FillMode) -> Array3<f32> {
                 }
                 FillMode::Constant(_) => {}
             }
+            let taps = bilinear_taps(h, w, yin, xin);
             for c in 0..channels {
-                dst[c * plane + y * w + x] = bilinear(&src[c * plane..(c + 1) * plane], h, w, yin, xin, outside);
+                let src_plane = &src[c * plane..(c + 1) * plane];
+                let value: f32 = taps
+                    .iter()
+                    .map(|&(offset, weight)| weight * offset.map_or(outside, |o| src_plane[o]))
+                    .sum();
+                dst[c * plane + y * w + x] = value;
             }
         }
     }

@@ -49,7 +49,7 @@ pub struct HyperParameters {
     pub effective_class_weights: Vec<f64>,
     /// L-BFGS iteration limit.
     pub max_iterations: u64,
-    /// L-BFGS gradient tolerance.
+    /// L-BFGS gradient tolerance (on the mean loss).
     pub gradient_tolerance: f64,
     /// Number of training rows.
     pub train_rows: usize,

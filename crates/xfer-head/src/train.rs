@@ -1,8 +1,10 @@
 //! Training a logistic head with `linfa-logistic`.
 //!
-//! linfa-logistic minimises `Σᵢ logloss(xᵢ) + alpha/2·‖W‖²` with L-BFGS started
-//! from zero, so training is deterministic: there is no random component and
-//! hence no seed to fix (the same rows give bit-identical heads).
+//! linfa-logistic minimises `Σᵢ logloss(xᵢ) + alpha/2·‖W‖²` with L-BFGS. A given
+//! strength is fitted from zero; a grid is fitted from the strongest
+//! regularisation down, each fit starting from the previous solution. Training
+//! is deterministic: there is no random component and hence no seed to fix
+//! (the same rows give bit-identical heads).
 //!
 //! linfa-logistic has no sample weights. Class weights are applied by
 //! replicating rows: class `c` gets an integer multiplicity `m_c ≈ s·w_c`, and
@@ -81,7 +83,8 @@ pub struct TrainOptions {
     pub class_weight: ClassWeight,
     /// L-BFGS iteration limit.
     pub max_iterations: u64,
-    /// L-BFGS gradient tolerance (on the summed, not averaged, loss).
+    /// L-BFGS stops when the gradient norm of the *mean* loss falls below this
+    /// (scikit-learn's `tol` scale; linfa's summed loss gets it times the row count).
     pub gradient_tolerance: f64,
 }
 
@@ -198,24 +201,34 @@ pub fn train(
         train_rows: train.labels.len(),
         train_split: train.name.to_owned(),
         val_split: val.map(|v| v.name.to_owned()),
-        solver: format!("linfa-logistic 0.8 L-BFGS ({kind:?}, from zero)").to_lowercase(),
-    };
-    let fit_head = |l2: f64, hp: HyperParameters| -> Result<Head> {
-        let (weights, bias) = fit(&dataset, k, l2 * scale, options)?;
-        Head::new(
-            kind,
-            classes.to_vec(),
-            fingerprint.to_owned(),
-            weights,
-            bias,
-            standardizer.clone(),
-            hp,
+        solver: format!(
+            "linfa-logistic 0.8 L-BFGS ({kind:?}, {})",
+            if l2_source == "given" {
+                "from zero"
+            } else {
+                "warm-started down the L2 grid"
+            }
         )
+        .to_lowercase(),
     };
+    let fit_head =
+        |l2: f64, hp: HyperParameters, warm: Option<&RawParams>| -> Result<(Head, RawParams)> {
+            let (weights, bias, raw) = fit(&dataset, k, l2 * scale, options, warm)?;
+            let head = Head::new(
+                kind,
+                classes.to_vec(),
+                fingerprint.to_owned(),
+                weights,
+                bias,
+                standardizer.clone(),
+                hp,
+            )?;
+            Ok((head, raw))
+        };
 
     if let Some(l2) = options.l2 {
         check_l2(l2)?;
-        return fit_head(l2, hyper(l2, "given", Vec::new()));
+        return fit_head(l2, hyper(l2, "given", Vec::new()), None).map(|(head, _)| head);
     }
     let Some(val) = val else {
         return Err(Error::Options(
@@ -225,12 +238,19 @@ pub fn train(
     if options.l2_grid.is_empty() {
         return Err(Error::Options("the L2 grid is empty".to_owned()));
     }
-    let mut grid = Vec::with_capacity(options.l2_grid.len());
-    let mut best: Option<(Head, f64, f64)> = None;
-    for &l2 in &options.l2_grid {
+    let mut l2_grid = options.l2_grid.clone();
+    for &l2 in &l2_grid {
         check_l2(l2)?;
+    }
+    l2_grid.sort_by(|a, b| b.total_cmp(a));
+    l2_grid.dedup();
+    let mut grid = Vec::with_capacity(l2_grid.len());
+    let mut best: Option<(Head, f64, f64)> = None;
+    let mut warm: Option<RawParams> = None;
+    for &l2 in &l2_grid {
         let started = Instant::now();
-        let head = fit_head(l2, hyper(l2, "validation", Vec::new()))?;
+        let (head, raw) = fit_head(l2, hyper(l2, "validation", Vec::new()), warm.as_ref())?;
+        warm = Some(raw);
         let fit_seconds = started.elapsed().as_secs_f64();
         let m: Metrics = head.evaluate(val.features, val.labels, fingerprint)?;
         tracing::info!(
@@ -363,22 +383,37 @@ fn replication(weight: &ClassWeight, counts: &[usize]) -> Result<(Vec<usize>, f6
     Ok((multiplicity, q as f64 / w_min))
 }
 
-/// Fits linfa-logistic with L2 strength `alpha`; returns `[k][d]` weights and `[k]` biases.
+/// linfa-logistic's own parameters (weights, then the intercept), to warm-start the next fit.
+enum RawParams {
+    /// Binary: `[d + 1]`, oriented towards linfa's "positive" class.
+    Binary(nd16::Array1<f64>),
+    /// Multinomial: `[d + 1, k]`.
+    Multinomial(nd16::Array2<f64>),
+}
+
+/// Fits linfa-logistic with L2 strength `alpha`, from `warm` or from zero;
+/// returns `[k][d]` weights, `[k]` biases and linfa's raw parameters.
 fn fit(
     dataset: &Dataset<f64, usize, nd16::Ix1>,
     k: usize,
     alpha: f64,
     options: &TrainOptions,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+    warm: Option<&RawParams>,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>, RawParams)> {
+    let tolerance = options.gradient_tolerance * dataset.records().nrows() as f64;
     let err = |e: linfa_logistic::error::Error| Error::Training {
         alpha,
         reason: e.to_string(),
     };
     if k == 2 {
-        let fitted = LogisticRegression::default()
+        let mut params = LogisticRegression::default();
+        if let Some(RawParams::Binary(w)) = warm {
+            params = params.initial_params(w.clone());
+        }
+        let fitted = params
             .alpha(alpha)
             .max_iterations(options.max_iterations)
-            .gradient_tolerance(options.gradient_tolerance)
+            .gradient_tolerance(tolerance)
             .fit(dataset)
             .map_err(err)?;
         // linfa's "positive" class is the more frequent one; orient the logit towards class 1.
@@ -389,12 +424,26 @@ fn fit(
         };
         let w1: Vec<f32> = fitted.params().iter().map(|w| (sign * w) as f32).collect();
         let b1 = (sign * fitted.intercept()) as f32;
-        Ok((vec![vec![0.0; w1.len()], w1], vec![0.0, b1]))
+        let raw = fitted
+            .params()
+            .iter()
+            .copied()
+            .chain([fitted.intercept()])
+            .collect();
+        Ok((
+            vec![vec![0.0; w1.len()], w1],
+            vec![0.0, b1],
+            RawParams::Binary(raw),
+        ))
     } else {
-        let fitted = MultiLogisticRegression::default()
+        let mut params = MultiLogisticRegression::default();
+        if let Some(RawParams::Multinomial(w)) = warm {
+            params = params.initial_params(w.clone());
+        }
+        let fitted = params
             .alpha(alpha)
             .max_iterations(options.max_iterations)
-            .gradient_tolerance(options.gradient_tolerance)
+            .gradient_tolerance(tolerance)
             .fit(dataset)
             .map_err(err)?;
         if fitted.classes() != (0..k).collect::<Vec<_>>().as_slice() {
@@ -411,7 +460,14 @@ fn fit(
             .map(|c| params.column(c).iter().map(|&w| w as f32).collect())
             .collect();
         let bias = fitted.intercept().iter().map(|&b| b as f32).collect();
-        Ok((weights, bias))
+        let intercept = fitted.intercept().view().insert_axis(nd16::Axis(0));
+        let raw = nd16::concatenate(nd16::Axis(0), &[params.view(), intercept]).map_err(|e| {
+            Error::Training {
+                alpha,
+                reason: format!("stacking the parameters: {e}"),
+            }
+        })?;
+        Ok((weights, bias, RawParams::Multinomial(raw)))
     }
 }
 

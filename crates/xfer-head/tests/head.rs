@@ -485,3 +485,45 @@ fn export_merges_backbone_and_head() {
     .expect_err("missing output");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+#[ignore]
+fn timing_demo_sized() {
+    let mut rng = Rng(99);
+    let (n, d) = (1400, 2048);
+    let mut x = Array2::<f32>::zeros((n, d));
+    let mut y = Vec::new();
+    for i in 0..n {
+        let label = i % 2;
+        for j in 0..d {
+            x[[i, j]] =
+                (rng.normal().abs() + if label == 1 && j < 200 { 0.15 } else { 0.0 }) as f32;
+        }
+        y.push(label as i32);
+    }
+    let (xv, yv) = (x.slice(s![..300, ..]).to_owned(), y[..300].to_vec());
+    let split = Split {
+        name: "train",
+        features: x.view(),
+        labels: &y,
+    };
+    let val = Split {
+        name: "val",
+        features: xv.view(),
+        labels: &yv,
+    };
+    let t = std::time::Instant::now();
+    let head = train(
+        &split,
+        Some(&val),
+        &names(2),
+        FINGERPRINT,
+        &TrainOptions::default(),
+    )
+    .expect("train");
+    eprintln!(
+        "total {:.2}s {:?}",
+        t.elapsed().as_secs_f64(),
+        head.hyper_parameters.l2_grid
+    );
+}

@@ -18,19 +18,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut dim = 0;
     for fold in [true, false] {
         let opts = xfer_keras::ConvertOptions {
-            part: if head { xfer_keras::Part::WithHead } else { xfer_keras::Part::Base },
+            part: if head {
+                xfer_keras::Part::WithHead
+            } else {
+                xfer_keras::Part::Base
+            },
             fold_batch_norm: fold,
             ..Default::default()
         };
         let t = std::time::Instant::now();
         let c = xfer_keras::convert(&model, &opts)?;
-        println!("fold={fold}: {:.2?}, params {}, dim {}", t.elapsed(), c.parameter_count, c.feature_dim);
+        println!(
+            "fold={fold}: {:.2?}, params {}, dim {}",
+            t.elapsed(),
+            c.parameter_count,
+            c.feature_dim
+        );
         let b = xfer_onnx::write_model_bytes(&c.model);
         if fold {
             fp = xfer_runtime::fingerprint(&b);
             dim = c.feature_dim;
         }
-        xfer_onnx::write_model(&c.model, &out.join(if fold { "model.onnx" } else { "train.onnx" }))?;
+        xfer_onnx::write_model(
+            &c.model,
+            &out.join(if fold { "model.onnx" } else { "train.onnx" }),
+        )?;
     }
     if rest.iter().any(|a| a == "manifest") {
         let m = xfer_runtime::ModelManifest {

@@ -157,7 +157,12 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
         }
         Part::WithHead => {
             let mut taps = HashMap::new();
-            let outputs = em.functional_tapped(&top, std::slice::from_ref(&x), base_layer.map(|l| l.name.as_str()), &mut taps)?;
+            let outputs = em.functional_tapped(
+                &top,
+                std::slice::from_ref(&x),
+                base_layer.map(|l| l.name.as_str()),
+                &mut taps,
+            )?;
             let out = single(outputs, &top.name)?;
             if out.rank != 2 {
                 return Err(Error::Config(format!(
@@ -186,13 +191,26 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
         .ok_or_else(|| Error::Graph("the feature dimension is unknown".to_owned()))?;
     let num_classes = probabilities.as_ref().and_then(|p| p.channels);
     let features_dims = if features.rank == 4 {
-        vec![Dim::from("N"), Dim::Fixed(feature_dim as i64), Dim::from("H_out"), Dim::from("W_out")]
+        vec![
+            Dim::from("N"),
+            Dim::Fixed(feature_dim as i64),
+            Dim::from("H_out"),
+            Dim::from("W_out"),
+        ]
     } else {
         vec![Dim::from("N"), Dim::Fixed(feature_dim as i64)]
     };
-    let mut outputs = vec![(features.name.clone(), options.features_name.clone(), features_dims)];
+    let mut outputs = vec![(
+        features.name.clone(),
+        options.features_name.clone(),
+        features_dims,
+    )];
     if let (Some(p), Some(k)) = (&probabilities, num_classes) {
-        outputs.push((p.name.clone(), options.probabilities_name.clone(), vec![Dim::from("N"), Dim::Fixed(k as i64)]));
+        outputs.push((
+            p.name.clone(),
+            options.probabilities_name.clone(),
+            vec![Dim::from("N"), Dim::Fixed(k as i64)],
+        ));
     }
     let Emitter {
         mut nodes,
@@ -211,9 +229,17 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
     let mut gb = GraphBuilder::new(&base_name);
     gb.input(
         &options.input_name,
-        &[Dim::from("N"), Dim::Fixed(channels as i64), Dim::from("H"), Dim::from("W")],
+        &[
+            Dim::from("N"),
+            Dim::Fixed(channels as i64),
+            Dim::from("H"),
+            Dim::from("W"),
+        ],
     );
-    let referenced: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let referenced: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
     for (name, array) in &inits {
         if referenced.contains(name.as_str()) {
             let dims: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
@@ -228,7 +254,14 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
     let mut onnx = gb.build_model();
     onnx.set_metadata("source_format", "keras3");
     onnx.set_metadata("preprocessing", &options.preprocessing.description);
-    onnx.set_metadata("batch_norm", if options.fold_batch_norm { "folded" } else { "kept" });
+    onnx.set_metadata(
+        "batch_norm",
+        if options.fold_batch_norm {
+            "folded"
+        } else {
+            "kept"
+        },
+    );
     Ok(Converted {
         model: onnx,
         base_name,
@@ -247,7 +280,8 @@ fn single(mut outs: Vec<Val>, model: &str) -> Result<Val> {
             outs.len()
         )));
     }
-    outs.pop().ok_or_else(|| Error::Config(format!("model `{model}` has no output")))
+    outs.pop()
+        .ok_or_else(|| Error::Config(format!("model `{model}` has no output")))
 }
 
 /// Channels and (fixed) size of the first InputLayer of a model.
@@ -256,7 +290,12 @@ fn input_shape(f: &Functional) -> Result<(usize, Option<[usize; 2]>)> {
         .inputs
         .first()
         .and_then(|r| f.layers.iter().find(|l| l.name == r.layer))
-        .ok_or_else(|| Error::Config(format!("model `{}`: its input layer is not among its layers", f.name)))?;
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "model `{}`: its input layer is not among its layers",
+                f.name
+            ))
+        })?;
     let shape = input
         .config
         .get("batch_shape")
@@ -287,8 +326,13 @@ fn rename_value(nodes: &mut Vec<NodeProto>, old: &str, new: &str) -> Result<()> 
     if old == new {
         return Ok(());
     }
-    if nodes.iter().any(|n| n.output.iter().any(|o| o == new) || n.input.iter().any(|i| i == new)) {
-        return Err(Error::Graph(format!("cannot name an output `{new}`: a value of that name exists")));
+    if nodes
+        .iter()
+        .any(|n| n.output.iter().any(|o| o == new) || n.input.iter().any(|i| i == new))
+    {
+        return Err(Error::Graph(format!(
+            "cannot name an output `{new}`: a value of that name exists"
+        )));
     }
     if !nodes.iter().any(|n| n.output.iter().any(|o| o == old)) {
         // The value is a graph input (e.g. the model is only Dropout): copy it out.
@@ -309,6 +353,15 @@ fn rename_value(nodes: &mut Vec<NodeProto>, old: &str, new: &str) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Kernel size, strides, dilations and group count of a convolution.
+#[derive(Debug, Clone, Copy)]
+struct ConvGeometry {
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    group: usize,
 }
 
 struct Emitter<'a> {
@@ -343,11 +396,19 @@ fn cfg_usize_pair(layer: &Layer, key: &str, default: Option<[usize; 2]>) -> Resu
 }
 
 fn cfg_str<'v>(layer: &'v Layer, key: &str, default: &'v str) -> &'v str {
-    layer.config.get(key).and_then(Value::as_str).unwrap_or(default)
+    layer
+        .config
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or(default)
 }
 
 fn cfg_bool(layer: &Layer, key: &str, default: bool) -> bool {
-    layer.config.get(key).and_then(Value::as_bool).unwrap_or(default)
+    layer
+        .config
+        .get(key)
+        .and_then(Value::as_bool)
+        .unwrap_or(default)
 }
 
 fn layer_err(layer: &Layer, reason: impl Into<String>) -> Error {
@@ -373,7 +434,13 @@ impl Emitter<'_> {
         }
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, hint: &str) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        hint: &str,
+    ) -> String {
         let out = self.fresh(hint);
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
@@ -424,7 +491,10 @@ impl Emitter<'_> {
         let offset = self.scalar("preprocess.offset", p.offset);
         let scaled = self.node("Mul", &[&x.name, &scale], vec![], "preprocess/scaled");
         let out = self.node("Add", &[&scaled, &offset], vec![], "preprocess");
-        Ok(Val { name: out, ..x.clone() })
+        Ok(Val {
+            name: out,
+            ..x.clone()
+        })
     }
 
     /// Global average pooling of a 4-d value (identity for a 2-d one).
@@ -444,12 +514,17 @@ impl Emitter<'_> {
                     channels: x.channels,
                 })
             }
-            r => Err(Error::Config(format!("the output of `{model}` has rank {r}; expected 2 or 4"))),
+            r => Err(Error::Config(format!(
+                "the output of `{model}` has rank {r}; expected 2 or 4"
+            ))),
         }
     }
 
     fn probabilities(&mut self, logits: Val) -> Result<Val> {
-        let produced_by = self.nodes.iter().find(|n| n.output.first() == Some(&logits.name));
+        let produced_by = self
+            .nodes
+            .iter()
+            .find(|n| n.output.first() == Some(&logits.name));
         if produced_by.is_some_and(|n| n.op_type == "Softmax" || n.op_type == "Sigmoid") {
             return Ok(logits);
         }
@@ -457,9 +532,17 @@ impl Emitter<'_> {
         let out = if k == 1 {
             self.node("Sigmoid", &[&logits.name], vec![], "probabilities")
         } else {
-            self.node("Softmax", &[&logits.name], vec![attr::int("axis", -1)], "probabilities")
+            self.node(
+                "Softmax",
+                &[&logits.name],
+                vec![attr::int("axis", -1)],
+                "probabilities",
+            )
         };
-        Ok(Val { name: out, ..logits })
+        Ok(Val {
+            name: out,
+            ..logits
+        })
     }
 
     fn functional(&mut self, f: &Functional, inputs: &[Val]) -> Result<Vec<Val>> {
@@ -513,18 +596,14 @@ impl Emitter<'_> {
                     layer.name.clone()
                 };
                 let outs = self.layer(layer, &args, &hint)?;
-                if base == Some(layer.name.as_str()) {
-                    if let Some(o) = outs.first() {
-                        taps.insert("base", o.clone());
-                    }
+                if let (Some(o), true) = (outs.first(), base == Some(layer.name.as_str())) {
+                    taps.insert("base", o.clone());
                 }
-                if matches!(layer.class.as_str(), "GlobalAveragePooling2D")
+                let pools_base = layer.class == "GlobalAveragePooling2D"
                     && base.is_some()
-                    && call.first().is_some_and(|r| Some(r.layer.as_str()) == base)
-                {
-                    if let Some(o) = outs.first() {
-                        taps.insert("features", o.clone());
-                    }
+                    && call.first().is_some_and(|r| Some(r.layer.as_str()) == base);
+                if let (Some(o), true) = (outs.first(), pools_base) {
+                    taps.insert("features", o.clone());
                 }
                 for (index, o) in outs.into_iter().enumerate() {
                     values.insert(
@@ -554,17 +633,26 @@ impl Emitter<'_> {
     fn one<'v>(&self, layer: &Layer, args: &'v [Val]) -> Result<&'v Val> {
         match args {
             [x] => Ok(x),
-            _ => Err(layer_err(layer, format!("expected one input, found {}", args.len()))),
+            _ => Err(layer_err(
+                layer,
+                format!("expected one input, found {}", args.len()),
+            )),
         }
     }
 
     fn image<'v>(&self, layer: &Layer, args: &'v [Val]) -> Result<&'v Val> {
         let x = self.one(layer, args)?;
         if x.rank != 4 {
-            return Err(layer_err(layer, format!("expected a 4-d image tensor, found rank {}", x.rank)));
+            return Err(layer_err(
+                layer,
+                format!("expected a 4-d image tensor, found rank {}", x.rank),
+            ));
         }
         if cfg_str(layer, "data_format", "channels_last") != "channels_last" {
-            return Err(layer_err(layer, "only data_format channels_last is supported"));
+            return Err(layer_err(
+                layer,
+                "only data_format channels_last is supported",
+            ));
         }
         Ok(x)
     }
@@ -592,11 +680,18 @@ impl Emitter<'_> {
             "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
                 let x = self.image(layer, args)?.clone();
                 let keepdims = cfg_bool(layer, "keepdims", false);
-                let op = if layer.class == "GlobalAveragePooling2D" { "ReduceMean" } else { "ReduceMax" };
+                let op = if layer.class == "GlobalAveragePooling2D" {
+                    "ReduceMean"
+                } else {
+                    "ReduceMax"
+                };
                 let out = self.node(
                     op,
                     &[&x.name],
-                    vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", i64::from(keepdims))],
+                    vec![
+                        attr::ints("axes", &[2, 3]),
+                        attr::int("keepdims", i64::from(keepdims)),
+                    ],
                     hint,
                 );
                 Val {
@@ -607,7 +702,10 @@ impl Emitter<'_> {
             }
             "Add" => {
                 if args.len() < 2 {
-                    return Err(layer_err(layer, format!("expected at least 2 inputs, found {}", args.len())));
+                    return Err(layer_err(
+                        layer,
+                        format!("expected at least 2 inputs, found {}", args.len()),
+                    ));
                 }
                 let names: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
                 let op = if args.len() == 2 { "Add" } else { "Sum" };
@@ -619,7 +717,11 @@ impl Emitter<'_> {
                 }
             }
             "Dense" => self.dense(layer, args, hint)?,
-            "Dropout" | "SpatialDropout2D" | "GaussianNoise" | "GaussianDropout" | "ActivityRegularization" => {
+            "Dropout"
+            | "SpatialDropout2D"
+            | "GaussianNoise"
+            | "GaussianDropout"
+            | "ActivityRegularization" => {
                 let x = self.one(layer, args)?.clone();
                 // Identity at inference: reuse the input value.
                 x
@@ -651,7 +753,12 @@ impl Emitter<'_> {
                 let hi = self.scalar(&format!("{hint}.max"), 6.0);
                 self.node("Clip", &[&x.name, &lo, &hi], vec![], hint)
             }
-            "leaky_relu" => self.node("LeakyRelu", &[&x.name], vec![attr::float("alpha", 0.2)], hint),
+            "leaky_relu" => self.node(
+                "LeakyRelu",
+                &[&x.name],
+                vec![attr::float("alpha", 0.2)],
+                hint,
+            ),
             "swish" | "silu" => {
                 let s = self.node("Sigmoid", &[&x.name], vec![], &format!("{hint}/sigmoid"));
                 self.node("Mul", &[&x.name, &s], vec![], hint)
@@ -660,7 +767,12 @@ impl Emitter<'_> {
                 let axis = if x.rank == 4 { 1 } else { -1 };
                 self.node("Softmax", &[&x.name], vec![attr::int("axis", axis)], hint)
             }
-            other => return Err(layer_err(layer, format!("activation `{other}` is not supported"))),
+            other => {
+                return Err(layer_err(
+                    layer,
+                    format!("activation `{other}` is not supported"),
+                ));
+            }
         };
         Ok(Val { name, ..x })
     }
@@ -675,29 +787,50 @@ impl Emitter<'_> {
             return Err(layer_err(layer, "ReLU with a threshold is not supported"));
         }
         let name = match (max_value, slope) {
-            (None, s) if s == 0.0 => self.node("Relu", &[&x.name], vec![], hint),
-            (None, s) => self.node("LeakyRelu", &[&x.name], vec![attr::float("alpha", s as f32)], hint),
-            (Some(m), s) if s == 0.0 => {
+            (None, 0.0) => self.node("Relu", &[&x.name], vec![], hint),
+            (None, s) => self.node(
+                "LeakyRelu",
+                &[&x.name],
+                vec![attr::float("alpha", s as f32)],
+                hint,
+            ),
+            (Some(m), 0.0) => {
                 let lo = self.scalar(&format!("{}.min", layer.name), 0.0);
                 let hi = self.scalar(&format!("{}.max", layer.name), m as f32);
                 self.node("Clip", &[&x.name, &lo, &hi], vec![], hint)
             }
-            _ => return Err(layer_err(layer, "ReLU with both max_value and negative_slope is not supported")),
+            _ => {
+                return Err(layer_err(
+                    layer,
+                    "ReLU with both max_value and negative_slope is not supported",
+                ));
+            }
         };
         Ok(Val { name, ..x })
     }
 
     /// Padding attributes for a conv or pool: 'valid' → zero pads; 'same' → explicit pads at stride 1, SAME_UPPER otherwise.
-    fn padding_attrs(layer: &Layer, kernel: [usize; 2], strides: [usize; 2], dilations: [usize; 2]) -> Result<Vec<AttributeProto>> {
+    fn padding_attrs(
+        layer: &Layer,
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+    ) -> Result<Vec<AttributeProto>> {
         match cfg_str(layer, "padding", "valid") {
             "valid" => Ok(vec![attr::ints("pads", &[0, 0, 0, 0])]),
             "same" if strides == [1, 1] => {
                 let total = |i: usize| ((kernel[i] - 1) * dilations[i]) as i64;
                 let (th, tw) = (total(0), total(1));
-                Ok(vec![attr::ints("pads", &[th / 2, tw / 2, th - th / 2, tw - tw / 2])])
+                Ok(vec![attr::ints(
+                    "pads",
+                    &[th / 2, tw / 2, th - th / 2, tw - tw / 2],
+                )])
             }
             "same" => Ok(vec![attr::string("auto_pad", "SAME_UPPER")]),
-            other => Err(layer_err(layer, format!("padding `{other}` is not supported"))),
+            other => Err(layer_err(
+                layer,
+                format!("padding `{other}` is not supported"),
+            )),
         }
     }
 
@@ -707,17 +840,26 @@ impl Emitter<'_> {
         x: &str,
         weight: &str,
         bias: Option<&str>,
-        kernel: [usize; 2],
-        strides: [usize; 2],
-        dilations: [usize; 2],
-        group: usize,
+        geometry: ConvGeometry,
         hint: &str,
     ) -> Result<String> {
+        let ConvGeometry {
+            kernel,
+            strides,
+            dilations,
+            group,
+        } = geometry;
         if kernel.contains(&0) || strides.contains(&0) || dilations.contains(&0) {
-            return Err(layer_err(layer, "kernel size, strides and dilation must be positive"));
+            return Err(layer_err(
+                layer,
+                "kernel size, strides and dilation must be positive",
+            ));
         }
         if strides != [1, 1] && dilations != [1, 1] {
-            return Err(layer_err(layer, "strides > 1 together with dilation > 1 is not supported (Keras forbids it too)"));
+            return Err(layer_err(
+                layer,
+                "strides > 1 together with dilation > 1 is not supported (Keras forbids it too)",
+            ));
         }
         let mut attrs = vec![
             attr::ints("kernel_shape", &[kernel[0] as i64, kernel[1] as i64]),
@@ -744,7 +886,11 @@ impl Emitter<'_> {
         if array.shape() != want {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
-                reason: format!("`{what}` has shape {:?}, expected {:?}", array.shape(), want),
+                reason: format!(
+                    "`{what}` has shape {:?}, expected {:?}",
+                    array.shape(),
+                    want
+                ),
             });
         }
         Ok(())
@@ -759,34 +905,66 @@ impl Emitter<'_> {
         let x = self.image(layer, args)?.clone();
         let (kernel, strides, dilations) = Self::conv_params(layer)?;
         let use_bias = cfg_bool(layer, "use_bias", true);
-        let groups = layer.config.get("groups").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+        let groups = layer
+            .config
+            .get("groups")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1) as usize;
         let mut vars = self.vars(layer, 1 + usize::from(use_bias))?.into_iter();
-        let k = vars.next().ok_or_else(|| layer_err(layer, "missing kernel"))?;
+        let k = vars
+            .next()
+            .ok_or_else(|| layer_err(layer, "missing kernel"))?;
         if k.ndim() != 4 || k.shape()[0] != kernel[0] || k.shape()[1] != kernel[1] {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
-                reason: format!("kernel has shape {:?}, expected [{}, {}, in, out]", k.shape(), kernel[0], kernel[1]),
+                reason: format!(
+                    "kernel has shape {:?}, expected [{}, {}, in, out]",
+                    k.shape(),
+                    kernel[0],
+                    kernel[1]
+                ),
             });
         }
         let (cin_g, filters) = (k.shape()[2], k.shape()[3]);
-        if let Some(c) = x.channels {
-            if c != cin_g * groups {
-                return Err(Error::Weights {
-                    layer: layer.name.clone(),
-                    reason: format!("kernel {:?} with groups {groups} does not fit {c} input channels", k.shape()),
-                });
-            }
+        if let Some(c) = x.channels.filter(|&c| c != cin_g * groups) {
+            return Err(Error::Weights {
+                layer: layer.name.clone(),
+                reason: format!(
+                    "kernel {:?} with groups {groups} does not fit {c} input channels",
+                    k.shape()
+                ),
+            });
         }
         // HWIO -> OIHW
-        let w = k.permuted_axes(IxDyn(&[3, 2, 0, 1])).as_standard_layout().to_owned();
+        let w = k
+            .permuted_axes(IxDyn(&[3, 2, 0, 1]))
+            .as_standard_layout()
+            .to_owned();
         let w = self.init(&format!("{}.kernel", layer.name), w);
         let b = match vars.next() {
             Some(v) => Some(self.bias(layer, v, filters)?),
             None => None,
         };
         let act = cfg_str(layer, "activation", "linear").to_owned();
-        let conv_hint = if act == "linear" { hint.to_owned() } else { format!("{hint}/conv") };
-        let y = self.conv_node(layer, &x.name, &w, b.as_deref(), kernel, strides, dilations, groups, &conv_hint)?;
+        let conv_hint = if act == "linear" {
+            hint.to_owned()
+        } else {
+            format!("{hint}/conv")
+        };
+        let y = self.conv_node(
+            layer,
+            &x.name,
+            &w,
+            b.as_deref(),
+            ConvGeometry {
+                kernel,
+                strides,
+                dilations,
+                group: groups,
+            },
+            &conv_hint,
+        )?;
         let y = Val {
             name: y,
             rank: 4,
@@ -796,7 +974,12 @@ impl Emitter<'_> {
     }
 
     /// A depthwise kernel (kh, kw, C, M) as an ONNX grouped-conv weight (C*M, 1, kh, kw).
-    fn depthwise_weight(layer: &Layer, k: ArrayD<f32>, kernel: [usize; 2], channels: Option<usize>) -> Result<(ArrayD<f32>, usize, usize)> {
+    fn depthwise_weight(
+        layer: &Layer,
+        k: ArrayD<f32>,
+        kernel: [usize; 2],
+        channels: Option<usize>,
+    ) -> Result<(ArrayD<f32>, usize, usize)> {
         if k.ndim() != 4 || k.shape()[0] != kernel[0] || k.shape()[1] != kernel[1] {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
@@ -812,7 +995,11 @@ impl Emitter<'_> {
         if channels.is_some_and(|ch| ch != c) {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
-                reason: format!("depthwise kernel {:?} does not fit {} input channels", k.shape(), channels.unwrap_or(0)),
+                reason: format!(
+                    "depthwise kernel {:?} does not fit {} input channels",
+                    k.shape(),
+                    channels.unwrap_or(0)
+                ),
             });
         }
         // (kh, kw, C, M) -> (C, M, kh, kw) -> (C*M, 1, kh, kw): output channel c*M + m, as TensorFlow orders it.
@@ -833,7 +1020,9 @@ impl Emitter<'_> {
         let (kernel, strides, dilations) = Self::conv_params(layer)?;
         let use_bias = cfg_bool(layer, "use_bias", true);
         let mut vars = self.vars(layer, 1 + usize::from(use_bias))?.into_iter();
-        let k = vars.next().ok_or_else(|| layer_err(layer, "missing kernel"))?;
+        let k = vars
+            .next()
+            .ok_or_else(|| layer_err(layer, "missing kernel"))?;
         let (w, c, m) = Self::depthwise_weight(layer, k, kernel, x.channels)?;
         let w = self.init(&format!("{}.kernel", layer.name), w);
         let b = match vars.next() {
@@ -841,8 +1030,24 @@ impl Emitter<'_> {
             None => None,
         };
         let act = cfg_str(layer, "activation", "linear").to_owned();
-        let conv_hint = if act == "linear" { hint.to_owned() } else { format!("{hint}/conv") };
-        let y = self.conv_node(layer, &x.name, &w, b.as_deref(), kernel, strides, dilations, c, &conv_hint)?;
+        let conv_hint = if act == "linear" {
+            hint.to_owned()
+        } else {
+            format!("{hint}/conv")
+        };
+        let y = self.conv_node(
+            layer,
+            &x.name,
+            &w,
+            b.as_deref(),
+            ConvGeometry {
+                kernel,
+                strides,
+                dilations,
+                group: c,
+            },
+            &conv_hint,
+        )?;
         let y = Val {
             name: y,
             rank: 4,
@@ -856,29 +1061,60 @@ impl Emitter<'_> {
         let (kernel, strides, dilations) = Self::conv_params(layer)?;
         let use_bias = cfg_bool(layer, "use_bias", true);
         let mut vars = self.vars(layer, 2 + usize::from(use_bias))?.into_iter();
-        let dk = vars.next().ok_or_else(|| layer_err(layer, "missing depthwise kernel"))?;
-        let pk = vars.next().ok_or_else(|| layer_err(layer, "missing pointwise kernel"))?;
+        let dk = vars
+            .next()
+            .ok_or_else(|| layer_err(layer, "missing depthwise kernel"))?;
+        let pk = vars
+            .next()
+            .ok_or_else(|| layer_err(layer, "missing pointwise kernel"))?;
         let (dw, c, m) = Self::depthwise_weight(layer, dk, kernel, x.channels)?;
         if pk.ndim() != 4 || pk.shape()[0] != 1 || pk.shape()[1] != 1 || pk.shape()[2] != c * m {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
-                reason: format!("pointwise kernel has shape {:?}, expected [1, 1, {}, filters]", pk.shape(), c * m),
+                reason: format!(
+                    "pointwise kernel has shape {:?}, expected [1, 1, {}, filters]",
+                    pk.shape(),
+                    c * m
+                ),
             });
         }
         let filters = pk.shape()[3];
-        let pw = pk.permuted_axes(IxDyn(&[3, 2, 0, 1])).as_standard_layout().to_owned();
+        let pw = pk
+            .permuted_axes(IxDyn(&[3, 2, 0, 1]))
+            .as_standard_layout()
+            .to_owned();
         let dw = self.init(&format!("{}.depthwise_kernel", layer.name), dw);
         let pw = self.init(&format!("{}.pointwise_kernel", layer.name), pw);
         let b = match vars.next() {
             Some(v) => Some(self.bias(layer, v, filters)?),
             None => None,
         };
-        let d = self.conv_node(layer, &x.name, &dw, None, kernel, strides, dilations, c, &format!("{hint}/depthwise"))?;
+        let d = self.conv_node(
+            layer,
+            &x.name,
+            &dw,
+            None,
+            ConvGeometry {
+                kernel,
+                strides,
+                dilations,
+                group: c,
+            },
+            &format!("{hint}/depthwise"),
+        )?;
         let act = cfg_str(layer, "activation", "linear").to_owned();
-        let conv_hint = if act == "linear" { hint.to_owned() } else { format!("{hint}/pointwise") };
+        let conv_hint = if act == "linear" {
+            hint.to_owned()
+        } else {
+            format!("{hint}/pointwise")
+        };
         let y = self.node(
             "Conv",
-            &[&[d.as_str(), pw.as_str()][..], b.as_deref().map(|b| vec![b]).unwrap_or_default().as_slice()].concat(),
+            &[
+                &[d.as_str(), pw.as_str()][..],
+                b.as_deref().map(|b| vec![b]).unwrap_or_default().as_slice(),
+            ]
+            .concat(),
             vec![
                 attr::ints("kernel_shape", &[1, 1]),
                 attr::ints("strides", &[1, 1]),
@@ -898,16 +1134,32 @@ impl Emitter<'_> {
 
     fn batch_norm(&mut self, layer: &Layer, args: &[Val], hint: &str) -> Result<Val> {
         let x = self.one(layer, args)?.clone();
-        let axis = layer.config.get("axis").and_then(Value::as_i64).unwrap_or(-1);
+        let axis = layer
+            .config
+            .get("axis")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
         let last = x.rank as i64 - 1;
         if axis != -1 && axis != last {
-            return Err(layer_err(layer, format!("only the channel axis (-1) is supported, found axis {axis}")));
+            return Err(layer_err(
+                layer,
+                format!("only the channel axis (-1) is supported, found axis {axis}"),
+            ));
         }
         let center = cfg_bool(layer, "center", true);
         let scale = cfg_bool(layer, "scale", true);
-        let eps = layer.config.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32;
-        let mut vars = self.vars(layer, 2 + usize::from(center) + usize::from(scale))?.into_iter();
-        let mut next = |what: &str| vars.next().ok_or_else(|| layer_err(layer, format!("missing {what}")));
+        let eps = layer
+            .config
+            .get("epsilon")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-3) as f32;
+        let mut vars = self
+            .vars(layer, 2 + usize::from(center) + usize::from(scale))?
+            .into_iter();
+        let mut next = |what: &str| {
+            vars.next()
+                .ok_or_else(|| layer_err(layer, format!("missing {what}")))
+        };
         let gamma = if scale { Some(next("gamma")?) } else { None };
         let beta = if center { Some(next("beta")?) } else { None };
         let mean = next("moving_mean")?;
@@ -927,13 +1179,20 @@ impl Emitter<'_> {
         Self::check_shape(layer, "moving_variance", &var, &[c])?;
         let g = match gamma {
             Some(g) => self.init(&format!("{}.gamma", layer.name), g),
-            None => self.init(&format!("{}.ones", layer.name), ArrayD::from_elem(IxDyn(&[c]), 1.0)),
+            None => self.init(
+                &format!("{}.ones", layer.name),
+                ArrayD::from_elem(IxDyn(&[c]), 1.0),
+            ),
         };
         let b = match beta {
             Some(b) => self.init(&format!("{}.beta", layer.name), b),
             None => self.init(&format!("{}.zeros", layer.name), ArrayD::zeros(IxDyn(&[c]))),
         };
-        let m = self.init(&format!("{}.moving_mean", layer.name), mean.into_shape_with_order(IxDyn(&[c])).map_err(|e| layer_err(layer, e.to_string()))?);
+        let m = self.init(
+            &format!("{}.moving_mean", layer.name),
+            mean.into_shape_with_order(IxDyn(&[c]))
+                .map_err(|e| layer_err(layer, e.to_string()))?,
+        );
         let v = self.init(&format!("{}.moving_variance", layer.name), var);
         let out = self.node(
             "BatchNormalization",
@@ -956,7 +1215,11 @@ impl Emitter<'_> {
             attr::ints("strides", &[strides[0] as i64, strides[1] as i64]),
         ];
         attrs.extend(Self::padding_attrs(layer, kernel, strides, [1, 1])?);
-        let op = if layer.class == "MaxPooling2D" { "MaxPool" } else { "AveragePool" };
+        let op = if layer.class == "MaxPooling2D" {
+            "MaxPool"
+        } else {
+            "AveragePool"
+        };
         if op == "AveragePool" {
             // Keras/TF average only over the valid (unpadded) positions.
             attrs.push(attr::int("count_include_pad", 0));
@@ -968,15 +1231,27 @@ impl Emitter<'_> {
     fn dense(&mut self, layer: &Layer, args: &[Val], hint: &str) -> Result<Val> {
         let x = self.one(layer, args)?.clone();
         if x.rank != 2 {
-            return Err(layer_err(layer, format!("Dense on a rank-{} input is not supported (pool or flatten first)", x.rank)));
+            return Err(layer_err(
+                layer,
+                format!(
+                    "Dense on a rank-{} input is not supported (pool or flatten first)",
+                    x.rank
+                ),
+            ));
         }
         let use_bias = cfg_bool(layer, "use_bias", true);
         let mut vars = self.vars(layer, 1 + usize::from(use_bias))?.into_iter();
-        let k = vars.next().ok_or_else(|| layer_err(layer, "missing kernel"))?;
+        let k = vars
+            .next()
+            .ok_or_else(|| layer_err(layer, "missing kernel"))?;
         if k.ndim() != 2 || x.channels.is_some_and(|c| c != k.shape()[0]) {
             return Err(Error::Weights {
                 layer: layer.name.clone(),
-                reason: format!("kernel has shape {:?} for {:?} inputs", k.shape(), x.channels),
+                reason: format!(
+                    "kernel has shape {:?} for {:?} inputs",
+                    k.shape(),
+                    x.channels
+                ),
             });
         }
         let units = k.shape()[1];
@@ -985,7 +1260,11 @@ impl Emitter<'_> {
         let mut y = self.node("MatMul", &[&x.name, &w], vec![], &format!("{hint}/matmul"));
         if let Some(bv) = vars.next() {
             let b = self.bias(layer, bv, units)?;
-            let h = if act == "linear" { hint.to_owned() } else { format!("{hint}/linear") };
+            let h = if act == "linear" {
+                hint.to_owned()
+            } else {
+                format!("{hint}/linear")
+            };
             y = self.node("Add", &[&y, &b], vec![], &h);
         }
         let y = Val {
@@ -1004,9 +1283,16 @@ impl Emitter<'_> {
                 Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(default as f64) as f32]),
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| layer_err(layer, format!("`{key}` must hold numbers"))))
+                    .map(|v| {
+                        v.as_f64()
+                            .map(|f| f as f32)
+                            .ok_or_else(|| layer_err(layer, format!("`{key}` must hold numbers")))
+                    })
                     .collect(),
-                Some(other) => Err(layer_err(layer, format!("`{key}` must be a number or a list, found {other}"))),
+                Some(other) => Err(layer_err(
+                    layer,
+                    format!("`{key}` must be a number or a list, found {other}"),
+                )),
             }
         };
         let scale = values("scale", 1.0)?;
@@ -1015,7 +1301,11 @@ impl Emitter<'_> {
             if v.len() == 1 {
                 return Ok(ArrayD::from_elem(IxDyn(&[]), v[0]));
             }
-            let shape: Vec<usize> = if x.rank == 4 { vec![v.len(), 1, 1] } else { vec![v.len()] };
+            let shape: Vec<usize> = if x.rank == 4 {
+                vec![v.len(), 1, 1]
+            } else {
+                vec![v.len()]
+            };
             ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| layer_err(layer, e.to_string()))
         };
         let s = shaped(scale)?;

@@ -23,7 +23,8 @@ pub fn fold_for_inference(model: &ModelProto) -> Result<ModelProto> {
     for t in &graph.initializer {
         match t.to_f32() {
             Ok(v) => {
-                let array = ArrayD::from_shape_vec(IxDyn(&t.shape()), v).map_err(|e| Error::Graph(format!("initializer `{}`: {e}", t.name)))?;
+                let array = ArrayD::from_shape_vec(IxDyn(&t.shape()), v)
+                    .map_err(|e| Error::Graph(format!("initializer `{}`: {e}", t.name)))?;
                 inits.insert(t.name.clone(), array);
             }
             Err(_) => others.push(t.clone()),
@@ -41,7 +42,11 @@ pub fn fold_for_inference(model: &ModelProto) -> Result<ModelProto> {
 
     let mut new_graph = graph.clone();
     new_graph.node = nodes;
-    let referenced: HashSet<&str> = new_graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let referenced: HashSet<&str> = new_graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
     let mut initializers: Vec<TensorProto> = inits
         .iter()
         .filter(|(n, _)| referenced.contains(n.as_str()))
@@ -50,7 +55,11 @@ pub fn fold_for_inference(model: &ModelProto) -> Result<ModelProto> {
             TensorProto::from_f32(n.clone(), &dims, &a.iter().copied().collect::<Vec<_>>())
         })
         .collect();
-    initializers.extend(others.into_iter().filter(|t| referenced.contains(t.name.as_str())));
+    initializers.extend(
+        others
+            .into_iter()
+            .filter(|t| referenced.contains(t.name.as_str())),
+    );
     new_graph.initializer = initializers;
     let gb = GraphBuilder::from_graph(new_graph);
     let mut out = model.clone();
@@ -60,7 +69,11 @@ pub fn fold_for_inference(model: &ModelProto) -> Result<ModelProto> {
 }
 
 fn uses(nodes: &[NodeProto], value: &str) -> usize {
-    nodes.iter().flat_map(|n| n.input.iter()).filter(|i| *i == value).count()
+    nodes
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .filter(|i| *i == value)
+        .count()
 }
 
 fn fresh_name(inits: &BTreeMap<String, ArrayD<f32>>, want: &str) -> String {
@@ -94,7 +107,9 @@ fn f64_of(a: &ArrayD<f32>) -> ArrayD<f64> {
 
 fn conv_is_unpadded(n: &NodeProto) -> bool {
     let auto = n.attr_string("auto_pad").unwrap_or_default();
-    let pads_zero = n.attr_ints("pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+    let pads_zero = n
+        .attr_ints("pads")
+        .is_none_or(|p| p.iter().all(|&v| v == 0));
     (auto.is_empty() || auto == "NOTSET" || auto == "VALID") && pads_zero
 }
 
@@ -119,7 +134,8 @@ fn set_conv_params(
         _ => fresh_name(inits, &folded_bias_name(&old_w)),
     };
     inits.insert(w_name.clone(), w.mapv(|v| v as f32));
-    let bias = ArrayD::from_shape_vec(IxDyn(&[b.len()]), b.iter().map(|&v| v as f32).collect()).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
+    let bias = ArrayD::from_shape_vec(IxDyn(&[b.len()]), b.iter().map(|&v| v as f32).collect())
+        .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
     inits.insert(b_name.clone(), bias);
     nodes[conv].input.truncate(1);
     nodes[conv].input.push(w_name.clone());
@@ -148,7 +164,8 @@ pub(crate) fn fold_nodes(
         let bn = nodes[i].clone();
         let x = &bn.input[0];
         let producer = nodes.iter().position(|n| n.output.first() == Some(x));
-        let params: Option<Vec<&ArrayD<f32>>> = bn.input[1..5].iter().map(|n| inits.get(n)).collect();
+        let params: Option<Vec<&ArrayD<f32>>> =
+            bn.input[1..5].iter().map(|n| inits.get(n)).collect();
         let (Some(p), Some(params)) = (producer, params) else {
             i += 1;
             continue;
@@ -160,13 +177,17 @@ pub(crate) fn fold_nodes(
             && conv.input.len() >= 2
             && uses(nodes, &conv.input[1]) == 1
             && inits.contains_key(&conv.input[1])
-            && conv.input.get(2).is_none_or(|b| inits.contains_key(b) && uses(nodes, b) == 1);
+            && conv
+                .input
+                .get(2)
+                .is_none_or(|b| inits.contains_key(b) && uses(nodes, b) == 1);
         if !foldable {
             i += 1;
             continue;
         }
         let eps = f64::from(bn.attr_float("epsilon", 1e-5));
-        let [gamma, beta, mean, var] = [0, 1, 2, 3].map(|k| f64_of(params[k]).into_iter().collect::<Vec<f64>>());
+        let [gamma, beta, mean, var] =
+            [0, 1, 2, 3].map(|k| f64_of(params[k]).into_iter().collect::<Vec<f64>>());
         let w = f64_of(&inits[&conv.input[1]]);
         let c = w.shape()[0];
         if [&gamma, &beta, &mean, &var].iter().any(|v| v.len() != c) {
@@ -198,19 +219,33 @@ pub(crate) fn fold_nodes(
 
     // Preprocessing Mul(input, s) -> Add(., t) -> Conv (valid, group 1).
     let mul = nodes.iter().position(|n| {
-        n.op_type == "Mul" && n.input.first().map(String::as_str) == Some(input) && n.input.get(1).is_some_and(|s| inits.get(s).is_some_and(|a| a.len() == 1))
+        n.op_type == "Mul"
+            && n.input.first().map(String::as_str) == Some(input)
+            && n.input
+                .get(1)
+                .is_some_and(|s| inits.get(s).is_some_and(|a| a.len() == 1))
     });
     let Some(mul) = mul else { return Ok(()) };
     let scaled = nodes[mul].output[0].clone();
     let add = nodes.iter().position(|n| {
-        n.op_type == "Add" && n.input.first() == Some(&scaled) && n.input.get(1).is_some_and(|t| inits.get(t).is_some_and(|a| a.len() == 1))
+        n.op_type == "Add"
+            && n.input.first() == Some(&scaled)
+            && n.input
+                .get(1)
+                .is_some_and(|t| inits.get(t).is_some_and(|a| a.len() == 1))
     });
     let Some(add) = add else { return Ok(()) };
     let pre = nodes[add].output[0].clone();
-    if uses(nodes, &scaled) != 1 || uses(nodes, &pre) != 1 || outputs.contains(&pre) || outputs.contains(&scaled) {
+    if uses(nodes, &scaled) != 1
+        || uses(nodes, &pre) != 1
+        || outputs.contains(&pre)
+        || outputs.contains(&scaled)
+    {
         return Ok(());
     }
-    let Some(conv) = nodes.iter().position(|n| n.input.first() == Some(&pre)) else { return Ok(()) };
+    let Some(conv) = nodes.iter().position(|n| n.input.first() == Some(&pre)) else {
+        return Ok(());
+    };
     let n = &nodes[conv];
     if n.op_type != "Conv"
         || n.attr_int("group", 1) != 1
@@ -221,8 +256,20 @@ pub(crate) fn fold_nodes(
     {
         return Ok(());
     }
-    let s = f64::from(inits[&nodes[mul].input[1]].iter().copied().next().unwrap_or(1.0));
-    let t = f64::from(inits[&nodes[add].input[1]].iter().copied().next().unwrap_or(0.0));
+    let s = f64::from(
+        inits[&nodes[mul].input[1]]
+            .iter()
+            .copied()
+            .next()
+            .unwrap_or(1.0),
+    );
+    let t = f64::from(
+        inits[&nodes[add].input[1]]
+            .iter()
+            .copied()
+            .next()
+            .unwrap_or(0.0),
+    );
     let w = f64_of(&inits[&n.input[1]]);
     let c = w.shape()[0];
     let b: Vec<f64> = match n.input.get(2) {
@@ -230,17 +277,19 @@ pub(crate) fn fold_nodes(
         Some(_) => return Ok(()),
         None => vec![0.0; c],
     };
-    let b2: Vec<f64> = w.axis_iter(Axis(0)).zip(&b).map(|(slice, bo)| bo + t * slice.sum()).collect();
+    let b2: Vec<f64> = w
+        .axis_iter(Axis(0))
+        .zip(&b)
+        .map(|(slice, bo)| bo + t * slice.sum())
+        .collect();
     let w2 = w.mapv(|v| v * s);
     set_conv_params(nodes, inits, conv, w2, b2);
     nodes[conv].input[0] = input.to_owned();
     let (first, second) = if mul > add { (mul, add) } else { (add, mul) };
     let removed = [nodes.remove(first), nodes.remove(second)];
     for node in removed {
-        if let Some(k) = node.input.get(1) {
-            if uses(nodes, k) == 0 {
-                inits.remove(k);
-            }
+        if let Some(k) = node.input.get(1).filter(|k| uses(nodes, k) == 0) {
+            inits.remove(k);
         }
     }
     Ok(())

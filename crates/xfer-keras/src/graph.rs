@@ -39,17 +39,18 @@ pub(crate) struct Functional {
 
 /// Keras's `naming.to_snake_case`, which names weight groups by layer class (`SeparableConv2D` → `separable_conv2d`).
 pub fn snake_case(name: &str) -> String {
-    let chars: Vec<char> = name.chars().filter(|c| c.is_alphanumeric() || *c == '_').collect();
+    let chars: Vec<char> = name
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
     // re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     let mut first = String::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         first.push(c);
-        if i + 2 < chars.len() + 1
-            && i + 1 < chars.len()
-            && chars[i + 1].is_ascii_uppercase()
-            && chars.get(i + 2).is_some_and(|c| c.is_ascii_lowercase())
+        if chars.get(i + 1).is_some_and(char::is_ascii_uppercase)
+            && chars.get(i + 2).is_some_and(char::is_ascii_lowercase)
         {
             // `c` is the (.) group; insert `_` before the capital, then copy the word.
             first.push('_');
@@ -95,7 +96,11 @@ fn tensor_refs(v: &Value, what: &str) -> Result<Vec<TensorRef>> {
 fn tensor_ref(v: &Value, what: &str) -> Result<TensorRef> {
     let bad = || Error::Config(format!("{what}: expected [layer, node, index], found {v}"));
     let arr = v.as_array().ok_or_else(bad)?;
-    let layer = arr.first().and_then(Value::as_str).ok_or_else(bad)?.to_owned();
+    let layer = arr
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_owned();
     let node = arr.get(1).and_then(Value::as_u64).unwrap_or(0) as usize;
     let index = arr.get(2).and_then(Value::as_u64).unwrap_or(0) as usize;
     Ok(TensorRef { layer, node, index })
@@ -109,7 +114,9 @@ fn collect_keras_tensors(v: &Value, out: &mut Vec<TensorRef>, what: &str) -> Res
                 let history = v
                     .get("config")
                     .and_then(|c| c.get("keras_history"))
-                    .ok_or_else(|| Error::Config(format!("{what}: keras tensor without keras_history")))?;
+                    .ok_or_else(|| {
+                        Error::Config(format!("{what}: keras tensor without keras_history"))
+                    })?;
                 out.push(tensor_ref(history, what)?);
             } else {
                 for value in map.values() {
@@ -137,7 +144,9 @@ fn parse_call(node: &Value, what: &str) -> Result<Vec<TensorRef>> {
             refs.push(tensor_ref(item, what)?);
         }
     } else {
-        return Err(Error::Config(format!("{what}: unrecognized inbound node {node}")));
+        return Err(Error::Config(format!(
+            "{what}: unrecognized inbound node {node}"
+        )));
     }
     Ok(refs)
 }
@@ -153,7 +162,9 @@ impl Functional {
         let layer_values = config
             .get("layers")
             .and_then(Value::as_array)
-            .ok_or_else(|| Error::Config(format!("model `{name}` ({class}) has no `layers` list")))?;
+            .ok_or_else(|| {
+                Error::Config(format!("model `{name}` ({class}) has no `layers` list"))
+            })?;
         let sequential = class == "Sequential";
         let mut counters: HashMap<String, usize> = HashMap::new();
         let mut layers = Vec::with_capacity(layer_values.len());
@@ -169,7 +180,11 @@ impl Functional {
                 .to_owned();
             let snake = snake_case(&class);
             let counter = counters.entry(snake.clone()).or_insert(0);
-            let group_name = if *counter == 0 { snake.clone() } else { format!("{snake}_{counter}") };
+            let group_name = if *counter == 0 {
+                snake.clone()
+            } else {
+                format!("{snake}_{counter}")
+            };
             *counter += 1;
             let group = if weight_group.is_empty() {
                 format!("layers/{group_name}")
@@ -189,7 +204,12 @@ impl Functional {
             } else {
                 lv.get("inbound_nodes")
                     .and_then(Value::as_array)
-                    .map(|nodes| nodes.iter().map(|n| parse_call(n, &what)).collect::<Result<Vec<_>>>())
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .map(|n| parse_call(n, &what))
+                            .collect::<Result<Vec<_>>>()
+                    })
                     .transpose()?
                     .unwrap_or_default()
             };
@@ -246,7 +266,9 @@ impl Functional {
             (inputs, outputs)
         };
         if inputs.is_empty() || outputs.is_empty() {
-            return Err(Error::Config(format!("model `{name}` declares no inputs or no outputs")));
+            return Err(Error::Config(format!(
+                "model `{name}` declares no inputs or no outputs"
+            )));
         }
         Ok(Functional {
             name,

@@ -54,9 +54,11 @@ impl KerasModel {
             ))
         })?;
         let mut read_entry = |entry: &str| -> Result<Vec<u8>> {
-            let mut f = archive
-                .by_name(entry)
-                .map_err(|e| format_err(format!("no `{entry}` inside the archive ({e}); is this a Keras 3 model?")))?;
+            let mut f = archive.by_name(entry).map_err(|e| {
+                format_err(format!(
+                    "no `{entry}` inside the archive ({e}); is this a Keras 3 model?"
+                ))
+            })?;
             let mut buf = Vec::with_capacity(usize::try_from(f.size()).unwrap_or(0));
             f.read_to_end(&mut buf)
                 .map_err(|e| format_err(format!("reading `{entry}`: {e}")))?;
@@ -101,7 +103,8 @@ fn read_h5_weights(bytes: Vec<u8>, path: &str) -> Result<BTreeMap<String, ArrayD
         path: path.to_owned(),
         reason,
     };
-    let file = hdf5_reader::Hdf5File::from_vec(bytes).map_err(|e| format_err(format!("not a readable HDF5 file: {e}")))?;
+    let file = hdf5_reader::Hdf5File::from_vec(bytes)
+        .map_err(|e| format_err(format!("not a readable HDF5 file: {e}")))?;
     let root = file.root_group().map_err(|e| format_err(e.to_string()))?;
     let (groups, _) = root.members().map_err(|e| format_err(e.to_string()))?;
     if !groups.iter().any(|g| g.name() == "layers") {
@@ -120,7 +123,11 @@ fn read_h5_weights(bytes: Vec<u8>, path: &str) -> Result<BTreeMap<String, ArrayD
     Ok(out)
 }
 
-fn walk(group: &hdf5_reader::group::Group, prefix: &str, out: &mut BTreeMap<String, ArrayD<f32>>) -> Result<(), String> {
+fn walk(
+    group: &hdf5_reader::group::Group,
+    prefix: &str,
+    out: &mut BTreeMap<String, ArrayD<f32>>,
+) -> Result<(), String> {
     let (groups, datasets) = group.members().map_err(|e| format!("{prefix}: {e}"))?;
     for d in datasets {
         let key = format!("{prefix}/{}", d.name());

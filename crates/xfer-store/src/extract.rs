@@ -58,7 +58,9 @@ impl SplitAssignment {
         let bad = |reason: String| Error::Spec {
             what: "--split",
             spec: text.to_owned(),
-            reason: format!("{reason}; expected `name=SPEC,...` like `{DEMO_SPLITS}`, or one SPEC like `train[:80%]`"),
+            reason: format!(
+                "{reason}; expected `name=SPEC,...` like `{DEMO_SPLITS}`, or one SPEC like `train[:80%]`"
+            ),
         };
         let trimmed = text.trim();
         if trimmed.is_empty() {
@@ -74,8 +76,14 @@ impl SplitAssignment {
                     .split_once('=')
                     .ok_or_else(|| bad(format!("`{}` has no `name=`", item.trim())))?;
                 let name = name.trim();
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                    return Err(bad(format!("split name `{name}` must be letters, digits, `_` or `-`")));
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(bad(format!(
+                        "split name `{name}` must be letters, digits, `_` or `-`"
+                    )));
                 }
                 if parts.iter().any(|(n, _)| n == name) {
                     return Err(bad(format!("split `{name}` is named twice")));
@@ -122,7 +130,11 @@ impl SplitAssignment {
         }
         Ok(xfer_data::seeded_order(examples, seed)
             .into_iter()
-            .filter_map(|e| tag.get(e.id.as_str()).map(|t| (*t).to_owned()).map(|t| (e, t)))
+            .filter_map(|e| {
+                tag.get(e.id.as_str())
+                    .map(|t| (*t).to_owned())
+                    .map(|t| (e, t))
+            })
             .collect())
     }
 }
@@ -214,7 +226,8 @@ pub struct ExtractConfig {
     pub decode_threads: Option<usize>,
     /// Rows per part file.
     pub rows_per_part: usize,
-    /// Only the first N selected examples (seeded order), for quick runs and benchmarks.
+    /// Only N of the selected examples (those with the lowest blake3 of their id, so a
+    /// sample of every split that does not depend on the seed), for quick runs and benchmarks.
     pub limit: Option<usize>,
     /// Resize method.
     pub resize: ResizeMethod,
@@ -307,15 +320,33 @@ impl ExtractSummary {
 impl fmt::Display for ExtractSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { self.embedded as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.embedded as f64 / secs
+        } else {
+            0.0
+        };
         writeln!(f, "model {} ({})", self.model_name, self.fingerprint)?;
-        let splits: Vec<String> = self.per_split.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        writeln!(f, "images: {} ({})", self.per_split.values().sum::<usize>(), splits.join(", "))?;
+        let splits: Vec<String> = self
+            .per_split
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "images: {} ({})",
+            self.per_split.values().sum::<usize>(),
+            splits.join(", ")
+        )?;
         write!(f, "embedded {}", self.embedded)?;
         if self.changed > 0 {
             write!(f, " ({} changed since stored)", self.changed)?;
         }
-        writeln!(f, ", cached {}, skipped {}", self.cached, self.skipped.len())?;
+        writeln!(
+            f,
+            ", cached {}, skipped {}",
+            self.cached,
+            self.skipped.len()
+        )?;
         for (kind, n) in self.skipped_by_kind() {
             writeln!(f, "  skipped {n}: {kind}")?;
         }
@@ -358,7 +389,10 @@ enum Item {
 
 /// Runs the backbone over the selected images that are not yet stored; `progress` is called on
 /// the calling thread after every step.
-pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress)) -> Result<ExtractSummary> {
+pub fn extract(
+    config: &ExtractConfig,
+    progress: &mut dyn FnMut(&ExtractProgress),
+) -> Result<ExtractSummary> {
     let start = Instant::now();
     if config.batch_size == 0 {
         return Err(Error::Spec {
@@ -384,7 +418,10 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
     let mut selected: Vec<(Example, String)> = match config.shard {
         Some(shard) => {
             let before = assigned.len();
-            let kept: Vec<_> = assigned.into_iter().filter(|(e, _)| shard.contains(&e.id)).collect();
+            let kept: Vec<_> = assigned
+                .into_iter()
+                .filter(|(e, _)| shard.contains(&e.id))
+                .collect();
             summary.other_shards = before - kept.len();
             kept
         }
@@ -393,8 +430,15 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
     if let Some(limit) = config.limit
         && selected.len() > limit
     {
+        // A sample across all splits, independent of the seed: the lowest id hashes.
         summary.over_limit = selected.len() - limit;
-        selected.truncate(limit);
+        let mut keyed: Vec<(u64, (Example, String))> = selected
+            .into_iter()
+            .map(|s| (xfer_data::example_key(&s.0.id), s))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.id.cmp(&b.1.0.id)));
+        keyed.truncate(limit);
+        selected = keyed.into_iter().map(|(_, s)| s).collect();
     }
     for (_, s) in &selected {
         *summary.per_split.entry(s.clone()).or_default() += 1;
@@ -402,8 +446,11 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
 
     // What the store already holds.
     let store = StoreReader::open_or_empty(&config.store)?;
-    let others: Vec<(String, String)> =
-        store.models().into_iter().filter(|(fp, _)| *fp != manifest.fingerprint).collect();
+    let others: Vec<(String, String)> = store
+        .models()
+        .into_iter()
+        .filter(|(fp, _)| *fp != manifest.fingerprint)
+        .collect();
     if !others.is_empty() && !config.allow_mixed_models {
         return Err(Error::MixedModels {
             store: config.store.display().to_string(),
@@ -452,12 +499,21 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
                 retagged.len(),
                 config.splits,
                 config.seed,
-                retagged.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                retagged
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }
-    let stored_hash: Arc<HashMap<String, String>> =
-        Arc::new(stored.into_iter().map(|(id, (hash, _))| (id, hash)).collect());
+    let stored_hash: Arc<HashMap<String, String>> = Arc::new(
+        stored
+            .into_iter()
+            .map(|(id, (hash, _))| (id, hash))
+            .collect(),
+    );
 
     let mut state = ExtractProgress {
         total: selected.len(),
@@ -488,24 +544,33 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
         .name("xfer-extract-decode".into())
         .spawn(move || {
             let mut pending: Vec<(EmbeddingRecord, Array3<f32>, bool)> = Vec::new();
-            let send_batches = |pending: &mut Vec<(EmbeddingRecord, Array3<f32>, bool)>, all: bool| -> bool {
-                while pending.len() >= batch_size || (all && !pending.is_empty()) {
-                    let take = pending.len().min(batch_size);
-                    let items: Vec<_> = pending.drain(..take).collect();
-                    let mut pixels = Array4::<f32>::zeros((take, 3, height as usize, width as usize));
-                    let mut records = Vec::with_capacity(take);
-                    let mut changed = 0;
-                    for (i, (rec, img, was_changed)) in items.into_iter().enumerate() {
-                        pixels.index_axis_mut(Axis(0), i).assign(&img);
-                        records.push(rec);
-                        changed += usize::from(was_changed);
+            let send_batches =
+                |pending: &mut Vec<(EmbeddingRecord, Array3<f32>, bool)>, all: bool| -> bool {
+                    while pending.len() >= batch_size || (all && !pending.is_empty()) {
+                        let take = pending.len().min(batch_size);
+                        let items: Vec<_> = pending.drain(..take).collect();
+                        let mut pixels =
+                            Array4::<f32>::zeros((take, 3, height as usize, width as usize));
+                        let mut records = Vec::with_capacity(take);
+                        let mut changed = 0;
+                        for (i, (rec, img, was_changed)) in items.into_iter().enumerate() {
+                            pixels.index_axis_mut(Axis(0), i).assign(&img);
+                            records.push(rec);
+                            changed += usize::from(was_changed);
+                        }
+                        if batch_tx
+                            .send(Msg::Batch {
+                                records,
+                                pixels,
+                                changed,
+                            })
+                            .is_err()
+                        {
+                            return false;
+                        }
                     }
-                    if batch_tx.send(Msg::Batch { records, pixels, changed }).is_err() {
-                        return false;
-                    }
-                }
-                true
-            };
+                    true
+                };
             for chunk in selected.chunks(batch_size) {
                 let items: Vec<Item> = pool.install(|| {
                     chunk
@@ -520,7 +585,9 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
                             if known == Some(&hash) {
                                 return Item::Cached;
                             }
-                            match xfer_data::load_image_bytes_with(&bytes, &e.path, height, width, resize) {
+                            match xfer_data::load_image_bytes_with(
+                                &bytes, &e.path, height, width, resize,
+                            ) {
                                 Ok(img) => Item::Decoded(
                                     EmbeddingRecord {
                                         id: e.id.clone(),
@@ -611,7 +678,11 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
                     summary.skipped.extend(list);
                 }
                 Msg::Failed(err) => return Err(err.into()),
-                Msg::Batch { records, pixels, changed } => {
+                Msg::Batch {
+                    records,
+                    pixels,
+                    changed,
+                } => {
                     let model = match backbone.as_mut() {
                         Some(b) => b,
                         None => {
@@ -619,7 +690,10 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
                             if b.manifest.fingerprint != manifest.fingerprint {
                                 return Err(Error::Inconsistent {
                                     store: config.store.display().to_string(),
-                                    reason: format!("{} changed while extracting", config.model_dir.display()),
+                                    reason: format!(
+                                        "{} changed while extracting",
+                                        config.model_dir.display()
+                                    ),
                                 });
                             }
                             summary.device = Some(b.model.device());
@@ -661,7 +735,10 @@ pub fn extract(config: &ExtractConfig, progress: &mut dyn FnMut(&ExtractProgress
     if written.rows != state.embedded {
         return Err(Error::InvalidRows {
             op: "extract",
-            reason: format!("{} rows embedded but {} written", state.embedded, written.rows),
+            reason: format!(
+                "{} rows embedded but {} written",
+                state.embedded, written.rows
+            ),
         });
     }
     summary.embedded = state.embedded;

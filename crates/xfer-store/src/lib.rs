@@ -23,7 +23,7 @@ mod reader;
 pub mod schema;
 mod writer;
 
-pub use reader::{LoadedSplit, StoreFile, StoreInfo, StoreReader, CompactSummary, StoredKey};
+pub use reader::{CompactSummary, LoadedSplit, StoreFile, StoreInfo, StoreReader, StoredKey};
 pub use schema::{StoreMetadata, content_hash};
 pub use writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 
@@ -118,16 +118,18 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + use<> {
     let path = path.display().to_string();
-    move |source| Error::Io {
-        op,
-        path,
-        source,
-    }
+    move |source| Error::Io { op, path, source }
 }
 
-pub(crate) fn pq_err<E: std::fmt::Display>(op: &'static str, path: &std::path::Path) -> impl FnOnce(E) -> Error + use<E> {
+pub(crate) fn pq_err<E: std::fmt::Display>(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(E) -> Error + use<E> {
     let path = path.display().to_string();
     move |e| Error::Parquet {
         op,

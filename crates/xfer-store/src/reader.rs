@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray,
+};
 use arrow_schema::DataType;
 use ndarray::Array2;
 use parquet::arrow::ArrowWriter;
@@ -15,7 +17,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::schema::{
-    COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_LABEL_NAME, COL_MODEL, COL_SPLIT, StoreMetadata,
+    COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_LABEL_NAME, COL_MODEL, COL_SPLIT,
+    StoreMetadata,
 };
 use crate::{Error, Result, io_err, pq_err};
 
@@ -131,7 +134,11 @@ impl std::fmt::Display for StoreInfo {
             )?;
             write!(f, "  rows {}", m.rows)?;
             if m.superseded > 0 {
-                write!(f, " (+{} superseded by changed images; run `xfer store compact`)", m.superseded)?;
+                write!(
+                    f,
+                    " (+{} superseded by changed images; run `xfer store compact`)",
+                    m.superseded
+                )?;
             }
             writeln!(f)?;
             let labels = m.classes.iter().filter(|c| m.per_label.contains_key(*c));
@@ -144,7 +151,11 @@ impl std::fmt::Display for StoreInfo {
             for (split, n) in &m.per_split {
                 write!(f, "  {split:<12} {n:>8}")?;
                 for c in &labels {
-                    let k = m.per_split_label.get(&(split.clone(), (*c).clone())).copied().unwrap_or(0);
+                    let k = m
+                        .per_split_label
+                        .get(&(split.clone(), (*c).clone()))
+                        .copied()
+                        .unwrap_or(0);
                     write!(f, " {k:>8}")?;
                 }
                 writeln!(f)?;
@@ -202,7 +213,9 @@ impl StoreReader {
         if !dir.is_dir() {
             return Err(Error::NotFound {
                 store: dir.display().to_string(),
-                reason: "no such directory; create it with `xfer extract --store DIR` (`just extract`)".to_owned(),
+                reason:
+                    "no such directory; create it with `xfer extract --store DIR` (`just extract`)"
+                        .to_owned(),
             });
         }
         Self::open_or_empty(dir)
@@ -265,11 +278,17 @@ impl StoreReader {
     /// The metadata shared by the files of `fingerprint` (an error if their classes or dimension disagree).
     pub fn model_metadata(&self, fingerprint: &str) -> Result<Option<StoreMetadata>> {
         let mut found: Option<&StoreFile> = None;
-        for f in self.files.iter().filter(|f| f.meta.fingerprint == fingerprint) {
+        for f in self
+            .files
+            .iter()
+            .filter(|f| f.meta.fingerprint == fingerprint)
+        {
             match found {
                 None => found = Some(f),
                 Some(first) => {
-                    if first.meta.classes != f.meta.classes || first.meta.feature_dim != f.meta.feature_dim {
+                    if first.meta.classes != f.meta.classes
+                        || first.meta.feature_dim != f.meta.feature_dim
+                    {
                         return Err(Error::Inconsistent {
                             store: self.dir.display().to_string(),
                             reason: format!(
@@ -298,7 +317,8 @@ impl StoreReader {
         let mut rows = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             let file = File::open(&f.path).map_err(io_err("open", &f.path))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
             let mask = ProjectionMask::columns(
                 builder.parquet_schema(),
                 [COL_ID, COL_LABEL, COL_SPLIT, COL_CONTENT_HASH, COL_MODEL],
@@ -379,7 +399,10 @@ impl StoreReader {
                     [(fp, _)] => Ok(fp.clone()),
                     _ => Err(Error::NotFound {
                         store: self.dir.display().to_string(),
-                        reason: format!("no single model with fingerprint `{want}`; the store holds: {}", list()),
+                        reason: format!(
+                            "no single model with fingerprint `{want}`; the store holds: {}",
+                            list()
+                        ),
                     }),
                 }
             }
@@ -412,7 +435,10 @@ impl StoreReader {
                 .join(", ");
             return Err(Error::NotFound {
                 store: self.dir.display().to_string(),
-                reason: format!("no rows in split `{split}` for model {}; splits present: {have}", meta.model_name),
+                reason: format!(
+                    "no rows in split `{split}` for model {}; splits present: {have}",
+                    meta.model_name
+                ),
             });
         }
         chosen.sort_by(|a, b| a.key.id.cmp(&b.key.id));
@@ -429,11 +455,16 @@ impl StoreReader {
             if f.meta.feature_dim != dim {
                 return Err(Error::Inconsistent {
                     store: self.dir.display().to_string(),
-                    reason: format!("{} has dimension {} but {dim} was expected", f.path.display(), f.meta.feature_dim),
+                    reason: format!(
+                        "{} has dimension {} but {dim} was expected",
+                        f.path.display(),
+                        f.meta.feature_dim
+                    ),
                 });
             }
             let file = File::open(&f.path).map_err(io_err("open", &f.path))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
             let mask = ProjectionMask::columns(builder.parquet_schema(), [COL_EMBEDDING]);
             let reader = builder
                 .with_projection(mask)
@@ -473,7 +504,9 @@ impl StoreReader {
         let index = self.index()?;
         let mut models = Vec::new();
         for (fp, _) in self.models() {
-            let Some(meta) = self.model_metadata(&fp)? else { continue };
+            let Some(meta) = self.model_metadata(&fp)? else {
+                continue;
+            };
             let mut m = ModelInfo {
                 fingerprint: fp.clone(),
                 name: meta.model_name.clone(),
@@ -495,7 +528,9 @@ impl StoreReader {
                     .unwrap_or_else(|| format!("#{}", r.key.label));
                 *m.per_split.entry(r.key.split.clone()).or_default() += 1;
                 *m.per_label.entry(name.clone()).or_default() += 1;
-                *m.per_split_label.entry((r.key.split.clone(), name)).or_default() += 1;
+                *m.per_split_label
+                    .entry((r.key.split.clone(), name))
+                    .or_default() += 1;
             }
             models.push(m);
         }
@@ -522,7 +557,8 @@ impl StoreReader {
                 summary.temp_removed += 1;
             }
         }
-        let mut live_per_file: Vec<Vec<bool>> = self.files.iter().map(|f| vec![false; f.rows]).collect();
+        let mut live_per_file: Vec<Vec<bool>> =
+            self.files.iter().map(|f| vec![false; f.rows]).collect();
         for r in &index {
             if r.key.live
                 && let Some(slot) = live_per_file.get_mut(r.file).and_then(|v| v.get_mut(r.row))
@@ -531,8 +567,12 @@ impl StoreReader {
             }
         }
         for (fp, _) in self.models() {
-            let Some(meta) = self.model_metadata(&fp)? else { continue };
-            let group: Vec<usize> = (0..self.files.len()).filter(|&i| self.files[i].meta.fingerprint == fp).collect();
+            let Some(meta) = self.model_metadata(&fp)? else {
+                continue;
+            };
+            let group: Vec<usize> = (0..self.files.len())
+                .filter(|&i| self.files[i].meta.fingerprint == fp)
+                .collect();
             let all_live = group.iter().all(|&i| live_per_file[i].iter().all(|&l| l));
             if group.len() == 1 && all_live {
                 summary.rows += self.files[group[0]].rows;
@@ -542,11 +582,18 @@ impl StoreReader {
                 tag: Some("compact".to_owned()),
                 ..Default::default()
             };
-            let name = format!("part-{}-00000.parquet", crate::writer::new_run_id(options.tag.as_deref()));
+            let name = format!(
+                "part-{}-00000.parquet",
+                crate::writer::new_run_id(options.tag.as_deref())
+            );
             let path = self.dir.join(&name);
             let tmp = self.dir.join(format!(".{name}.tmp"));
             let level = ZstdLevel::try_new(options.zstd_level).map_err(pq_err("compact", &tmp))?;
-            let kv = meta.to_key_values().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+            let kv = meta
+                .to_key_values()
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v))
+                .collect();
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(level))
                 .set_key_value_metadata(Some(kv))
@@ -555,8 +602,8 @@ impl StoreReader {
             let schema = crate::schema::store_schema(meta.feature_dim);
             let write = || -> Result<usize> {
                 let out = File::create(&tmp).map_err(io_err("create", &tmp))?;
-                let mut writer =
-                    ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(pq_err("start parquet file", &tmp))?;
+                let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props))
+                    .map_err(pq_err("start parquet file", &tmp))?;
                 let mut kept = 0;
                 for &fi in &group {
                     let f = &self.files[fi];
@@ -570,12 +617,14 @@ impl StoreReader {
                     for batch in reader {
                         let batch = batch.map_err(pq_err("read", &f.path))?;
                         let n = batch.num_rows();
-                        let mask = BooleanArray::from(live_per_file[fi][offset..offset + n].to_vec());
+                        let mask =
+                            BooleanArray::from(live_per_file[fi][offset..offset + n].to_vec());
                         offset += n;
+                        let kept_batch = arrow_select::filter::filter_record_batch(&batch, &mask)
+                            .map_err(pq_err("filter", &f.path))?;
                         let kept_batch =
-                            arrow_select::filter::filter_record_batch(&batch, &mask).map_err(pq_err("filter", &f.path))?;
-                        let kept_batch = RecordBatch::try_new(schema.clone(), kept_batch.columns().to_vec())
-                            .map_err(pq_err("re-schema", &f.path))?;
+                            RecordBatch::try_new(schema.clone(), kept_batch.columns().to_vec())
+                                .map_err(pq_err("re-schema", &f.path))?;
                         kept += kept_batch.num_rows();
                         writer.write(&kept_batch).map_err(pq_err("write", &tmp))?;
                     }
@@ -612,7 +661,10 @@ impl StoreReader {
 
 /// True when the writer process named in a temporary part's name has exited (Linux: no `/proc/<pid>`).
 fn writer_is_dead(tmp: &Path) -> bool {
-    let name = tmp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = tmp
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // .part-<millis>-[tag-]p<pid>-<seq>.parquet.tmp
     let pid = name
         .split('-')
@@ -620,7 +672,9 @@ fn writer_is_dead(tmp: &Path) -> bool {
         .filter_map(|s| s.parse::<u32>().ok())
         .next_back();
     match pid {
-        Some(pid) if Path::new("/proc/self").exists() => !Path::new("/proc").join(pid.to_string()).exists(),
+        Some(pid) if Path::new("/proc/self").exists() => {
+            !Path::new("/proc").join(pid.to_string()).exists()
+        }
         _ => false,
     }
 }
@@ -635,17 +689,23 @@ fn read_file_meta(path: &Path) -> Result<StoreFile> {
     let md = builder.metadata().file_metadata();
     let kv: HashMap<String, String> = md
         .key_value_metadata()
-        .map(|kvs| kvs.iter().filter_map(|kv| kv.value.clone().map(|v| (kv.key.clone(), v))).collect())
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| kv.value.clone().map(|v| (kv.key.clone(), v)))
+                .collect()
+        })
         .unwrap_or_default();
     let meta = StoreMetadata::from_key_values(&kv, &path.display().to_string())?;
     let rows = usize::try_from(md.num_rows()).unwrap_or(0);
     let schema = builder.schema();
     let expect = crate::schema::store_schema(meta.feature_dim);
     for field in expect.fields() {
-        let have = schema.field_with_name(field.name()).map_err(|_| Error::Format {
-            path: path.display().to_string(),
-            reason: format!("no column `{}`", field.name()),
-        })?;
+        let have = schema
+            .field_with_name(field.name())
+            .map_err(|_| Error::Format {
+                path: path.display().to_string(),
+                reason: format!("no column `{}`", field.name()),
+            })?;
         let ok = match (field.data_type(), have.data_type()) {
             (DataType::FixedSizeList(_, a), DataType::FixedSizeList(_, b)) => a == b,
             (a, b) => a == b,
@@ -701,7 +761,10 @@ fn embedding_values<'a>(batch: &'a RecordBatch, dim: usize, path: &Path) -> Resu
         .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
         .ok_or_else(|| bad("is missing or not a FixedSizeList"))?;
     if list.value_length() as usize != dim {
-        return Err(bad(&format!("has length {} but {dim} was expected", list.value_length())));
+        return Err(bad(&format!(
+            "has length {} but {dim} was expected",
+            list.value_length()
+        )));
     }
     let values = list
         .values()

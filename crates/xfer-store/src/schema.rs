@@ -53,7 +53,10 @@ pub fn store_schema(dim: usize) -> SchemaRef {
         Field::new(COL_MODEL, DataType::Utf8, false),
         Field::new(
             COL_EMBEDDING,
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim_i32),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                dim_i32,
+            ),
             false,
         ),
     ]))
@@ -129,12 +132,17 @@ impl StoreMetadata {
             reason: format!("footer metadata `{key}` = `{v}` is malformed"),
         };
         let size = get(META_IMAGE_SIZE)?;
-        let image_size = match size.split_once('x').map(|(h, w)| (h.parse::<u32>(), w.parse::<u32>())) {
+        let image_size = match size
+            .split_once('x')
+            .map(|(h, w)| (h.parse::<u32>(), w.parse::<u32>()))
+        {
             Some((Ok(h), Ok(w))) => [h, w],
             _ => return Err(bad(META_IMAGE_SIZE, &size)),
         };
         let dim = get(META_FEATURE_DIM)?;
-        let feature_dim = dim.parse::<usize>().map_err(|_| bad(META_FEATURE_DIM, &dim))?;
+        let feature_dim = dim
+            .parse::<usize>()
+            .map_err(|_| bad(META_FEATURE_DIM, &dim))?;
         let classes_text = get(META_CLASSES)?;
         let classes: Vec<String> =
             serde_json::from_str(&classes_text).map_err(|_| bad(META_CLASSES, &classes_text))?;
@@ -166,7 +174,10 @@ mod tests {
             xfer_version: "0.1.0".into(),
         };
         let kv: HashMap<String, String> = meta.to_key_values().into_iter().collect();
-        assert_eq!(StoreMetadata::from_key_values(&kv, "f").expect("parse"), meta);
+        assert_eq!(
+            StoreMetadata::from_key_values(&kv, "f").expect("parse"),
+            meta
+        );
         let mut broken = kv.clone();
         broken.insert(META_IMAGE_SIZE.into(), "150".into());
         let err = StoreMetadata::from_key_values(&broken, "f").expect_err("must fail");

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, DictionaryArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray};
+use arrow_array::{
+    ArrayRef, DictionaryArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch,
+    StringArray,
+};
 use arrow_schema::{Field, SchemaRef};
 use ndarray::ArrayView2;
 use parquet::arrow::ArrowWriter;
@@ -98,7 +101,10 @@ impl std::fmt::Debug for EmbeddingWriter {
 
 /// A run id that sorts by creation time: `<unix millis, 13 digits>-<tag>p<pid>`.
 pub(crate) fn new_run_id(tag: Option<&str>) -> String {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let tag = tag.map(|t| format!("{t}-")).unwrap_or_default();
     format!("{millis:013}-{tag}p{}", std::process::id())
 }
@@ -118,14 +124,21 @@ impl EmbeddingWriter {
         if meta.feature_dim == 0 || i32::try_from(meta.feature_dim).is_err() {
             return Err(Error::InvalidRows {
                 op: "EmbeddingWriter::create",
-                reason: format!("feature_dim {} is not a usable embedding length", meta.feature_dim),
+                reason: format!(
+                    "feature_dim {} is not a usable embedding length",
+                    meta.feature_dim
+                ),
             });
         }
         let level = ZstdLevel::try_new(options.zstd_level).map_err(|e| Error::InvalidRows {
             op: "EmbeddingWriter::create",
             reason: format!("zstd level {}: {e}", options.zstd_level),
         })?;
-        let kv = meta.to_key_values().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let kv = meta
+            .to_key_values()
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v))
+            .collect();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_key_value_metadata(Some(kv))
@@ -160,11 +173,19 @@ impl EmbeddingWriter {
     }
 
     /// Appends rows; `embeddings` has one row of `feature_dim` values per record.
-    pub fn append(&mut self, records: &[EmbeddingRecord], embeddings: ArrayView2<'_, f32>) -> Result<()> {
+    pub fn append(
+        &mut self,
+        records: &[EmbeddingRecord],
+        embeddings: ArrayView2<'_, f32>,
+    ) -> Result<()> {
         if records.len() != embeddings.nrows() {
             return Err(Error::InvalidRows {
                 op: "EmbeddingWriter::append",
-                reason: format!("{} records but {} embedding rows", records.len(), embeddings.nrows()),
+                reason: format!(
+                    "{} records but {} embedding rows",
+                    records.len(),
+                    embeddings.nrows()
+                ),
             });
         }
         if embeddings.ncols() != self.meta.feature_dim {
@@ -178,22 +199,33 @@ impl EmbeddingWriter {
             });
         }
         let n_classes = self.meta.classes.len();
-        if let Some(r) = records.iter().find(|r| r.label < 0 || r.label as usize >= n_classes) {
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.label < 0 || r.label as usize >= n_classes)
+        {
             return Err(Error::InvalidRows {
                 op: "EmbeddingWriter::append",
-                reason: format!("`{}` has label {} but there are {n_classes} classes", r.id, r.label),
+                reason: format!(
+                    "`{}` has label {} but there are {n_classes} classes",
+                    r.id, r.label
+                ),
             });
         }
         let mut start = 0;
         while start < records.len() {
             let room = self.rows_per_part - self.current.as_ref().map_or(0, |p| p.rows);
             let end = (start + room).min(records.len());
-            let batch = self.record_batch(&records[start..end], embeddings.slice(ndarray::s![start..end, ..]))?;
+            let batch = self.record_batch(
+                &records[start..end],
+                embeddings.slice(ndarray::s![start..end, ..]),
+            )?;
             let part = match self.current.as_mut() {
                 Some(p) => p,
                 None => self.open_part()?,
             };
-            part.writer.write(&batch).map_err(pq_err("write", &part.tmp))?;
+            part.writer
+                .write(&batch)
+                .map_err(pq_err("write", &part.tmp))?;
             part.rows += end - start;
             let full = part.rows >= self.rows_per_part;
             self.summary.rows += end - start;
@@ -233,7 +265,10 @@ impl EmbeddingWriter {
         };
         let result = (|| {
             part.writer.finish().map_err(pq_err("finish", &part.tmp))?;
-            part.writer.inner().sync_all().map_err(io_err("sync", &part.tmp))?;
+            part.writer
+                .inner()
+                .sync_all()
+                .map_err(io_err("sync", &part.tmp))?;
             std::fs::rename(&part.tmp, &part.path).map_err(io_err("rename", &part.tmp))?;
             if let Ok(d) = File::open(&self.dir) {
                 let _ = d.sync_all();
@@ -253,7 +288,11 @@ impl EmbeddingWriter {
         }
     }
 
-    fn record_batch(&self, records: &[EmbeddingRecord], embeddings: ArrayView2<'_, f32>) -> Result<RecordBatch> {
+    fn record_batch(
+        &self,
+        records: &[EmbeddingRecord],
+        embeddings: ArrayView2<'_, f32>,
+    ) -> Result<RecordBatch> {
         build_batch(&self.schema, &self.meta, records, embeddings).map_err(|e| Error::InvalidRows {
             op: "EmbeddingWriter::append",
             reason: e,
@@ -281,7 +320,9 @@ pub(crate) fn build_batch(
     let labels = Int32Array::from_iter_values(records.iter().map(|r| r.label));
     let names = DictionaryArray::<Int32Type>::try_new(
         labels.clone(),
-        Arc::new(StringArray::from_iter_values(meta.classes.iter().map(String::as_str))),
+        Arc::new(StringArray::from_iter_values(
+            meta.classes.iter().map(String::as_str),
+        )),
     )
     .map_err(|e| e.to_string())?;
     let splits = StringArray::from_iter_values(records.iter().map(|r| r.split.as_str()));

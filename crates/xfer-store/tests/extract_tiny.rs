@@ -14,7 +14,9 @@ use xfer_store::{Error, StoreReader};
 const DIM: usize = 4;
 
 fn weights(scale: f32) -> Vec<f32> {
-    (0..3 * DIM).map(|i| scale * (i as f32 + 1.0) / 10.0).collect()
+    (0..3 * DIM)
+        .map(|i| scale * (i as f32 + 1.0) / 10.0)
+        .collect()
 }
 
 /// Writes a tiny backbone into `dir` (model.onnx + model.json); `scale` changes the weights.
@@ -22,7 +24,12 @@ fn tiny_backbone(dir: &Path, scale: f32) -> PathBuf {
     let mut g = GraphBuilder::new("tiny");
     g.input(
         "pixels",
-        &[Dim::from("batch"), Dim::Fixed(3), Dim::from("h"), Dim::from("w")],
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(3),
+            Dim::from("h"),
+            Dim::from("w"),
+        ],
     );
     let w = g.constant_f32("w", &[3, DIM as i64], &weights(scale));
     let gap = g.op("GlobalAveragePool", &["pixels"], vec![], "gap");
@@ -58,11 +65,17 @@ fn tiny_backbone(dir: &Path, scale: f32) -> PathBuf {
 }
 
 fn colour(class: usize, i: usize) -> [u8; 3] {
-    [(i * 7 % 256) as u8, (class * 100 + 20) as u8, (i * 13 % 200) as u8]
+    [
+        (i * 7 % 256) as u8,
+        (class * 100 + 20) as u8,
+        (i * 13 % 200) as u8,
+    ]
 }
 
 fn write_png(path: &Path, rgb: [u8; 3]) {
-    image::RgbImage::from_pixel(8, 8, image::Rgb(rgb)).save(path).expect("png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb(rgb))
+        .save(path)
+        .expect("png");
 }
 
 /// `n` solid-colour images per class in `root/{cat,dog}/NNNN.png`.
@@ -123,10 +136,19 @@ fn rows(store: &Path) -> BTreeMap<String, (String, String, Vec<f32>)> {
     assert_eq!(before, ids.len(), "every id is stored once");
     let mut out = BTreeMap::new();
     for split in ["train", "val", "test"] {
-        let Ok(loaded) = reader.load_split(split, None) else { continue };
+        let Ok(loaded) = reader.load_split(split, None) else {
+            continue;
+        };
         for (i, id) in loaded.ids.iter().enumerate() {
-            let hash = keys.iter().find(|k| &k.id == id).map(|k| k.content_hash.clone()).expect("key");
-            out.insert(id.clone(), (split.to_owned(), hash, loaded.features.row(i).to_vec()));
+            let hash = keys
+                .iter()
+                .find(|k| &k.id == id)
+                .map(|k| k.content_hash.clone())
+                .expect("key");
+            out.insert(
+                id.clone(),
+                (split.to_owned(), hash, loaded.features.row(i).to_vec()),
+            );
         }
     }
     out
@@ -147,14 +169,21 @@ fn full_run_stores_each_image_once_and_rerun_embeds_nothing() {
 
     let stored = rows(&f.store);
     assert_eq!(stored.len(), 30);
-    let splits: std::collections::BTreeSet<&str> = stored.values().map(|(s, _, _)| s.as_str()).collect();
-    assert_eq!(splits.into_iter().collect::<Vec<_>>(), vec!["test", "train", "val"]);
+    let splits: std::collections::BTreeSet<&str> =
+        stored.values().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(
+        splits.into_iter().collect::<Vec<_>>(),
+        vec!["test", "train", "val"]
+    );
     let (_, hash, emb) = &stored["dog/0003.png"];
     let bytes = std::fs::read(f.data.join("dog/0003.png")).expect("read");
     assert_eq!(hash, &xfer_store::content_hash(&bytes));
     let want = expected_embedding(colour(1, 3), 1.0);
     for (a, b) in emb.iter().zip(&want) {
-        assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{emb:?} vs {want:?}");
+        assert!(
+            (a - b).abs() < 1e-3 * b.abs().max(1.0),
+            "{emb:?} vs {want:?}"
+        );
     }
     let reader = StoreReader::open(&f.store).expect("open");
     let train = reader.load_split("train", None).expect("train");
@@ -167,7 +196,10 @@ fn full_run_stores_each_image_once_and_rerun_embeds_nothing() {
     assert_eq!(again.embedded, 0);
     assert_eq!(again.cached, 30);
     assert!(again.files.is_empty());
-    assert_eq!(again.device, None, "nothing to embed: the model is not even loaded");
+    assert_eq!(
+        again.device, None,
+        "nothing to embed: the model is not even loaded"
+    );
     assert_eq!(rows(&f.store), stored);
 }
 
@@ -189,12 +221,23 @@ fn a_modified_image_is_re_embedded_and_supersedes_its_old_row() {
     assert_eq!(info.models[0].superseded, 1);
     let split = &before["cat/0002.png"].0;
     let loaded = reader.load_split(split, None).expect("split");
-    let i = loaded.ids.iter().position(|id| id == "cat/0002.png").expect("row");
+    let i = loaded
+        .ids
+        .iter()
+        .position(|id| id == "cat/0002.png")
+        .expect("row");
     let want = expected_embedding(new_rgb, 1.0);
     for (a, b) in loaded.features.row(i).iter().zip(&want) {
         assert!((a - b).abs() < 1e-3 * b.abs().max(1.0));
     }
-    assert_eq!(loaded.ids.len(), loaded.ids.iter().collect::<std::collections::BTreeSet<_>>().len());
+    assert_eq!(
+        loaded.ids.len(),
+        loaded
+            .ids
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
 
     let compacted = reader.compact().expect("compact");
     assert_eq!(compacted.rows, 12);
@@ -217,7 +260,10 @@ fn another_models_store_is_refused_unless_mixing_is_allowed() {
     assert!(err.to_string().contains("--allow-mixed-models"), "{err}");
     c.allow_mixed_models = true;
     let summary = extract(&c, &mut |_| {}).expect("mixed allowed");
-    assert_eq!(summary.embedded, 6, "another model's rows do not count as cached");
+    assert_eq!(
+        summary.embedded, 6,
+        "another model's rows do not count as cached"
+    );
     let reader = StoreReader::open(&f.store).expect("open");
     assert_eq!(reader.models().len(), 2);
     let err = reader.load_split("train", None).expect_err("ambiguous");
@@ -234,9 +280,17 @@ fn two_shards_together_equal_an_unsharded_run() {
         let mut c = config(&f, &f.store);
         c.shard = Some(Shard { index: i, count: 2 });
         let s = extract(&c, &mut |_| {}).expect("shard");
-        assert!(s.embedded > 0 && s.embedded < 20, "a shard takes a part: {}", s.embedded);
+        assert!(
+            s.embedded > 0 && s.embedded < 20,
+            "a shard takes a part: {}",
+            s.embedded
+        );
         assert_eq!(s.embedded + s.other_shards, 20);
-        assert!(s.files.iter().all(|p| p.to_string_lossy().contains(&format!("s{i}of2"))));
+        assert!(
+            s.files
+                .iter()
+                .all(|p| p.to_string_lossy().contains(&format!("s{i}of2")))
+        );
         taken += s.embedded;
     }
     assert_eq!(taken, 20);
@@ -290,7 +344,10 @@ fn split_and_shard_specs_parse_or_explain() {
     let partial = SplitAssignment::parse("a=train[:30%]").expect("parse");
     assert_eq!(partial.assign(ds.examples(), 1).expect("assign").len(), 3);
 
-    assert_eq!(Shard::parse("1/3").expect("shard"), Shard { index: 1, count: 3 });
+    assert_eq!(
+        Shard::parse("1/3").expect("shard"),
+        Shard { index: 1, count: 3 }
+    );
     for bad in ["3/3", "1", "a/2", "0/0"] {
         assert!(Shard::parse(bad).is_err(), "{bad}");
     }

@@ -38,10 +38,19 @@ fn rows_round_trip_and_parts_roll() {
     };
     let mut w = EmbeddingWriter::create(dir.path(), meta("fp1", 3), &opts).expect("writer");
     let recs: Vec<_> = (0..5)
-        .map(|i| rec(&format!("c/{i}.png"), i % 2, if i < 3 { "train" } else { "val" }, &format!("h{i}")))
+        .map(|i| {
+            rec(
+                &format!("c/{i}.png"),
+                i % 2,
+                if i < 3 { "train" } else { "val" },
+                &format!("h{i}"),
+            )
+        })
         .collect();
-    w.append(&recs[..3], emb(&[0.0, 1.0, 2.0]).view()).expect("append");
-    w.append(&recs[3..], emb(&[3.0, 4.0]).view()).expect("append");
+    w.append(&recs[..3], emb(&[0.0, 1.0, 2.0]).view())
+        .expect("append");
+    w.append(&recs[3..], emb(&[3.0, 4.0]).view())
+        .expect("append");
     let summary = w.finish().expect("finish");
     assert_eq!(summary.rows, 5);
     assert_eq!(summary.files.len(), 3, "2 rows per part -> 3 parts");
@@ -61,7 +70,10 @@ fn rows_round_trip_and_parts_roll() {
 
     let err = store.load_split("test", None).expect_err("no test split");
     let msg = err.to_string();
-    assert!(msg.contains("train (3 rows)") && msg.contains("val (2 rows)"), "{msg}");
+    assert!(
+        msg.contains("train (3 rows)") && msg.contains("val (2 rows)"),
+        "{msg}"
+    );
 
     let info = store.info().expect("info");
     assert_eq!(info.models.len(), 1);
@@ -78,13 +90,17 @@ fn newer_row_supersedes_and_compact_drops_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = WriterOptions::default();
     let mut w = EmbeddingWriter::create(dir.path(), meta("fp1", 3), &opts).expect("writer");
-    w.append(&[rec("a", 0, "train", "h1"), rec("b", 1, "train", "h2")], emb(&[1.0, 2.0]).view())
-        .expect("append");
+    w.append(
+        &[rec("a", 0, "train", "h1"), rec("b", 1, "train", "h2")],
+        emb(&[1.0, 2.0]).view(),
+    )
+    .expect("append");
     w.finish().expect("finish");
     std::thread::sleep(std::time::Duration::from_millis(5));
     // "a" changed: new content, new embedding.
     let mut w = EmbeddingWriter::create(dir.path(), meta("fp1", 3), &opts).expect("writer");
-    w.append(&[rec("a", 0, "train", "h1-new")], emb(&[9.0]).view()).expect("append");
+    w.append(&[rec("a", 0, "train", "h1-new")], emb(&[9.0]).view())
+        .expect("append");
     w.finish().expect("finish");
 
     let store = StoreReader::open(dir.path()).expect("open");
@@ -93,11 +109,17 @@ fn newer_row_supersedes_and_compact_drops_it() {
     assert_eq!(keys.iter().filter(|k| !k.live).count(), 1);
     let train = store.load_split("train", None).expect("train");
     assert_eq!(train.ids, vec!["a", "b"]);
-    assert_eq!(train.features.row(0).to_vec(), vec![9.0, 9.5, 9.25], "the newest row wins");
+    assert_eq!(
+        train.features.row(0).to_vec(),
+        vec![9.0, 9.5, 9.25],
+        "the newest row wins"
+    );
     assert_eq!(store.info().expect("info").models[0].superseded, 1);
 
     // A leftover temporary part of a dead writer is ignored, then removed by compact.
-    let stale = dir.path().join(".part-0000000000001-p999999999-00000.parquet.tmp");
+    let stale = dir
+        .path()
+        .join(".part-0000000000001-p999999999-00000.parquet.tmp");
     std::fs::write(&stale, b"half a file").expect("write");
     let store = StoreReader::open(dir.path()).expect("open");
     assert_eq!(store.temp_files().len(), 1);
@@ -126,30 +148,48 @@ fn newer_row_supersedes_and_compact_drops_it() {
 fn two_models_need_a_fingerprint() {
     let dir = tempfile::tempdir().expect("tempdir");
     for fp in ["aaaaaaaaaaaa1111", "bbbbbbbbbbbb2222"] {
-        let mut w = EmbeddingWriter::create(dir.path(), meta(fp, 3), &WriterOptions::default()).expect("writer");
-        w.append(&[rec("a", 0, "train", "h1")], emb(&[1.0]).view()).expect("append");
+        let mut w = EmbeddingWriter::create(dir.path(), meta(fp, 3), &WriterOptions::default())
+            .expect("writer");
+        w.append(&[rec("a", 0, "train", "h1")], emb(&[1.0]).view())
+            .expect("append");
         w.finish().expect("finish");
     }
     let store = StoreReader::open(dir.path()).expect("open");
     let err = store.load_split("train", None).expect_err("ambiguous");
     assert!(err.to_string().contains("several models"), "{err}");
-    let b = store.load_split("train", Some("bbbbbbbbbbbb")).expect("by prefix");
+    let b = store
+        .load_split("train", Some("bbbbbbbbbbbb"))
+        .expect("by prefix");
     assert_eq!(b.fingerprint, "bbbbbbbbbbbb2222");
-    assert_eq!(b.ids, vec!["a"], "rows of different models do not supersede each other");
+    assert_eq!(
+        b.ids,
+        vec!["a"],
+        "rows of different models do not supersede each other"
+    );
 }
 
 #[test]
 fn bad_rows_are_refused_with_context() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut w = EmbeddingWriter::create(dir.path(), meta("fp", 3), &WriterOptions::default()).expect("writer");
+    let mut w = EmbeddingWriter::create(dir.path(), meta("fp", 3), &WriterOptions::default())
+        .expect("writer");
     let err = w
-        .append(&[rec("a", 0, "train", "h")], Array2::<f32>::zeros((1, 4)).view())
+        .append(
+            &[rec("a", 0, "train", "h")],
+            Array2::<f32>::zeros((1, 4)).view(),
+        )
         .expect_err("dim");
     assert!(err.to_string().contains("feature_dim is 3"), "{err}");
-    let err = w.append(&[rec("a", 7, "train", "h")], emb(&[1.0]).view()).expect_err("label");
+    let err = w
+        .append(&[rec("a", 7, "train", "h")], emb(&[1.0]).view())
+        .expect_err("label");
     assert!(err.to_string().contains("label 7"), "{err}");
     drop(w);
-    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0, "nothing half-written left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "nothing half-written left behind"
+    );
 }
 
 #[test]

@@ -85,10 +85,11 @@ fn is_current(dir: &Path, source_sha256: &str, with_head: bool) -> Option<ModelM
     if fingerprint(&bytes) != manifest.fingerprint {
         return None;
     }
-    if let Some(train) = manifest.training_onnx_path(dir) {
-        if !train.is_file() {
-            return None;
-        }
+    if manifest
+        .training_onnx_path(dir)
+        .is_some_and(|train| !train.is_file())
+    {
+        return None;
     }
     Some(manifest)
 }
@@ -106,7 +107,8 @@ impl Drop for Cleanup {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {} (is the disk full?)", path.display()))
@@ -132,16 +134,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let source_sha256 = fingerprint(&source_bytes);
     drop(source_bytes);
-    if args.skip_if_current {
-        if let Some(m) = is_current(&args.out, &source_sha256, with_head) {
-            println!(
-                "{} is up to date (source sha256 {}…, model fingerprint {}…)",
-                args.out.display(),
-                short(&m.source.sha256),
-                short(&m.fingerprint)
-            );
-            return Ok(());
-        }
+    let current = args
+        .skip_if_current
+        .then(|| is_current(&args.out, &source_sha256, with_head))
+        .flatten();
+    if let Some(m) = current {
+        println!(
+            "{} is up to date (source sha256 {}…, model fingerprint {}…)",
+            args.out.display(),
+            short(&m.source.sha256),
+            short(&m.fingerprint)
+        );
+        return Ok(());
     }
     let preprocessing = match args.preprocessing.as_str() {
         "tf" => Preprocessing::tf(),
@@ -154,14 +158,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => KerasModel::open(&args.keras),
     }
     .with_context(|| format!("reading {}", args.keras.display()))?;
-    let part = if with_head { Part::WithHead } else { Part::Base };
+    let part = if with_head {
+        Part::WithHead
+    } else {
+        Part::Base
+    };
     let options = ConvertOptions {
         part,
         fold_batch_norm: true,
         preprocessing: preprocessing.clone(),
         ..Default::default()
     };
-    let inference = xfer_keras::convert(&keras, &options).context("converting to ONNX (inference graph)")?;
+    let inference =
+        xfer_keras::convert(&keras, &options).context("converting to ONNX (inference graph)")?;
     let training = xfer_keras::convert(
         &keras,
         &ConvertOptions {
@@ -176,7 +185,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (false, Some(_), _) => bail!("--classes needs --with-head"),
         (false, None, _) => None,
         (true, Some(c), Some(k)) if c.len() != k => {
-            bail!("--classes lists {} names but the head has {k} outputs", c.len())
+            bail!(
+                "--classes lists {} names but the head has {k} outputs",
+                c.len()
+            )
         }
         (true, Some(c), _) => Some(c),
         (true, None, Some(k)) => Some((0..k).map(|i| i.to_string()).collect()),
@@ -193,7 +205,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model_bytes = xfer_onnx::write_model_bytes(&inference.model);
     let train_bytes = xfer_onnx::write_model_bytes(&training.model);
     let manifest = ModelManifest {
-        name: args.name.clone().unwrap_or_else(|| inference.base_name.clone()),
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| inference.base_name.clone()),
         onnx: MODEL_FILE.to_owned(),
         training_onnx: Some(TRAIN_FILE.to_owned()),
         input: options.input_name.clone(),
@@ -229,10 +244,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // An old manifest must not describe the new files: remove it before the renames.
     let manifest_path = dir.join(xfer_runtime::MANIFEST_FILE_NAME);
     if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path).with_context(|| format!("removing the old {}", manifest_path.display()))?;
+        std::fs::remove_file(&manifest_path)
+            .with_context(|| format!("removing the old {}", manifest_path.display()))?;
     }
-    std::fs::rename(&tmp_model, dir.join(MODEL_FILE)).with_context(|| format!("renaming into {}", dir.display()))?;
-    std::fs::rename(&tmp_train, dir.join(TRAIN_FILE)).with_context(|| format!("renaming into {}", dir.display()))?;
+    std::fs::rename(&tmp_model, dir.join(MODEL_FILE))
+        .with_context(|| format!("renaming into {}", dir.display()))?;
+    std::fs::rename(&tmp_train, dir.join(TRAIN_FILE))
+        .with_context(|| format!("renaming into {}", dir.display()))?;
     drop(guard);
     manifest.write(dir).context("writing the manifest")?;
 
@@ -244,7 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     println!(
-        "  parameters: {} (Keras variables), features: {} x {}",
+        "  parameters: {} (Keras variables), output `{}`: [N, {}]",
         group_thousands(inference.parameter_count),
         manifest.output,
         manifest.feature_dim
@@ -266,7 +284,7 @@ fn group_thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

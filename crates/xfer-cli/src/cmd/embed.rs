@@ -49,7 +49,8 @@ type DecodedBatch = (usize, Array4<f32>);
 fn decode_batch(paths: &[PathBuf], h: u32, w: u32) -> anyhow::Result<Array4<f32>> {
     let mut batch = Array4::<f32>::zeros((paths.len(), 3, h as usize, w as usize));
     for (i, path) in paths.iter().enumerate() {
-        let img = xfer_data::load_image(path, h, w).with_context(|| format!("loading {}", path.display()))?;
+        let img = xfer_data::load_image(path, h, w)
+            .with_context(|| format!("loading {}", path.display()))?;
         batch.index_axis_mut(Axis(0), i).assign(&img);
     }
     Ok(batch)
@@ -62,7 +63,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let format = match &args.out {
         None => None,
-        Some(p) => match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some(p) => match p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("npy") => Some(OutFormat::Npy),
             Some("json") => Some(OutFormat::Json),
             _ => bail!("--out {}: use a .npy or .json file name", p.display()),
@@ -110,7 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let t = Instant::now();
             let out = backbone.embed(pixels.view()).context("running the model")?;
             model_time += t.elapsed();
-            features.slice_mut(s![first..first + out.nrows(), ..]).assign(&out);
+            features
+                .slice_mut(s![first..first + out.nrows(), ..])
+                .assign(&out);
         }
         Ok(())
     })?;
@@ -136,14 +144,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => {
             for (path, row) in args.images.iter().zip(features.rows()) {
-                let norm = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                let norm = row
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
                 let first: Vec<String> = row.iter().take(5).map(|v| format!("{v:.4}")).collect();
-                println!("{}: dim {}, L2 norm {norm:.4}, first [{}, …]", path.display(), row.len(), first.join(", "));
+                println!(
+                    "{}: dim {}, L2 norm {norm:.4}, first [{}, …]",
+                    path.display(),
+                    row.len(),
+                    first.join(", ")
+                );
             }
         }
     }
     if let Some(path) = &args.out {
-        println!("wrote {} x {} features to {} (rows in argument order)", n, dim, path.display());
+        println!(
+            "wrote {} x {} features to {} (rows in argument order)",
+            n,
+            dim,
+            path.display()
+        );
     }
     eprintln!(
         "embedded {n} images at {h}x{w} on {} in {:.2}s: {:.1} images/s (model {:.2}s = {:.1} images/s; model load {:.2}s)",
@@ -166,7 +188,8 @@ enum OutFormat {
 /// A float32 C-order `.npy` (format version 1.0) of a 2-d array.
 fn npy_bytes(a: &Array2<f32>) -> Vec<u8> {
     let (rows, cols) = a.dim();
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + header length (2) + header, padded with spaces and ended by '\n' to a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -183,9 +206,15 @@ fn npy_bytes(a: &Array2<f32>) -> Vec<u8> {
 
 /// Writes `bytes` to a temporary file next to `path`, then renames it into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -214,6 +243,9 @@ mod tests {
         assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
         let data = &bytes[10 + header_len..];
         assert_eq!(data.len(), 24);
-        assert_eq!(f32::from_le_bytes([data[20], data[21], data[22], data[23]]), 5.0);
+        assert_eq!(
+            f32::from_le_bytes([data[20], data[21], data[22], data[23]]),
+            5.0
+        );
     }
 }

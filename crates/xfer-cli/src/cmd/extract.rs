@@ -1,10 +1,139 @@
-//! `xfer extract` (under construction).
+//! `xfer extract`: embeddings of a dataset into the Parquet store, cached and resumable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use xfer_data::OnError;
+use xfer_runtime::{Device, SessionOptions};
+use xfer_store::extract::{
+    DEFAULT_SEED, DEMO_SPLITS, ExtractConfig, Shard, SplitAssignment, extract,
+};
 
 /// Arguments of `xfer extract`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Dataset root: one subfolder per class, or a CSV manifest `path,label`.
+    #[arg(long, default_value = "data/cats_vs_dogs", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Split tags: `name=SPEC,name=SPEC,...` (SPEC slices the seeded order of the whole
+    /// dataset, e.g. `train[:70%]`, `train[70%:85%]`, unions with `+`), or one SPEC tagged
+    /// with its own name. Slices must not overlap; images in none are not extracted.
+    #[arg(long, default_value = DEMO_SPLITS, value_name = "SPEC")]
+    pub split: SplitAssignment,
+    /// Seed of the split order.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Model folder (model.onnx + model.json).
+    #[arg(long, default_value = "models/xception", value_name = "DIR")]
+    pub model: PathBuf,
+    /// Store directory (created if missing).
+    #[arg(long, default_value = "store", value_name = "DIR")]
+    pub store: PathBuf,
+    /// Images per ONNX Runtime run.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Execution provider: cpu, cuda, tensorrt.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Fall back to the CPU if the device is unavailable.
+    #[arg(long)]
+    pub allow_cpu_fallback: bool,
+    /// ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    /// Threads inside one ONNX Runtime operator (default: ONNX Runtime's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Decoder threads (default: one per core).
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+    /// Extract only shard I of N (`I/N`, by a hash of the image id) into its own part files.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Allow a store that already holds another model's embeddings.
+    #[arg(long)]
+    pub allow_mixed_models: bool,
+    /// Unreadable images: `skip` (report them) or `fail` (stop).
+    #[arg(long, default_value = "skip", value_parser = parse_on_error)]
+    pub on_error: OnError,
+    /// Only N images (a fixed sample across the splits) — for quick runs and benchmarks.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Rows per part file (a killed run loses at most this many rows of work).
+    #[arg(long, default_value_t = 256)]
+    pub rows_per_part: usize,
+    /// Decoded batches queued ahead of inference.
+    #[arg(long, default_value_t = 4)]
+    pub queue_depth: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_on_error(s: &str) -> Result<OnError, String> {
+    s.parse::<OnError>().map_err(|e| e.to_string())
+}
 
 /// Runs `xfer extract`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`xfer extract` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = ExtractConfig::new(&args.data, &args.model, &args.store)?;
+    config.splits = args.split;
+    config.seed = args.seed;
+    config.batch_size = args.batch_size;
+    config.session = SessionOptions {
+        ort_lib: args.ort_lib,
+        device: args.device,
+        allow_cpu_fallback: args.allow_cpu_fallback,
+        intra_threads: args.threads,
+        disable_optimizations: false,
+    };
+    config.shard = args.shard;
+    config.allow_mixed_models = args.allow_mixed_models;
+    config.on_error = args.on_error;
+    config.decode_threads = args.decode_threads;
+    config.limit = args.limit;
+    config.rows_per_part = args.rows_per_part;
+    config.queue_depth = args.queue_depth;
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images ({per_sec}, ETA {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    };
+    let result = extract(&config, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(format!(
+            "embedded {}, cached {}, skipped {}",
+            p.embedded, p.cached, p.skipped
+        ));
+    });
+    bar.finish_and_clear();
+    let summary = result.with_context(|| {
+        format!(
+            "extracting {} with {} into {}",
+            config.data.display(),
+            config.model_dir.display(),
+            config.store.display()
+        )
+    })?;
+    println!("{summary}");
+    if summary.changed > 0 {
+        println!(
+            "{} changed image(s) now have a newer row; `xfer store compact {}` drops the old ones",
+            summary.changed,
+            config.store.display()
+        );
+    }
+    Ok(())
 }

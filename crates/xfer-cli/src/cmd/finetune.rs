@@ -68,13 +68,13 @@ pub struct Args {
     /// Rotation fill: reflect, constant or nearest [default: reflect].
     #[arg(long)]
     pub fill: Option<String>,
-    /// Training split [default: train[:40%]].
+    /// Training split [default: train[:70%]].
     #[arg(long, value_name = "SPLIT")]
     pub train: Option<String>,
-    /// Validation split [default: train[40%:50%]].
+    /// Validation split [default: train[70%:85%]].
     #[arg(long, value_name = "SPLIT")]
     pub val: Option<String>,
-    /// Test split of the exported model ("" for none) [default: train[50%:60%]].
+    /// Test split of the exported model ("" for none) [default: train[85%:]].
     #[arg(long, value_name = "SPLIT")]
     pub test: Option<String>,
     /// Keep the class balance in every split.

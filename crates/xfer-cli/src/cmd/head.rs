@@ -167,23 +167,42 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     });
     eprintln!(
         "training a {} head on {} rows of `{}` ({} features, classes {:?})",
-        if train_rows.classes.len() == 2 { "binary" } else { "multinomial" },
+        if train_rows.classes.len() == 2 {
+            "binary"
+        } else {
+            "multinomial"
+        },
         train_rows.labels.len(),
         args.train,
         train_rows.features.ncols(),
         train_rows.classes
     );
     let started = Instant::now();
-    let head = xfer_head::train(&train_split, val_split.as_ref(), &train_rows.classes, &fp, &options)?;
+    let head = xfer_head::train(
+        &train_split,
+        val_split.as_ref(),
+        &train_rows.classes,
+        &fp,
+        &options,
+    )?;
     let train_seconds = started.elapsed().as_secs_f64();
 
     let mut report: Vec<(String, Metrics)> = Vec::new();
-    report.push((args.train.clone(), head.evaluate(train_rows.features.view(), &train_rows.labels, &fp)?));
+    report.push((
+        args.train.clone(),
+        head.evaluate(train_rows.features.view(), &train_rows.labels, &fp)?,
+    ));
     if let Some(v) = &val_rows {
-        report.push((args.val.clone(), head.evaluate(v.features.view(), &v.labels, &fp)?));
+        report.push((
+            args.val.clone(),
+            head.evaluate(v.features.view(), &v.labels, &fp)?,
+        ));
     }
     if let (Some(t), Some(name)) = (&test_rows, &args.test) {
-        report.push((name.clone(), head.evaluate(t.features.view(), &t.labels, &fp)?));
+        report.push((
+            name.clone(),
+            head.evaluate(t.features.view(), &t.labels, &fp)?,
+        ));
     }
     head.save(&args.out)
         .with_context(|| format!("saving the head in {}", args.out.display()))?;
@@ -238,7 +257,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.predictions {
         let probs = head.probabilities(rows.features.view())?;
         let mut text = String::new();
-        for ((id, &label), p) in rows.ids.iter().zip(&rows.labels).zip(probs.axis_iter(Axis(0))) {
+        for ((id, &label), p) in rows
+            .ids
+            .iter()
+            .zip(&rows.labels)
+            .zip(probs.axis_iter(Axis(0)))
+        {
             let predicted = argmax(p.iter().copied());
             let line = PredictionLine {
                 id,
@@ -254,7 +278,10 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {
-        println!("{}", xfer_head::format_table(&[(args.split.clone(), metrics)]));
+        println!(
+            "{}",
+            xfer_head::format_table(&[(args.split.clone(), metrics)])
+        );
     }
     Ok(())
 }
@@ -274,8 +301,12 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let head = Head::load(&args.head)?;
     let manifest = ModelManifest::read(&args.model)?;
     let onnx_path = manifest.onnx_path(&args.model);
-    let bytes = std::fs::read(&onnx_path)
-        .with_context(|| format!("reading the backbone {} (run `just setup`)", onnx_path.display()))?;
+    let bytes = std::fs::read(&onnx_path).with_context(|| {
+        format!(
+            "reading the backbone {} (run `just setup`)",
+            onnx_path.display()
+        )
+    })?;
     let actual = xfer_runtime::fingerprint(&bytes);
     if actual != manifest.fingerprint {
         bail!(
@@ -284,8 +315,13 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
             manifest.fingerprint
         );
     }
-    head.check_fingerprint(&actual)
-        .with_context(|| format!("the head in {} does not fit the backbone {}", args.head.display(), args.model.display()))?;
+    head.check_fingerprint(&actual).with_context(|| {
+        format!(
+            "the head in {} does not fit the backbone {}",
+            args.head.display(),
+            args.model.display()
+        )
+    })?;
     let backbone = xfer_onnx::read_model_bytes(&bytes)?;
     let options = ExportOptions {
         input: manifest.input.clone(),
@@ -316,7 +352,8 @@ fn run_dir(head: &Path) -> PathBuf {
     if head.is_dir() {
         head.to_path_buf()
     } else {
-        head.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        head.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 }
 
@@ -341,7 +378,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.top_k == 0 || args.batch_size == 0 {
         bail!("--top-k and --batch-size must be at least 1");
     }
-    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let proto = xfer_onnx::read_model_bytes(&bytes)
         .with_context(|| format!("{} is not an ONNX model", args.model.display()))?;
     let meta = |key: &str| -> anyhow::Result<String> {
@@ -353,9 +391,19 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         })
     };
     let classes: Vec<String> = serde_json::from_str(&meta(xfer_head::METADATA_CLASSES)?)
-        .with_context(|| format!("the `classes` metadata of {} is not a JSON list", args.model.display()))?;
+        .with_context(|| {
+            format!(
+                "the `classes` metadata of {} is not a JSON list",
+                args.model.display()
+            )
+        })?;
     let [height, width]: [u32; 2] = serde_json::from_str(&meta(xfer_head::METADATA_IMAGE_SIZE)?)
-        .with_context(|| format!("the `image_size` metadata of {} is not [h,w]", args.model.display()))?;
+        .with_context(|| {
+            format!(
+                "the `image_size` metadata of {} is not [h,w]",
+                args.model.display()
+            )
+        })?;
     let input = meta(xfer_head::METADATA_INPUT)?;
     drop(proto);
 
@@ -364,7 +412,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         device: args.device,
         ..SessionOptions::default()
     };
-    let mut model = xfer_runtime::Model::from_bytes(&bytes, &args.model.display().to_string(), &options)?;
+    let mut model =
+        xfer_runtime::Model::from_bytes(&bytes, &args.model.display().to_string(), &options)?;
     drop(bytes);
     let k = args.top_k.min(classes.len());
     let mut predictions = Vec::with_capacity(args.images.len());
@@ -417,7 +466,14 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             if rest.is_empty() {
                 writeln!(out, "{}\t{}\t{:.4}", p.image, p.label, p.probability)?;
             } else {
-                writeln!(out, "{}\t{}\t{:.4}\t({})", p.image, p.label, p.probability, rest.join(", "))?;
+                writeln!(
+                    out,
+                    "{}\t{}\t{:.4}\t({})",
+                    p.image,
+                    p.label,
+                    p.probability,
+                    rest.join(", ")
+                )?;
             }
         }
     }

@@ -1,0 +1,180 @@
+//! Training-step throughput against forward-only throughput, measured in the same run.
+//!
+//! `cargo run --release -p xfer-autodiff --example train_step_bench -- [--model models/xception]
+//!  [--batch 32] [--size 150] [--iters 3] [--threads N]`
+//!
+//! Forward-only = the eval graph (backbone + Dense head, every parameter an initializer).
+//! A training step = one run of the training graph (loss, logits, gradients; trainable
+//! parameters fed as inputs) plus one Adam update of those parameters. Reported as images/s
+//! and as ratios to forward-only, for `--trainable head` and `--trainable all`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+use xfer_autodiff::{Adam, HeadSpec, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs, dropout_mask};
+use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
+
+struct Opts {
+    model: PathBuf,
+    batch: usize,
+    size: i64,
+    iters: usize,
+    threads: Option<usize>,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        model: PathBuf::from("models/xception"),
+        batch: 32,
+        size: 150,
+        iters: 3,
+        threads: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--model" => o.model = PathBuf::from(val()?),
+            "--batch" => o.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--size" => o.size = val()?.parse().map_err(|e| format!("--size: {e}"))?,
+            "--iters" => o.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--threads" => o.threads = Some(val()?.parse().map_err(|e| format!("--threads: {e}"))?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn session(model: &xfer_onnx::ModelProto, name: &str, opts: &SessionOptions) -> Result<Model, String> {
+    Model::from_bytes(&xfer_onnx::write_model_bytes(model), name, opts).map_err(|e| e.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of one training step (graph run + Adam update).
+fn time_training(
+    tg: &TrainingGraphs,
+    x: &ArrayD<f32>,
+    labels: &ArrayD<f32>,
+    o: &Opts,
+    so: &SessionOptions,
+) -> Result<(f64, f32), String> {
+    let mut s = session(&tg.training, "training", so)?;
+    let mut params: Vec<Parameter> = tg.params.clone();
+    let mut adam = Adam::new(1e-5);
+    let mut times = Vec::new();
+    let mut loss = f32::NAN;
+    for it in 0..=o.iters {
+        let masks: Vec<(String, ArrayD<f32>)> = tg
+            .spec
+            .dropout_masks
+            .iter()
+            .map(|m| {
+                let shape: Vec<usize> = m.shape.iter().map(|&d| if d < 0 { o.batch } else { d as usize }).collect();
+                let n = shape.iter().product();
+                (m.name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), dropout_mask(1, it as u64, m.stream, n, m.rate)).expect("mask shape"))
+            })
+            .collect();
+        let t0 = Instant::now();
+        let arrays: Vec<ArrayD<f32>> = params
+            .iter()
+            .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
+            .collect();
+        let mut feeds: Vec<(&str, InputTensor<'_>)> =
+            vec![(tg.spec.data_input.name.as_str(), InputTensor::F32(x.view())), ("labels", InputTensor::F32(labels.view()))];
+        feeds.extend(masks.iter().map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))));
+        feeds.extend(params.iter().zip(&arrays).map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))));
+        let out = s.run(&feeds).map_err(|e| e.to_string())?;
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(params.len());
+        for p in &params {
+            let name = format!("{}_grad", p.name);
+            let g = out
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, t)| match t {
+                    OutputTensor::F32(a) => Some(a.iter().copied().collect()),
+                    OutputTensor::I64(_) => None,
+                })
+                .ok_or_else(|| format!("missing {name}"))?;
+            grads.push(g);
+        }
+        if let Some((_, OutputTensor::F32(l))) = out.iter().find(|(n, _)| n == "loss") {
+            loss = l.iter().copied().next().unwrap_or(f32::NAN);
+        }
+        let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        adam.step(&mut params, &refs).map_err(|e| e.to_string())?;
+        if it > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(times), loss))
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<(), String> {
+    let o = parse()?;
+    let manifest = ModelManifest::read(&o.model).map_err(|e| e.to_string())?;
+    let path = manifest.training_onnx_path(&o.model).unwrap_or_else(|| manifest.onnx_path(&o.model));
+    let forward = xfer_onnx::read_model(&path).map_err(|e| e.to_string())?;
+    let so = SessionOptions {
+        intra_threads: o.threads,
+        ..Default::default()
+    };
+    let build = |t: Trainable| {
+        TrainingGraphBuilder::new(forward.clone())
+            .features(&manifest.output)
+            .head(HeadSpec::Dense { units: 1, dropout: 0.2 })
+            .trainable(t)
+            .example_shape(&[3, o.size, o.size])
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let t0 = Instant::now();
+    let head = build(Trainable::Head)?;
+    let all = build(Trainable::All)?;
+    eprintln!("built graphs in {:.1} s", t0.elapsed().as_secs_f64());
+
+    let n = o.batch;
+    let x = ArrayD::from_shape_fn(IxDyn(&[n, 3, o.size as usize, o.size as usize]), |i| {
+        ((i[0] * 7 + i[1] * 13 + i[2] * 3 + i[3]) % 256) as f32
+    });
+    let labels = ArrayD::from_shape_fn(IxDyn(&[n]), |i| (i[0] % 2) as f32);
+
+    // Forward only: the eval graph.
+    let mut fwd = session(&head.eval, "eval", &so)?;
+    let mut times = Vec::new();
+    for it in 0..=o.iters {
+        let t = Instant::now();
+        fwd.run(&[(head.spec.data_input.name.as_str(), InputTensor::F32(x.view()))]).map_err(|e| e.to_string())?;
+        if it > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let fwd_s = median(times);
+    let (head_s, head_loss) = time_training(&head, &x, &labels, &o, &so)?;
+    let (all_s, all_loss) = time_training(&all, &x, &labels, &o, &so)?;
+    let ips = |s: f64| n as f64 / s;
+    println!("model {} {}x{} batch {n}, {} timed iterations (median), threads {:?}", manifest.name, o.size, o.size, o.iters, o.threads);
+    println!("forward-only      {:8.2} images/s  ({:.3} s/batch)", ips(fwd_s), fwd_s);
+    println!("train head-only   {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {head_loss:.4})", ips(head_s), head_s, fwd_s / head_s);
+    println!("train all layers  {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {all_loss:.4})", ips(all_s), all_s, fwd_s / all_s);
+    println!(
+        "{{\"forward_ips\":{:.3},\"head_ips\":{:.3},\"all_ips\":{:.3},\"head_ratio\":{:.3},\"all_ratio\":{:.3}}}",
+        ips(fwd_s),
+        ips(head_s),
+        ips(all_s),
+        fwd_s / head_s,
+        fwd_s / all_s
+    );
+    Ok(())
+}

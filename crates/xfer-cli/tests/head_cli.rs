@@ -1,0 +1,310 @@
+//! `xfer train-head`, `evaluate`, `export`, `predict` end to end on a tiny
+//! backbone (per-channel mean colour) and generated PNG images, in the real
+//! ONNX Runtime.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::{Array2, Array4, Axis};
+use xfer_data::RgbImage;
+use xfer_onnx::{Dim, GraphBuilder, attr};
+use xfer_runtime::{Backbone, ModelManifest, ModelSource, SessionOptions};
+use xfer_store::{EmbeddingRecord, EmbeddingWriter, StoreMetadata, WriterOptions};
+
+const SIZE: u32 = 8;
+
+/// Writes `dir/model.onnx` (pixels → per-channel mean / 255, `features` [N, 3]) and its manifest;
+/// `bias` changes the graph (hence the fingerprint) without changing the classes.
+fn tiny_backbone(dir: &Path, bias: f32) -> ModelManifest {
+    let mut g = GraphBuilder::new("tiny");
+    g.input(
+        "pixels",
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(3),
+            Dim::from("h"),
+            Dim::from("w"),
+        ],
+    );
+    let scale = g.constant_f32("scale", &[], &[1.0 / 255.0]);
+    let shift = g.constant_f32("shift", &[], &[bias]);
+    let x = g.op("Mul", &["pixels", &scale], vec![], "scaled");
+    let x = g.op("Add", &[&x, &shift], vec![], "shifted");
+    let pooled = g.op("GlobalAveragePool", &[&x], vec![], "pooled");
+    g.node_named(
+        "Flatten",
+        &[&pooled],
+        &["features"],
+        vec![attr::int("axis", 1)],
+    );
+    g.output("features", &[Dim::from("batch"), Dim::Fixed(3)]);
+    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
+    std::fs::create_dir_all(dir).expect("model dir");
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("write model");
+    let manifest = ModelManifest {
+        name: "tiny".to_owned(),
+        onnx: "model.onnx".to_owned(),
+        training_onnx: None,
+        input: "pixels".to_owned(),
+        layout: "NCHW".to_owned(),
+        channel_order: "RGB".to_owned(),
+        value_range: [0.0, 255.0],
+        image_size: [SIZE, SIZE],
+        preprocessing: "x/255".to_owned(),
+        output: "features".to_owned(),
+        feature_dim: 3,
+        classes: None,
+        source: ModelSource {
+            package: "test".to_owned(),
+            file: "test".to_owned(),
+            sha256: String::new(),
+        },
+        fingerprint: xfer_runtime::fingerprint(&bytes),
+        xfer_version: "test".to_owned(),
+    };
+    manifest.write(dir).expect("manifest");
+    manifest
+}
+
+/// Reddish "cat" and bluish "dog" PNGs with per-pixel noise; returns (relative id, label, split).
+fn images(root: &Path) -> Vec<(String, i32, &'static str)> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 61) as u8
+    };
+    let mut out = Vec::new();
+    for (label, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).expect("class dir");
+        for i in 0..30 {
+            let (r, b) = if label == 0 { (150, 90) } else { (90, 150) };
+            let raw: Vec<u8> = (0..SIZE * SIZE)
+                .flat_map(|_| [r + next(), 100 + next(), b + next()])
+                .collect();
+            let img = RgbImage::from_raw(SIZE, SIZE, raw).expect("image buffer");
+            let id = format!("{class}/{i:03}.png");
+            img.save(root.join(&id)).expect("save png");
+            let split = match i % 5 {
+                0 => "val",
+                1 => "test",
+                _ => "train",
+            };
+            out.push((id, label as i32, split));
+        }
+    }
+    out
+}
+
+/// Embeds the images with the backbone and writes them into a store.
+fn fill_store(store: &Path, model_dir: &Path, data: &Path, rows: &[(String, i32, &'static str)]) {
+    let mut backbone = Backbone::load(model_dir, &SessionOptions::default()).expect("backbone");
+    let mut batch = Array4::<f32>::zeros((rows.len(), 3, SIZE as usize, SIZE as usize));
+    for (i, (id, _, _)) in rows.iter().enumerate() {
+        let img = xfer_data::load_image(&data.join(id), SIZE, SIZE).expect("load");
+        batch.index_axis_mut(Axis(0), i).assign(&img);
+    }
+    let features: Array2<f32> = backbone.embed(batch.view()).expect("embed");
+    let meta =
+        StoreMetadata::from_manifest(&backbone.manifest, vec!["cat".to_owned(), "dog".to_owned()]);
+    let mut writer =
+        EmbeddingWriter::create(store, meta, &WriterOptions::default()).expect("writer");
+    let records: Vec<EmbeddingRecord> = rows
+        .iter()
+        .map(|(id, label, split)| EmbeddingRecord {
+            id: id.clone(),
+            label: *label,
+            split: (*split).to_owned(),
+            content_hash: xfer_store::content_hash(id.as_bytes()),
+        })
+        .collect();
+    writer.append(&records, features.view()).expect("append");
+    writer.finish().expect("finish");
+}
+
+fn xfer(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run xfer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn train_evaluate_export_predict_agree() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = root.join("data");
+    let model_dir = root.join("models/tiny");
+    let store = root.join("store");
+    let run = root.join("runs/head");
+    // run from the crate folder so that `.ort/` is found up the tree
+    let cwd = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+
+    tiny_backbone(&model_dir, 0.0);
+    let rows = images(&data);
+    fill_store(&store, &model_dir, &data, &rows);
+
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "train-head",
+            "--store",
+            path(&store),
+            "--train",
+            "train",
+            "--val",
+            "val",
+            "--test",
+            "test",
+            "--out",
+            path(&run),
+        ],
+        &cwd,
+    );
+    assert!(ok, "train-head failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("accuracy") && stdout.contains("test"),
+        "{stdout}"
+    );
+    for f in ["head.json", "head.onnx", "metrics.json"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).expect("metrics"))
+            .expect("json");
+    for split in ["train", "val", "test"] {
+        assert_eq!(metrics[split]["accuracy"], 1.0, "{split}: {metrics}");
+    }
+    assert_eq!(metrics["test"]["rows"], 12);
+
+    let predictions = root.join("pred.jsonl");
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "evaluate",
+            "--store",
+            path(&store),
+            "--head",
+            path(&run),
+            "--split",
+            "test",
+            "--json",
+            "--predictions",
+            path(&predictions),
+        ],
+        &cwd,
+    );
+    assert!(ok, "evaluate failed:\n{stdout}\n{stderr}");
+    let eval: serde_json::Value = serde_json::from_str(&stdout).expect("metrics json");
+    assert_eq!(eval["accuracy"], metrics["test"]["accuracy"]);
+    assert_eq!(eval["log_loss"], metrics["test"]["log_loss"]);
+
+    let exported = run.join("model.onnx");
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "export",
+            "--model",
+            path(&model_dir),
+            "--head",
+            path(&run),
+            "--out",
+            path(&exported),
+        ],
+        &cwd,
+    );
+    assert!(ok, "export failed:\n{stdout}\n{stderr}");
+
+    // predict every test image with the exported model; compare with the store-based predictions
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&predictions)
+        .expect("predictions")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 12);
+    let mut args = vec![
+        "predict".to_owned(),
+        "--model".to_owned(),
+        path(&exported).to_owned(),
+        "--json".to_owned(),
+        "--top-k".to_owned(),
+        "2".to_owned(),
+    ];
+    args.extend(
+        lines
+            .iter()
+            .map(|l| path(&data.join(l["id"].as_str().expect("id"))).to_owned()),
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = xfer(&arg_refs, &cwd);
+    assert!(ok, "predict failed:\n{stdout}\n{stderr}");
+    let predicted: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("predict json");
+    assert_eq!(predicted.len(), lines.len());
+    for (p, l) in predicted.iter().zip(&lines) {
+        assert_eq!(p["label"], l["predicted"], "{p} vs {l}");
+        let class = if p["label"] == "cat" { 0 } else { 1 };
+        let store_p = l["probabilities"][class].as_f64().expect("p");
+        let onnx_p = p["probability"].as_f64().expect("p");
+        assert!((store_p - onnx_p).abs() <= 1e-5, "{store_p} vs {onnx_p}");
+        assert_eq!(p["top_k"].as_array().expect("top_k").len(), 2);
+    }
+
+    // a head trained for one backbone refuses embeddings of another
+    let other_model = root.join("models/other");
+    let other_store = root.join("store-other");
+    tiny_backbone(&other_model, 0.5);
+    fill_store(&other_store, &other_model, &data, &rows);
+    let (ok, _, stderr) = xfer(
+        &[
+            "evaluate",
+            "--store",
+            path(&other_store),
+            "--head",
+            path(&run),
+            "--split",
+            "test",
+        ],
+        &cwd,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("trained on embeddings of model"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = xfer(
+        &[
+            "export",
+            "--model",
+            path(&other_model),
+            "--head",
+            path(&run),
+        ],
+        &cwd,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("trained on embeddings of model"),
+        "{stderr}"
+    );
+
+    // predict on something that is not an exported model says so
+    let (ok, _, stderr) = xfer(
+        &[
+            "predict",
+            "--model",
+            path(&model_dir.join("model.onnx")),
+            "x.png",
+        ],
+        &cwd,
+    );
+    assert!(!ok);
+    assert!(stderr.contains("xfer export"), "{stderr}");
+}
