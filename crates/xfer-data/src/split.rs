@@ -133,7 +133,9 @@ impl SplitSpec {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
-                return Err(bad("each part needs a name like `train` (letters, digits, `_`, `-`)"));
+                return Err(bad(
+                    "each part needs a name like `train` (letters, digits, `_`, `-`)",
+                ));
             }
             let (from, to) = match range {
                 None => (None, None),
@@ -204,7 +206,10 @@ pub fn order_key(seed: u64, id: &str) -> u64 {
 
 /// The examples in seeded-hash order (ties broken by id).
 pub fn seeded_order(examples: &[Example], seed: u64) -> Vec<Example> {
-    let mut keyed: Vec<(u64, &Example)> = examples.iter().map(|e| (order_key(seed, &e.id), e)).collect();
+    let mut keyed: Vec<(u64, &Example)> = examples
+        .iter()
+        .map(|e| (order_key(seed, &e.id), e))
+        .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
     keyed.into_iter().map(|(_, e)| e.clone()).collect()
 }
@@ -230,7 +235,11 @@ pub fn split_examples(examples: &[Example], spec: &SplitSpec, seed: u64) -> Resu
     for label in labels {
         let class: Vec<&Example> = ordered.iter().filter(|e| e.label == label).collect();
         for range in spec.ranges(class.len()) {
-            chosen.extend(class[range].iter().map(|e| (order_key(seed, &e.id), (*e).clone())));
+            chosen.extend(
+                class[range]
+                    .iter()
+                    .map(|e| (order_key(seed, &e.id), (*e).clone())),
+            );
         }
     }
     chosen.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));

@@ -34,22 +34,41 @@ fn draws_are_reproducible_and_cover_the_keras_range() {
     for key in 0..n {
         let d = aug.draw(11, 0, key);
         flips += usize::from(d.flip);
-        assert!(d.angle.abs() <= max + 1e-6, "angle {} outside ±0.2π", d.angle);
+        assert!(
+            d.angle.abs() <= max + 1e-6,
+            "angle {} outside ±0.2π",
+            d.angle
+        );
         lo = lo.min(d.angle);
         hi = hi.max(d.angle);
         sum += f64::from(d.angle);
     }
     let p = flips as f64 / n as f64;
     assert!((p - 0.5).abs() < 0.04, "flip rate {p}");
-    assert!(lo < -0.95 * max && hi > 0.95 * max, "angles span [{lo}, {hi}]");
-    assert!((sum / n as f64).abs() < 0.03, "mean angle {}", sum / n as f64);
+    assert!(
+        lo < -0.95 * max && hi > 0.95 * max,
+        "angles span [{lo}, {hi}]"
+    );
+    assert!(
+        (sum / n as f64).abs() < 0.03,
+        "mean angle {}",
+        sum / n as f64
+    );
     // Epoch and seed change the draws.
-    let differs = |f: &dyn Fn(u64) -> xfer_data::AugmentDraw| (0..50).any(|k| f(k) != aug.draw(11, 0, k));
+    let differs =
+        |f: &dyn Fn(u64) -> xfer_data::AugmentDraw| (0..50).any(|k| f(k) != aug.draw(11, 0, k));
     assert!(differs(&|k| aug.draw(11, 1, k)));
     assert!(differs(&|k| aug.draw(12, 0, k)));
     // No flip / no rotation when disabled.
-    let off = Augmentation { flip_horizontal: false, rotation_factor: 0.0, fill: FillMode::Reflect };
-    assert!((0..100).all(|k| { let d = off.draw(1, 1, k); !d.flip && d.angle == 0.0 }));
+    let off = Augmentation {
+        flip_horizontal: false,
+        rotation_factor: 0.0,
+        fill: FillMode::Reflect,
+    };
+    assert!((0..100).all(|k| {
+        let d = off.draw(1, 1, k);
+        !d.flip && d.angle == 0.0
+    }));
 }
 
 #[test]
@@ -95,8 +114,20 @@ fn reference_rotate(img: &Array3<f32>, angle: f64, fill: FillMode) -> Array3<f64
         let (fx, fy) = (xi - x0, yi - y0);
         let tap = |yy: i64, xx: i64| -> f64 {
             match fill {
-                FillMode::Reflect => f64::from(img[[c, reflect(yy, h as i64) as usize, reflect(xx, w as i64) as usize]]),
-                FillMode::Nearest => f64::from(img[[c, yy.clamp(0, h as i64 - 1) as usize, xx.clamp(0, w as i64 - 1) as usize]]),
+                FillMode::Reflect => f64::from(
+                    img[[
+                        c,
+                        reflect(yy, h as i64) as usize,
+                        reflect(xx, w as i64) as usize,
+                    ]],
+                ),
+                FillMode::Nearest => f64::from(
+                    img[[
+                        c,
+                        yy.clamp(0, h as i64 - 1) as usize,
+                        xx.clamp(0, w as i64 - 1) as usize,
+                    ]],
+                ),
                 FillMode::Constant(v) => {
                     if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
                         f64::from(img[[c, yy as usize, xx as usize]])
@@ -117,10 +148,18 @@ fn reference_rotate(img: &Array3<f32>, angle: f64, fill: FillMode) -> Array3<f64
 fn rotation_matches_direct_bilinear_reference() {
     let img = noise(3, 19, 26, 4);
     for angle in [0.3f64, -0.55, 1.2, 2.9] {
-        for fill in [FillMode::Reflect, FillMode::Nearest, FillMode::Constant(17.0)] {
+        for fill in [
+            FillMode::Reflect,
+            FillMode::Nearest,
+            FillMode::Constant(17.0),
+        ] {
             let out = rotate(&img, angle as f32, fill);
             let reference = reference_rotate(&img, angle, fill);
-            let diff = out.iter().zip(reference.iter()).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+            let diff = out
+                .iter()
+                .zip(reference.iter())
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
             // f32 coordinates vs f64: sub-1e-5 pixel position error × 255 value range.
             assert!(diff < 0.05, "angle {angle} fill {fill:?}: max diff {diff}");
         }
@@ -146,9 +185,21 @@ fn quarter_turn_fills_by_the_fill_rule() {
     let reflect = rotate(&img, angle, FillMode::Reflect);
     let nearest = rotate(&img, angle, FillMode::Nearest);
     let constant = rotate(&img, angle, FillMode::Constant(-5.0));
-    assert!((reflect[[0, 0, 0]] - 13.0).abs() < 1e-3, "{}", reflect[[0, 0, 0]]);
-    assert!((nearest[[0, 0, 0]] - 3.0).abs() < 1e-3, "{}", nearest[[0, 0, 0]]);
-    assert!((constant[[0, 0, 0]] + 5.0).abs() < 1e-3, "{}", constant[[0, 0, 0]]);
+    assert!(
+        (reflect[[0, 0, 0]] - 13.0).abs() < 1e-3,
+        "{}",
+        reflect[[0, 0, 0]]
+    );
+    assert!(
+        (nearest[[0, 0, 0]] - 3.0).abs() < 1e-3,
+        "{}",
+        nearest[[0, 0, 0]]
+    );
+    assert!(
+        (constant[[0, 0, 0]] + 5.0).abs() < 1e-3,
+        "{}",
+        constant[[0, 0, 0]]
+    );
     // Output (x=2, y=1) samples x = 2.5 - 0.5 = 2, y = 0.5 - 0.5 = 0: inside, pixel 2.
     for out in [&reflect, &nearest, &constant] {
         assert!((out[[0, 1, 2]] - 2.0).abs() < 1e-3);
@@ -161,15 +212,28 @@ fn counter_clockwise_for_positive_angles() {
     let mut img = Array3::<f32>::zeros((1, 9, 9));
     img[[0, 4, 7]] = 100.0;
     let out = rotate(&img, std::f32::consts::FRAC_PI_2, FillMode::Constant(0.0));
-    assert!((out[[0, 1, 4]] - 100.0).abs() < 1e-3, "expected the pixel at (x=4, y=1)");
+    assert!(
+        (out[[0, 1, 4]] - 100.0).abs() < 1e-3,
+        "expected the pixel at (x=4, y=1)"
+    );
 }
 
 #[test]
 fn fill_mode_parsing_and_validation() {
-    assert_eq!("reflect".parse::<FillMode>().expect("parse"), FillMode::Reflect);
-    assert_eq!("constant:3.5".parse::<FillMode>().expect("parse"), FillMode::Constant(3.5));
+    assert_eq!(
+        "reflect".parse::<FillMode>().expect("parse"),
+        FillMode::Reflect
+    );
+    assert_eq!(
+        "constant:3.5".parse::<FillMode>().expect("parse"),
+        FillMode::Constant(3.5)
+    );
     assert!("wrap".parse::<FillMode>().is_err());
-    let bad = Augmentation { flip_horizontal: true, rotation_factor: f32::NAN, fill: FillMode::Reflect };
+    let bad = Augmentation {
+        flip_horizontal: true,
+        rotation_factor: f32::NAN,
+        fill: FillMode::Reflect,
+    };
     assert!(bad.validate().is_err());
     assert!(Augmentation::keras_guide().validate().is_ok());
 }

@@ -26,8 +26,20 @@ fn class_folders_are_sorted_recursive_and_skip_hidden_files() {
     assert_eq!(ds.source(), &DatasetSource::ClassFolders);
     // Byte order, like Python's sorted(): uppercase before lowercase.
     assert_eq!(ds.classes(), ["Zebra", "cat", "dog"]);
-    let listed: Vec<(&str, u32)> = ds.examples().iter().map(|e| (e.id.as_str(), e.label)).collect();
-    assert_eq!(listed, [("Zebra/z.webp", 0), ("cat/a.png", 1), ("dog/b.png", 2), ("dog/nested/deeper/c.JPG", 2)]);
+    let listed: Vec<(&str, u32)> = ds
+        .examples()
+        .iter()
+        .map(|e| (e.id.as_str(), e.label))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("Zebra/z.webp", 0),
+            ("cat/a.png", 1),
+            ("dog/b.png", 2),
+            ("dog/nested/deeper/c.JPG", 2)
+        ]
+    );
     assert_eq!(ds.counts_per_class(), [1, 1, 2]);
     assert_eq!(ds.class_name(2), Some("dog"));
     assert_eq!(ds.class_name(3), None);
@@ -58,7 +70,8 @@ fn symlink_loops_are_reported_not_followed_forever() {
     let root = dir.path();
     common::write(&root.join("cat/a.png"), &tiny_png());
     std::os::unix::fs::symlink(root.join("cat"), root.join("cat/again")).expect("dir loop");
-    std::os::unix::fs::symlink(root.join("cat/self.png"), root.join("cat/self.png")).expect("file loop");
+    std::os::unix::fs::symlink(root.join("cat/self.png"), root.join("cat/self.png"))
+        .expect("file loop");
     let ds = Dataset::open(root).expect("open");
     assert_eq!(ds.len(), 1, "{:?}", ds.examples());
     let problems: Vec<String> = ds
@@ -67,15 +80,29 @@ fn symlink_loops_are_reported_not_followed_forever() {
         .map(|p| format!("{}: {}", p.path.display(), p.reason))
         .collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("again") && p.contains("symlink loop")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("self.png") && p.contains("symlink loop")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("again") && p.contains("symlink loop")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("self.png") && p.contains("symlink loop")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn empty_or_missing_datasets_are_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = Dataset::open(dir.path()).expect_err("no classes");
-    assert!(matches!(err, DataError::InvalidDataset { .. }) && err.to_string().contains("class subfolders"), "{err}");
+    assert!(
+        matches!(err, DataError::InvalidDataset { .. })
+            && err.to_string().contains("class subfolders"),
+        "{err}"
+    );
     std::fs::create_dir_all(dir.path().join("cat")).expect("mkdir");
     let err = Dataset::open(dir.path()).expect_err("no images");
     assert!(err.to_string().contains("no images"), "{err}");
@@ -83,7 +110,10 @@ fn empty_or_missing_datasets_are_clear_errors() {
     assert!(matches!(err, DataError::Io { .. }), "{err:?}");
     let file = dir.path().join("x.txt");
     common::write(&file, b"x");
-    assert!(matches!(Dataset::open(&file), Err(DataError::InvalidDataset { .. })));
+    assert!(matches!(
+        Dataset::open(&file),
+        Err(DataError::InvalidDataset { .. })
+    ));
 }
 
 #[test]
@@ -95,13 +125,27 @@ fn csv_manifest_paths_are_relative_to_the_csv() {
     common::write(&root.join("imgs/two, three.png"), &png);
     common::write(&root.join("imgs/four.png"), &png);
     let csv = root.join("list.csv");
-    common::write(&csv, b"path,label\nimgs/one.png,10\n\"imgs/two, three.png\",2\r\nimgs/four.png,10\n");
+    common::write(
+        &csv,
+        b"path,label\nimgs/one.png,10\n\"imgs/two, three.png\",2\r\nimgs/four.png,10\n",
+    );
     let ds = Dataset::open(&csv).expect("open csv");
     assert_eq!(ds.source(), &DatasetSource::CsvManifest);
     // Integer labels sort numerically: "2" before "10".
     assert_eq!(ds.classes(), ["2", "10"]);
-    let listed: Vec<(&str, u32)> = ds.examples().iter().map(|e| (e.id.as_str(), e.label)).collect();
-    assert_eq!(listed, [("imgs/four.png", 1), ("imgs/one.png", 1), ("imgs/two, three.png", 0)]);
+    let listed: Vec<(&str, u32)> = ds
+        .examples()
+        .iter()
+        .map(|e| (e.id.as_str(), e.label))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("imgs/four.png", 1),
+            ("imgs/one.png", 1),
+            ("imgs/two, three.png", 0)
+        ]
+    );
     for e in ds.examples() {
         load_image(&e.path, 4, 4).expect("manifest path resolves");
     }
@@ -113,10 +157,19 @@ fn csv_manifest_errors_name_the_line() {
     let csv = dir.path().join("bad.csv");
     common::write(&csv, b"a.png,cat\nb.png\n");
     let err = Dataset::open(&csv).expect_err("short row");
-    assert!(matches!(err, DataError::Manifest { line: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::Manifest { line: 2, .. }),
+        "{err:?}"
+    );
     common::write(&csv, b"a.png,cat\na.png,dog\n");
     let err = Dataset::open(&csv).expect_err("duplicate");
-    assert!(err.to_string().contains("bad.csv:2") && err.to_string().contains("twice"), "{err}");
+    assert!(
+        err.to_string().contains("bad.csv:2") && err.to_string().contains("twice"),
+        "{err}"
+    );
     common::write(&csv, b"path,label\n");
-    assert!(matches!(Dataset::open(&csv), Err(DataError::InvalidDataset { .. })));
+    assert!(matches!(
+        Dataset::open(&csv),
+        Err(DataError::InvalidDataset { .. })
+    ));
 }

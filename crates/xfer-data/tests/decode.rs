@@ -6,7 +6,9 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba};
 use ndarray::Array3;
-use xfer_data::{DataError, ResizeMethod, decode_rgb8, load_image, load_image_bytes, resize_rgb8, rgb8_to_chw};
+use xfer_data::{
+    DataError, ResizeMethod, decode_rgb8, load_image, load_image_bytes, resize_rgb8, rgb8_to_chw,
+};
 
 fn origin() -> &'static Path {
     Path::new("fixture")
@@ -25,33 +27,61 @@ fn png_rgb8_round_trips_exactly() {
 }
 
 #[test]
-fn png_16bit_is_rounded_to_8bit() {
-    let img: ImageBuffer<Rgb<u16>, Vec<u16>> =
-        ImageBuffer::from_fn(5, 4, |x, y| Rgb([(x * 13000) as u16, (y * 20000 + 1) as u16, 65535 - (x * y * 1000) as u16]));
+fn png_16bit_keeps_the_high_byte_like_tensorflow() {
+    let img: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_fn(5, 4, |x, y| {
+        Rgb([
+            (x * 13000) as u16,
+            (y * 20000 + 1) as u16,
+            65535 - (x * y * 1000) as u16,
+        ])
+    });
     let bytes = common::encode(&DynamicImage::ImageRgb16(img.clone()), ImageFormat::Png);
     let decoded = decode_rgb8(&bytes, origin()).expect("decode 16-bit png");
     for (x, y, px) in decoded.enumerate_pixels() {
         let src = img.get_pixel(x, y);
         for c in 0..3 {
-            let expected = (f64::from(src[c]) / 257.0).round() as u8;
+            // TF's decode_png strips the low byte (png_set_strip_16): floor(v / 256).
+            let expected = (u32::from(src[c]) / 256) as u8;
             assert_eq!(px[c], expected, "pixel ({x},{y}) channel {c}");
         }
     }
 }
 
 #[test]
+fn png_16bit_gray_with_alpha_keeps_the_high_byte() {
+    let img: ImageBuffer<LumaA<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(3, 2, |x, y| LumaA([(x * 20000 + y * 300) as u16, 1234]));
+    let bytes = common::encode(&DynamicImage::ImageLumaA16(img.clone()), ImageFormat::Png);
+    let decoded = decode_rgb8(&bytes, origin()).expect("decode 16-bit gray+alpha");
+    for (x, y, px) in decoded.enumerate_pixels() {
+        let v = (u32::from(img.get_pixel(x, y)[0]) / 256) as u8;
+        assert_eq!(px.0, [v, v, v]);
+    }
+}
+
+#[test]
 fn png_gray_and_gray_alpha_are_replicated() {
-    let gray: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_fn(6, 3, |x, y| Luma([(x * 40 + y) as u8]));
-    let decoded = decode_rgb8(&common::encode(&DynamicImage::ImageLuma8(gray.clone()), ImageFormat::Png), origin())
-        .expect("decode gray png");
+    let gray: ImageBuffer<Luma<u8>, Vec<u8>> =
+        ImageBuffer::from_fn(6, 3, |x, y| Luma([(x * 40 + y) as u8]));
+    let decoded = decode_rgb8(
+        &common::encode(&DynamicImage::ImageLuma8(gray.clone()), ImageFormat::Png),
+        origin(),
+    )
+    .expect("decode gray png");
     for (x, y, px) in decoded.enumerate_pixels() {
         let v = gray.get_pixel(x, y)[0];
         assert_eq!(px.0, [v, v, v]);
     }
-    let gray_alpha: ImageBuffer<LumaA<u8>, Vec<u8>> = ImageBuffer::from_fn(6, 3, |x, y| LumaA([(x * 40 + y) as u8, (y * 100) as u8]));
-    let decoded =
-        decode_rgb8(&common::encode(&DynamicImage::ImageLumaA8(gray_alpha.clone()), ImageFormat::Png), origin())
-            .expect("decode gray+alpha png");
+    let gray_alpha: ImageBuffer<LumaA<u8>, Vec<u8>> =
+        ImageBuffer::from_fn(6, 3, |x, y| LumaA([(x * 40 + y) as u8, (y * 100) as u8]));
+    let decoded = decode_rgb8(
+        &common::encode(
+            &DynamicImage::ImageLumaA8(gray_alpha.clone()),
+            ImageFormat::Png,
+        ),
+        origin(),
+    )
+    .expect("decode gray+alpha png");
     for (x, y, px) in decoded.enumerate_pixels() {
         let v = gray_alpha.get_pixel(x, y)[0];
         assert_eq!(px.0, [v, v, v], "alpha must be dropped, not composited");
@@ -60,10 +90,14 @@ fn png_gray_and_gray_alpha_are_replicated() {
 
 #[test]
 fn png_alpha_is_dropped() {
-    let rgba: ImageBuffer<Rgba<u8>, Vec<u8>> =
-        ImageBuffer::from_fn(4, 4, |x, y| Rgba([(x * 60) as u8, (y * 60) as u8, 200, (x * 80) as u8]));
-    let decoded =
-        decode_rgb8(&common::encode(&DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png), origin()).expect("decode rgba");
+    let rgba: ImageBuffer<Rgba<u8>, Vec<u8>> = ImageBuffer::from_fn(4, 4, |x, y| {
+        Rgba([(x * 60) as u8, (y * 60) as u8, 200, (x * 80) as u8])
+    });
+    let decoded = decode_rgb8(
+        &common::encode(&DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png),
+        origin(),
+    )
+    .expect("decode rgba");
     for (x, y, px) in decoded.enumerate_pixels() {
         let src = rgba.get_pixel(x, y);
         assert_eq!(px.0, [src[0], src[1], src[2]]);
@@ -83,7 +117,11 @@ fn png_palette_is_expanded() {
     let expected = [[0, 1, 2], [3, 0, 3]];
     for (y, row) in expected.iter().enumerate() {
         for (x, &index) in row.iter().enumerate() {
-            assert_eq!(decoded.get_pixel(x as u32, y as u32).0, colour(index), "pixel ({x},{y})");
+            assert_eq!(
+                decoded.get_pixel(x as u32, y as u32).0,
+                colour(index),
+                "pixel ({x},{y})"
+            );
         }
     }
 }
@@ -105,7 +143,8 @@ fn jpeg_decodes_close_to_source() {
 
 #[test]
 fn grayscale_jpeg_becomes_rgb() {
-    let gray: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_fn(16, 16, |x, _| Luma([(x * 16) as u8]));
+    let gray: ImageBuffer<Luma<u8>, Vec<u8>> =
+        ImageBuffer::from_fn(16, 16, |x, _| Luma([(x * 16) as u8]));
     let bytes = common::encode(&DynamicImage::ImageLuma8(gray), ImageFormat::Jpeg);
     let decoded = decode_rgb8(&bytes, origin()).expect("decode gray jpeg");
     for px in decoded.pixels() {
@@ -120,7 +159,8 @@ fn bmp_tiff_webp_round_trip_exactly() {
     let dynamic = DynamicImage::ImageRgb8(img.clone());
     for format in [ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP] {
         let bytes = common::encode(&dynamic, format);
-        let decoded = decode_rgb8(&bytes, origin()).unwrap_or_else(|e| panic!("decode {format:?}: {e}"));
+        let decoded =
+            decode_rgb8(&bytes, origin()).unwrap_or_else(|e| panic!("decode {format:?}: {e}"));
         assert_same_rgb(&decoded, &img);
     }
 }
@@ -129,7 +169,13 @@ fn bmp_tiff_webp_round_trip_exactly() {
 fn gif_gives_its_first_frame() {
     use image::codecs::gif::GifEncoder;
     use image::{Delay, Frame, RgbaImage};
-    let first = RgbaImage::from_fn(8, 6, |x, _| if x < 4 { Rgba([255, 0, 0, 255]) } else { Rgba([0, 0, 255, 255]) });
+    let first = RgbaImage::from_fn(8, 6, |x, _| {
+        if x < 4 {
+            Rgba([255, 0, 0, 255])
+        } else {
+            Rgba([0, 0, 255, 255])
+        }
+    });
     let second = RgbaImage::from_pixel(8, 6, Rgba([0, 255, 0, 255]));
     let mut bytes = Vec::new();
     {
@@ -169,7 +215,10 @@ fn truncated_jpeg_is_reported() {
     common::write(&path, &full[..full.len() * 6 / 10]);
     let err = load_image(&path, 8, 8).expect_err("truncated jpeg must fail");
     assert!(matches!(err, DataError::Decode { .. }), "{err:?}");
-    assert!(err.to_string().contains("cut.jpg") && err.to_string().contains("truncated"), "{err}");
+    assert!(
+        err.to_string().contains("cut.jpg") && err.to_string().contains("truncated"),
+        "{err}"
+    );
     // The untruncated file decodes.
     common::write(&path, &full);
     load_image(&path, 8, 8).expect("full jpeg decodes");
@@ -181,7 +230,10 @@ fn text_named_jpg_is_reported() {
     let path = dir.path().join("notes.jpg");
     common::write(&path, b"this is not a picture\n");
     let err = load_image(&path, 8, 8).expect_err("text must fail");
-    assert!(matches!(err, DataError::UnsupportedFormat { .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::UnsupportedFormat { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("notes.jpg"), "{err}");
 }
 
@@ -198,7 +250,10 @@ fn huge_png_header_hits_decoder_limits() {
 fn huge_jpeg_header_hits_decoder_limits() {
     // A valid JPEG whose SOF0 frame header is patched to claim 60000×60000 pixels.
     let mut bytes = common::jpeg(&common::test_image(16, 16));
-    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG has SOF0");
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline JPEG has SOF0");
     // FF C0, length (2), precision (1), height (2), width (2)
     bytes[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
     bytes[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
@@ -217,7 +272,9 @@ fn unreadable_permissions_are_reported_or_honestly_readable_as_root() {
     let can_read_anyway = std::fs::File::open(&path).is_ok(); // true for root (CAP_DAC_OVERRIDE)
     let result = load_image(&path, 4, 4);
     if can_read_anyway {
-        eprintln!("running with permission override (root): a mode-000 file is readable, so it must load");
+        eprintln!(
+            "running with permission override (root): a mode-000 file is readable, so it must load"
+        );
         result.expect("readable file loads");
     } else {
         let err = result.expect_err("unreadable file must fail");
@@ -260,7 +317,10 @@ fn reference_bilinear(img: &RgbImage, out_h: usize, out_w: usize) -> Array3<f64>
 
 fn max_abs_diff(a: &Array3<f32>, b: &Array3<f64>) -> f64 {
     assert_eq!(a.dim(), b.dim());
-    a.iter().zip(b.iter()).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (f64::from(*x) - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -282,7 +342,11 @@ fn bilinear_2x2_to_4x4_matches_hand_derived_values() {
     for c in 0..3 {
         for y in 0..4 {
             for x in 0..4 {
-                assert!((out[[c, y, x]] - expected[y][x]).abs() < 1e-4, "({c},{y},{x}) = {}", out[[c, y, x]]);
+                assert!(
+                    (out[[c, y, x]] - expected[y][x]).abs() < 1e-4,
+                    "({c},{y},{x}) = {}",
+                    out[[c, y, x]]
+                );
             }
         }
     }
@@ -290,7 +354,12 @@ fn bilinear_2x2_to_4x4_matches_hand_derived_values() {
 
 #[test]
 fn bilinear_matches_float64_reference_up_and_down() {
-    for (w, h, out_h, out_w) in [(37, 23, 150, 150), (300, 211, 150, 150), (32, 32, 150, 150), (50, 60, 7, 13)] {
+    for (w, h, out_h, out_w) in [
+        (37, 23, 150, 150),
+        (300, 211, 150, 150),
+        (32, 32, 150, 150),
+        (50, 60, 7, 13),
+    ] {
         let img = common::noise_image(w, h, u64::from(w * h));
         let out = resize_rgb8(&img, out_h, out_w, ResizeMethod::Bilinear);
         let reference = reference_bilinear(&img, out_h as usize, out_w as usize);
@@ -314,11 +383,21 @@ fn antialias_downscale_by_two_uses_widened_triangle() {
     // One row [0,0,0,80,0,0,0,0] → 4 columns. Kernel widened ×2: output i is centred at
     // 2i+1; taps at distances 1.5, 0.5, 0.5, 1.5 weigh 1/8, 3/8, 3/8, 1/8 (hand-derived;
     // at the left edge the out-of-image tap is dropped and the rest renormalised).
-    let img = RgbImage::from_fn(8, 1, |x, _| if x == 3 { Rgb([80, 80, 80]) } else { Rgb([0, 0, 0]) });
+    let img = RgbImage::from_fn(8, 1, |x, _| {
+        if x == 3 {
+            Rgb([80, 80, 80])
+        } else {
+            Rgb([0, 0, 0])
+        }
+    });
     let out = resize_rgb8(&img, 1, 4, ResizeMethod::BilinearAntialias);
     let expected = [0.0, 30.0, 10.0, 0.0];
     for (x, e) in expected.iter().enumerate() {
-        assert!((out[[0, 0, x]] - e).abs() < 1e-4, "column {x}: {}", out[[0, 0, x]]);
+        assert!(
+            (out[[0, 0, x]] - e).abs() < 1e-4,
+            "column {x}: {}",
+            out[[0, 0, x]]
+        );
     }
     // Plain bilinear samples only the two nearest pixels: column 1 sits at x=2.5 → 40.
     let plain = resize_rgb8(&img, 1, 4, ResizeMethod::Bilinear);
@@ -327,7 +406,11 @@ fn antialias_downscale_by_two_uses_widened_triangle() {
     let small = common::noise_image(9, 7, 1);
     let a = resize_rgb8(&small, 40, 30, ResizeMethod::BilinearAntialias);
     let b = resize_rgb8(&small, 40, 30, ResizeMethod::Bilinear);
-    let diff = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff < 1e-3, "upscale differs by {diff}");
 }
 
@@ -342,7 +425,10 @@ fn load_image_is_chw_0_to_255() {
     let reference = reference_bilinear(&img, 150, 120);
     assert!(max_abs_diff(&out, &reference) < 2e-3);
     let bytes = std::fs::read(&path).expect("read");
-    assert_eq!(load_image_bytes(&bytes, &path, 150, 120).expect("load bytes"), out);
+    assert_eq!(
+        load_image_bytes(&bytes, &path, 150, 120).expect("load bytes"),
+        out
+    );
     let err = load_image(&path, 0, 10).expect_err("zero size");
     assert!(matches!(err, DataError::InvalidArgument { .. }));
 }

@@ -39,13 +39,19 @@ fn same_seed_same_order_other_seed_other_order() {
 
 #[test]
 fn order_key_is_pinned_across_machines() {
-    // blake3(seed_le ‖ id), first 8 bytes little-endian: a fixed value guards the contract.
+    // blake3(seed_le ‖ id), first 8 bytes little-endian. Literal values guard the contract:
+    // if they change, every stored split changes.
     let mut hasher = blake3::Hasher::new();
     hasher.update(&7u64.to_le_bytes());
     hasher.update(b"cat/0001.png");
     let bytes = *hasher.finalize().as_bytes();
     let expected = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     assert_eq!(xfer_data::order_key(7, "cat/0001.png"), expected);
+    assert_eq!(expected, 0xc7be_0bee_227d_a673);
+    assert_eq!(
+        xfer_data::order_key(0, "dog/0999.png"),
+        0x1780_d313_16e1_2733
+    );
 }
 
 #[test]
@@ -63,7 +69,11 @@ fn adding_files_keeps_the_relative_order_of_the_others() {
 fn percent_boundaries_round_like_tfds() {
     let n = 10;
     let all = examples(n, 1);
-    let count = |spec: &str| split_examples(&all, &SplitSpec::parse(spec).expect("parse"), 0).expect("split").len();
+    let count = |spec: &str| {
+        split_examples(&all, &SplitSpec::parse(spec).expect("parse"), 0)
+            .expect("split")
+            .len()
+    };
     assert_eq!(count("train"), 10);
     assert_eq!(count("train[:33%]"), 3); // 3.3 → 3
     assert_eq!(count("train[:25%]"), 2); // 2.5 → 2 (half to even, as Python's round)
@@ -78,7 +88,8 @@ fn percent_boundaries_round_like_tfds() {
     assert_eq!(count("train[:10%]+train[-10%:]"), 2);
     // Slices are positions in the seeded order.
     let ordered = seeded_order(&all, 0);
-    let mid = split_examples(&all, &SplitSpec::parse("train[2:5]").expect("parse"), 0).expect("split");
+    let mid =
+        split_examples(&all, &SplitSpec::parse("train[2:5]").expect("parse"), 0).expect("split");
     assert_eq!(ids(&mid), ids(&ordered[2..5]));
 }
 
@@ -86,10 +97,20 @@ fn percent_boundaries_round_like_tfds() {
 fn adjacent_slices_partition_every_size() {
     for n in 0..120 {
         let all = examples(n, 2);
-        let parts = ["train[:40%]", "train[40%:50%]", "train[50%:60%]", "train[60%:]"];
+        let parts = [
+            "train[:40%]",
+            "train[40%:50%]",
+            "train[50%:60%]",
+            "train[60%:]",
+        ];
         let mut seen = Vec::new();
         for p in parts {
-            seen.extend(ids(&split_examples(&all, &SplitSpec::parse(p).expect("parse"), 9).expect("split")));
+            seen.extend(ids(&split_examples(
+                &all,
+                &SplitSpec::parse(p).expect("parse"),
+                9,
+            )
+            .expect("split")));
         }
         assert_eq!(seen.len(), n, "n = {n}");
         let unique: HashSet<_> = seen.iter().collect();
@@ -109,11 +130,20 @@ fn stratified_slices_keep_the_class_balance() {
             label: u32::from(i >= 90),
         })
         .collect();
-    let spec = SplitSpec::parse("train[:20%]").expect("parse").stratified(true);
+    let spec = SplitSpec::parse("train[:20%]")
+        .expect("parse")
+        .stratified(true);
     let part = split_examples(&all, &spec, 3).expect("split");
     assert_eq!(part.iter().filter(|e| e.label == 0).count(), 18);
     assert_eq!(part.iter().filter(|e| e.label == 1).count(), 2);
-    let rest = split_examples(&all, &SplitSpec::parse("train[20%:]").expect("parse").stratified(true), 3).expect("split");
+    let rest = split_examples(
+        &all,
+        &SplitSpec::parse("train[20%:]")
+            .expect("parse")
+            .stratified(true),
+        3,
+    )
+    .expect("split");
     let a: HashSet<_> = ids(&part).into_iter().collect();
     let b: HashSet<_> = ids(&rest).into_iter().collect();
     assert!(a.is_disjoint(&b));
@@ -121,7 +151,8 @@ fn stratified_slices_keep_the_class_balance() {
     // Plain (unstratified) slicing of the same order does not promise the balance; across
     // seeds some 20% slice must miss it, or the stratified mode would be pointless here.
     let unbalanced = (0..50).any(|seed| {
-        let plain = split_examples(&all, &SplitSpec::parse("train[:20%]").expect("parse"), seed).expect("split");
+        let plain = split_examples(&all, &SplitSpec::parse("train[:20%]").expect("parse"), seed)
+            .expect("split");
         plain.iter().filter(|e| e.label == 1).count() != 2
     });
     assert!(unbalanced);
@@ -129,9 +160,21 @@ fn stratified_slices_keep_the_class_balance() {
 
 #[test]
 fn bad_specs_are_clear_errors() {
-    for bad in ["", "train[", "train[:abc]", "train[:150%]", "[:40%]", "train[40%]", "train[:40%]x", "tr ain"] {
+    for bad in [
+        "",
+        "train[",
+        "train[:abc]",
+        "train[:150%]",
+        "[:40%]",
+        "train[40%]",
+        "train[:40%]x",
+        "tr ain",
+    ] {
         let err = SplitSpec::parse(bad).expect_err(bad);
-        assert!(matches!(err, DataError::InvalidSplit { .. }), "{bad}: {err:?}");
+        assert!(
+            matches!(err, DataError::InvalidSplit { .. }),
+            "{bad}: {err:?}"
+        );
         assert!(err.to_string().contains("invalid split"), "{err}");
     }
     let spec: SplitSpec = "validation[80%:]".parse().expect("FromStr");

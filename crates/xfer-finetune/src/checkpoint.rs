@@ -100,7 +100,8 @@ impl Checkpoint {
             path: String::new(),
             reason: format!("cannot serialise the training state: {e}"),
         })?;
-        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> =
+            Vec::with_capacity(self.tensors.len());
         for (name, array) in &self.tensors {
             let mut bytes = Vec::with_capacity(array.len() * 4);
             for v in array.iter() {
@@ -110,9 +111,11 @@ impl Checkpoint {
         }
         let mut views = Vec::with_capacity(buffers.len());
         for (name, shape, bytes) in &buffers {
-            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| Error::Checkpoint {
-                path: String::new(),
-                reason: format!("tensor `{name}`: {e}"),
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| {
+                Error::Checkpoint {
+                    path: String::new(),
+                    reason: format!("tensor `{name}`: {e}"),
+                }
             })?;
             views.push((name.as_str(), view));
         }
@@ -129,19 +132,28 @@ impl Checkpoint {
             path: origin.to_owned(),
             reason,
         };
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let state_json = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(STATE_KEY))
-            .ok_or_else(|| bad("no xfer training state in its metadata; it was not written by `xfer finetune`".to_owned()))?;
-        let state: TrainingState =
-            serde_json::from_str(state_json).map_err(|e| bad(format!("unreadable training state: {e}")))?;
+            .ok_or_else(|| {
+                bad(
+                    "no xfer training state in its metadata; it was not written by `xfer finetune`"
+                        .to_owned(),
+                )
+            })?;
+        let state: TrainingState = serde_json::from_str(state_json)
+            .map_err(|e| bad(format!("unreadable training state: {e}")))?;
         let file = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut tensors = TensorMap::new();
         for (name, view) in file.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected F32",
+                    view.dtype()
+                )));
             }
             let values: Vec<f32> = view
                 .data()
@@ -206,9 +218,13 @@ mod tests {
         let mut tensors = TensorMap::new();
         tensors.insert(
             "param.head.kernel".to_owned(),
-            ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![0.5, -1.25, f32::MIN_POSITIVE]).expect("shape"),
+            ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![0.5, -1.25, f32::MIN_POSITIVE])
+                .expect("shape"),
         );
-        tensors.insert("adam_m.head.bias".to_owned(), ArrayD::from_elem(IxDyn(&[1]), 1e-9));
+        tensors.insert(
+            "adam_m.head.bias".to_owned(),
+            ArrayD::from_elem(IxDyn(&[1]), 1e-9),
+        );
         Checkpoint {
             state: TrainingState {
                 phase: 2,
@@ -257,7 +273,10 @@ mod tests {
         let err = Checkpoint::load(&path).expect_err("garbage");
         assert!(err.to_string().contains("not a safetensors file"), "{err}");
         let plain = safetensors::tensor::serialize(
-            [("a", TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).expect("view"))],
+            [(
+                "a",
+                TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).expect("view"),
+            )],
             None,
         )
         .expect("serialize");

@@ -175,7 +175,9 @@ impl FinetuneConfig {
         for (name, phase) in [("phase1", &self.phase1), ("phase2", &self.phase2)] {
             let lr = phase.learning_rate;
             if !(lr.is_finite() && lr > 0.0) {
-                return bad(format!("{name}.learning_rate must be a positive number, got {lr}"));
+                return bad(format!(
+                    "{name}.learning_rate must be a positive number, got {lr}"
+                ));
             }
         }
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
@@ -183,7 +185,9 @@ impl FinetuneConfig {
         }
         let r = self.augmentation.rotation;
         if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
-            return bad(format!("augmentation.rotation is a fraction of a full turn in [0, 1], got {r}"));
+            return bad(format!(
+                "augmentation.rotation is a fraction of a full turn in [0, 1], got {r}"
+            ));
         }
         if !["reflect", "constant", "nearest"].contains(&self.augmentation.fill.as_str()) {
             return bad(format!(
@@ -197,7 +201,9 @@ impl FinetuneConfig {
             return bad(format!("image_size must be positive, got {h}x{w}"));
         }
         if self.splits.train.trim().is_empty() || self.splits.val.trim().is_empty() {
-            return bad("splits.train and splits.val must name a split (e.g. `train[:40%]`)".to_owned());
+            return bad(
+                "splits.train and splits.val must name a split (e.g. `train[:40%]`)".to_owned(),
+            );
         }
         Ok(())
     }

@@ -61,27 +61,45 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         draw(&root, records, true).map_err(plot_err(&svg_path))?;
-        root.present().map_err(|e| plot_err(&svg_path)(e.to_string()))?;
+        root.present()
+            .map_err(|e| plot_err(&svg_path)(e.to_string()))?;
     }
     crate::fsutil::write_atomic(&svg_path, svg.as_bytes())
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, records: &[EpochRecord], labels: bool) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    records: &[EpochRecord],
+    labels: bool,
+) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, 2));
-    let last_epoch = records.iter().map(|r| r.global_epoch).max().unwrap_or(1).max(2) as f64;
+    let last_epoch = records
+        .iter()
+        .map(|r| r.global_epoch)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
     let boundary = records
         .iter()
         .find(|r| r.phase == 2)
         .map(|r| r.global_epoch as f64 - 0.5)
         .filter(|_| records.iter().any(|r| r.phase == 1));
-    let losses = records.iter().flat_map(|r| [r.train_loss, r.val_loss]).filter(|v| v.is_finite());
+    let losses = records
+        .iter()
+        .flat_map(|r| [r.train_loss, r.val_loss])
+        .filter(|v| v.is_finite());
     let loss_max = losses.fold(0.0f64, f64::max).max(1e-3) * 1.05;
     type Getter = fn(&EpochRecord) -> f64;
     let series: [(&str, &str, f64, [Getter; 2]); 2] = [
         ("loss", "loss", loss_max, [|r| r.train_loss, |r| r.val_loss]),
-        ("accuracy", "accuracy", 1.0, [|r| r.train_accuracy, |r| r.val_accuracy]),
+        (
+            "accuracy",
+            "accuracy",
+            1.0,
+            [|r| r.train_accuracy, |r| r.val_accuracy],
+        ),
     ];
     for (panel, (title, y_desc, y_max, getters)) in panels.iter().zip(series) {
         let mut builder = ChartBuilder::on(panel);
@@ -101,13 +119,41 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, records: &[EpochRecor
         } else {
             mesh.x_labels(0).y_labels(0);
         }
-        mesh.light_line_style(RGBColor(235, 235, 235)).draw().map_err(err)?;
-        if let Some(x) = boundary {
+        mesh.light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        if !labels {
+            // Without text the mesh draws nothing: a frame, quarter lines and epoch ticks instead.
+            let (x0, x1) = (0.5, last_epoch + 0.5);
+            for k in 1..4 {
+                let y = y_max * f64::from(k) / 4.0;
+                chart
+                    .draw_series(LineSeries::new([(x0, y), (x1, y)], RGBColor(225, 225, 225)))
+                    .map_err(err)?;
+            }
+            let tick = y_max * 0.02;
+            let ticks = (1..=last_epoch as usize)
+                .map(|e| PathElement::new([(e as f64, 0.0), (e as f64, tick)], BLACK));
+            chart.draw_series(ticks).map_err(err)?;
             chart
-                .draw_series(LineSeries::new([(x, 0.0), (x, y_max)], BOUNDARY.stroke_width(2)))
+                .draw_series([Rectangle::new(
+                    [(x0, 0.0), (x1, y_max)],
+                    BLACK.stroke_width(1),
+                )])
                 .map_err(err)?;
         }
-        for (getter, color, name) in [(getters[0], TRAIN, "train"), (getters[1], VAL, "validation")] {
+        if let Some(x) = boundary {
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, 0.0), (x, y_max)],
+                    BOUNDARY.stroke_width(2),
+                ))
+                .map_err(err)?;
+        }
+        for (getter, color, name) in [
+            (getters[0], TRAIN, "train"),
+            (getters[1], VAL, "validation"),
+        ] {
             let points: Vec<(f64, f64)> = records
                 .iter()
                 .map(|r| (r.global_epoch as f64, getter(r)))
@@ -117,8 +163,9 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, records: &[EpochRecor
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(err)?;
             if labels {
-                line.label(name)
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+                line.label(name).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
             }
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))

@@ -16,7 +16,10 @@ pub const HEAD_BIAS: &str = "head.bias";
 
 /// `forward` with every initializer named in `params` replaced by the trained value
 /// (the head's parameters, which the forward graph does not have, are ignored).
-pub fn trained_forward(forward: &ModelProto, params: &BTreeMap<String, Parameter>) -> Result<ModelProto> {
+pub fn trained_forward(
+    forward: &ModelProto,
+    params: &BTreeMap<String, Parameter>,
+) -> Result<ModelProto> {
     let mut model = forward.clone();
     let graph = model.graph.as_mut().ok_or_else(|| Error::Model {
         reason: "the backbone model has no graph".to_owned(),
@@ -76,9 +79,14 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<usize> {
         if bn.op_type != "BatchNormalization" || bn.output.len() != 1 || bn.input.len() != 5 {
             continue;
         }
-        let Some(&conv_index) = producer.get(&bn.input[0]) else { continue };
+        let Some(&conv_index) = producer.get(&bn.input[0]) else {
+            continue;
+        };
         let conv = &graph.node[conv_index];
-        if conv.op_type != "Conv" || uses.get(&bn.input[0]).copied() != Some(1) || conv.input.len() < 2 {
+        if conv.op_type != "Conv"
+            || uses.get(&bn.input[0]).copied() != Some(1)
+            || conv.input.len() < 2
+        {
             continue;
         }
         let get = |name: &str| -> Option<Vec<f32>> {
@@ -121,7 +129,11 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<usize> {
         let w_name = format!("{}.folded_kernel", conv.input[1]);
         let b_name = format!("{}.folded_bias", conv.input[1]);
         new_inits.push(TensorProto::from_f32(w_name.clone(), &w_dims, &w2));
-        new_inits.push(TensorProto::from_f32(b_name.clone(), &[out_channels as i64], &b2));
+        new_inits.push(TensorProto::from_f32(
+            b_name.clone(),
+            &[out_channels as i64],
+            &b2,
+        ));
         let bn_out = bn.output[0].clone();
         let conv = &mut graph.node[conv_index];
         conv.input = vec![conv.input[0].clone(), w_name, b_name];
@@ -137,7 +149,11 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<usize> {
     });
     graph.initializer.extend(new_inits);
     // Drop initializers nothing reads any more (the unfolded kernels, BatchNorm vars).
-    let used: std::collections::HashSet<String> = graph.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
     let dropped: std::collections::HashSet<String> = graph
         .initializer
         .iter()
@@ -188,7 +204,10 @@ pub fn export_model(
     let bias = head_param(HEAD_BIAS)?;
     let [d, units] = kernel.shape[..] else {
         return Err(Error::Model {
-            reason: format!("{HEAD_KERNEL} has shape {:?}, expected [features, units]", kernel.shape),
+            reason: format!(
+                "{HEAD_KERNEL} has shape {:?}, expected [features, units]",
+                kernel.shape
+            ),
         });
     };
     let k = info.classes.len();
@@ -212,7 +231,10 @@ pub fn export_model(
     })?;
     if !graph.node.iter().any(|n| n.output.contains(&info.features)) {
         return Err(Error::Model {
-            reason: format!("no node of the backbone produces the feature output `{}`", info.features),
+            reason: format!(
+                "no node of the backbone produces the feature output `{}`",
+                info.features
+            ),
         });
     }
     let mut g = GraphBuilder::from_graph(graph);
@@ -220,12 +242,25 @@ pub fn export_model(
     let kc = k as i64;
     let w = g.constant_f32("head/weights", &[kc, d as i64], &rows);
     let bb = g.constant_f32("head/bias", &[kc], &b);
-    let flat = g.op("Flatten", &[&info.features], vec![attr::int("axis", 1)], "head/features");
-    let logits = g.op("Gemm", &[&flat, &w, &bb], vec![attr::int("transB", 1)], "head/logits");
+    let flat = g.op(
+        "Flatten",
+        &[&info.features],
+        vec![attr::int("axis", 1)],
+        "head/features",
+    );
+    let logits = g.op(
+        "Gemm",
+        &[&flat, &w, &bb],
+        vec![attr::int("transB", 1)],
+        "head/logits",
+    );
     let probs = g.unique(xfer_head::PROBABILITIES_OUTPUT);
     if probs != xfer_head::PROBABILITIES_OUTPUT {
         return Err(Error::Model {
-            reason: format!("the backbone already uses the name `{}`", xfer_head::PROBABILITIES_OUTPUT),
+            reason: format!(
+                "the backbone already uses the name `{}`",
+                xfer_head::PROBABILITIES_OUTPUT
+            ),
         });
     }
     g.node_named("Softmax", &[&logits], &[&probs], vec![attr::int("axis", 1)]);
@@ -250,7 +285,10 @@ pub fn export_model(
     out.set_metadata(xfer_head::METADATA_INPUT, &info.input);
     out.set_metadata("layout", "NCHW");
     out.set_metadata("channel_order", "RGB");
-    out.set_metadata("value_range", &format!("[{},{}]", info.value_range[0], info.value_range[1]));
+    out.set_metadata(
+        "value_range",
+        &format!("[{},{}]", info.value_range[0], info.value_range[1]),
+    );
     out.set_metadata("backbone", &info.backbone_name);
     out.set_metadata("fingerprint", &info.fingerprint);
     out.set_metadata("output", xfer_head::PROBABILITIES_OUTPUT);

@@ -24,11 +24,15 @@ mod trainer;
 
 pub use checkpoint::{CHECKPOINT_DIR, Checkpoint, PartialEpoch, TensorMap, TrainingState};
 pub use config::{AugmentationConfig, CONFIG_FILE_NAME, FinetuneConfig, PhaseConfig, SplitConfig};
-pub use curves::{draw_curves, CURVES_PNG, CURVES_SVG};
+pub use curves::{CURVES_PNG, CURVES_SVG, draw_curves};
+pub use export::{
+    ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, fold_batch_norms, trained_forward,
+};
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
-pub use export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, fold_batch_norms, trained_forward};
-pub use trainer::{EXPORTED_MODEL, Event, Outcome, RunOptions, Summary, checkpoint_parameters, finetune};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};
+pub use trainer::{
+    EXPORTED_MODEL, Event, Outcome, RunOptions, Summary, checkpoint_parameters, finetune,
+};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

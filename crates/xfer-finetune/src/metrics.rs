@@ -51,7 +51,10 @@ impl MetricsLog {
     pub fn create(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_LOG_FILE_NAME);
         crate::fsutil::write_atomic(&path, b"")?;
-        Ok(MetricsLog { path, records: Vec::new() })
+        Ok(MetricsLog {
+            path,
+            records: Vec::new(),
+        })
     }
 
     /// Opens an existing log for a resumed run, keeping only epochs up to
@@ -59,7 +62,11 @@ impl MetricsLog {
     /// checkpoint redoes that epoch, so its line is dropped).
     pub fn resume(run_dir: &Path, through_global_epoch: usize) -> Result<Self> {
         let path = run_dir.join(METRICS_LOG_FILE_NAME);
-        let records = if path.exists() { Self::read(&path)? } else { Vec::new() };
+        let records = if path.exists() {
+            Self::read(&path)?
+        } else {
+            Vec::new()
+        };
         let kept: Vec<EpochRecord> = records
             .into_iter()
             .filter(|r| r.global_epoch <= through_global_epoch)
@@ -69,7 +76,10 @@ impl MetricsLog {
             text.push_str(&to_line(r, &path)?);
         }
         crate::fsutil::write_atomic(&path, text.as_bytes())?;
-        Ok(MetricsLog { path, records: kept })
+        Ok(MetricsLog {
+            path,
+            records: kept,
+        })
     }
 
     /// Reads every record of a log file.

@@ -13,7 +13,9 @@ fn splitmix(mut z: u64) -> u64 {
 
 /// Derives a seed for one purpose and position from a run seed and a list of counters.
 pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
-    parts.iter().fold(splitmix(seed), |acc, &p| splitmix(acc ^ splitmix(p)))
+    parts
+        .iter()
+        .fold(splitmix(seed), |acc, &p| splitmix(acc ^ splitmix(p)))
 }
 
 /// A small deterministic generator (SplitMix64 stream) started from a derived seed.

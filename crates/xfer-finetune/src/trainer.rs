@@ -7,14 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use xfer_autodiff::{Adam, HeadSpec, Loss, Optimizer, Parameter, TrainingGraphBuilder, TrainingGraphs, Trainable};
-use xfer_data::{Augmentation, Batch, BatchLoader, Dataset, Example, FillMode, LoaderConfig, OnError, SplitSpec};
+use xfer_autodiff::{
+    Adam, HeadSpec, Loss, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
+};
+use xfer_data::{
+    Augmentation, Batch, BatchLoader, Dataset, Example, FillMode, LoaderConfig, OnError, SplitSpec,
+};
 use xfer_onnx::ModelProto;
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
 use crate::checkpoint::{Checkpoint, TensorMap, TrainingState};
 use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
-use crate::{EpochRecord, Error, FinetuneConfig, MetricsLog, Result, draw_curves, epoch_permutation};
+use crate::{
+    EpochRecord, Error, FinetuneConfig, MetricsLog, Result, draw_curves, epoch_permutation,
+};
 
 /// File name of the exported model inside a run folder.
 pub const EXPORTED_MODEL: &str = "model.onnx";
@@ -144,7 +150,11 @@ struct Setup {
 }
 
 /// Runs (or resumes) a fine-tuning run. See the crate documentation for the files it writes.
-pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+pub fn finetune(
+    config: &FinetuneConfig,
+    options: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Outcome> {
     config.validate()?;
     let run_dir = &options.run_dir;
     let last_path = Checkpoint::last_path(run_dir);
@@ -156,7 +166,10 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
         if last_path.is_file() {
             Some(Checkpoint::load(&last_path)?)
         } else {
-            tracing::warn!("--resume: {} has no checkpoint yet; starting from the beginning", run_dir.display());
+            tracing::warn!(
+                "--resume: {} has no checkpoint yet; starting from the beginning",
+                run_dir.display()
+            );
             None
         }
     } else {
@@ -227,7 +240,11 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
     }
 
     for phase in [1u8, 2] {
-        let phase_config = if phase == 1 { &config.phase1 } else { &config.phase2 };
+        let phase_config = if phase == 1 {
+            &config.phase1
+        } else {
+            &config.phase2
+        };
         if state.phase > phase || phase_config.epochs == 0 {
             continue;
         }
@@ -276,7 +293,12 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
                 if t.data.len() != p.data.len() {
                     return Err(Error::Checkpoint {
                         path: last_path.display().to_string(),
-                        reason: format!("parameter `{}` has {} values, the model needs {}", p.name, t.data.len(), p.data.len()),
+                        reason: format!(
+                            "parameter `{}` has {} values, the model needs {}",
+                            p.name,
+                            t.data.len(),
+                            p.data.len()
+                        ),
                     });
                 }
                 p.data.clone_from(&t.data);
@@ -297,7 +319,11 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
             trainable_values: params.iter().map(Parameter::numel).sum(),
         });
         let training_bytes = xfer_onnx::write_model_bytes(&graphs.training);
-        let mut session = Model::from_bytes(&training_bytes, &format!("training graph (phase {phase})"), &options.session)?;
+        let mut session = Model::from_bytes(
+            &training_bytes,
+            &format!("training graph (phase {phase})"),
+            &options.session,
+        )?;
         let mut run = PhaseRun {
             config,
             options,
@@ -307,7 +333,14 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
             learning_rate: phase_config.learning_rate,
         };
         while state.epochs_done < phase_config.epochs {
-            match run.epoch(&mut session, &mut params, &mut adam, &mut state, &mut log, on_event)? {
+            match run.epoch(
+                &mut session,
+                &mut params,
+                &mut adam,
+                &mut state,
+                &mut log,
+                on_event,
+            )? {
                 EpochEnd::Interrupted => {
                     let checkpoint = Checkpoint::last_path(run_dir);
                     return Ok(Outcome::Interrupted {
@@ -352,8 +385,17 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions, on_event: &mut dy
         None
     } else {
         let bytes = xfer_onnx::write_model_bytes(&exported);
-        let mut model = Model::from_bytes(&bytes, &model_path.display().to_string(), &options.session)?;
-        let (probs, labels) = predict(&mut model, &info.input, xfer_head::PROBABILITIES_OUTPUT, &setup, &setup.test, config.batch_size, options)?;
+        let mut model =
+            Model::from_bytes(&bytes, &model_path.display().to_string(), &options.session)?;
+        let (probs, labels) = predict(
+            &mut model,
+            &info.input,
+            xfer_head::PROBABILITIES_OUTPUT,
+            &setup,
+            &setup.test,
+            config.batch_size,
+            options,
+        )?;
         let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &setup.classes)?;
         xfer_head::save_metrics(run_dir, &[("test".to_owned(), metrics.clone())])?;
         Some(metrics)
@@ -408,7 +450,11 @@ fn prepare(config: &FinetuneConfig) -> Result<Setup> {
                 path: None,
                 reason: format!(
                     "the {name} split `{}` of {} is empty ({} examples in the dataset)",
-                    if name == "train" { &config.splits.train } else { &config.splits.val },
+                    if name == "train" {
+                        &config.splits.train
+                    } else {
+                        &config.splits.val
+                    },
                     config.data.display(),
                     dataset.len()
                 ),
@@ -468,7 +514,11 @@ fn init_head_from(dir: &Path, setup: &Setup, params: &mut [Parameter]) -> Result
         None => (vec![0.0; d], vec![1.0; d]),
     };
     // Rows of the dense layer: binary heads keep row 0 at zero, so the logit is row 1.
-    let rows: Vec<usize> = if setup.classes.len() == 2 { vec![1] } else { (0..setup.classes.len()).collect() };
+    let rows: Vec<usize> = if setup.classes.len() == 2 {
+        vec![1]
+    } else {
+        (0..setup.classes.len()).collect()
+    };
     let units = rows.len();
     let mut kernel = vec![0f32; d * units];
     let mut bias = vec![0f32; units];
@@ -530,7 +580,11 @@ impl PhaseRun<'_> {
     }
 
     fn loader(&self, examples: Vec<Example>, augment: bool, epoch: u64) -> Result<BatchLoader> {
-        let mut lc = LoaderConfig::new(self.setup.size[0], self.setup.size[1], self.config.batch_size);
+        let mut lc = LoaderConfig::new(
+            self.setup.size[0],
+            self.setup.size[1],
+            self.config.batch_size,
+        );
         lc.seed = self.config.seed;
         lc.epoch = epoch;
         lc.threads = self.options.loader_threads;
@@ -571,7 +625,10 @@ impl PhaseRun<'_> {
         let batches = n.div_ceil(bs);
         let order = epoch_permutation(self.config.seed, global_epoch as u64, n);
         let skip = state.step_in_epoch.min(batches);
-        let examples: Vec<Example> = order[skip * bs..].iter().map(|&i| self.setup.train[i].clone()).collect();
+        let examples: Vec<Example> = order[skip * bs..]
+            .iter()
+            .map(|&i| self.setup.train[i].clone())
+            .collect();
         let mut partial = state.partial.take().unwrap_or_default();
         on_event(Event::EpochStarted {
             phase: self.phase,
@@ -587,7 +644,8 @@ impl PhaseRun<'_> {
             let batch = batch?;
             step_in_epoch += 1;
             if !batch.examples.is_empty() {
-                let (loss, correct) = self.step(session, params, adam, &batch, state.global_step)?;
+                let (loss, correct) =
+                    self.step(session, params, adam, &batch, state.global_step)?;
                 if !loss.is_finite() {
                     return Err(Error::NonFinite {
                         phase: self.phase,
@@ -595,7 +653,9 @@ impl PhaseRun<'_> {
                         step: step_in_epoch,
                         global_step: state.global_step + 1,
                         value: format!("training loss {loss}"),
-                        checkpoint: Checkpoint::last_path(&self.options.run_dir).display().to_string(),
+                        checkpoint: Checkpoint::last_path(&self.options.run_dir)
+                            .display()
+                            .to_string(),
                     });
                 }
                 partial.loss_sum += f64::from(loss) * batch.examples.len() as f64;
@@ -612,7 +672,12 @@ impl PhaseRun<'_> {
                 partial.seconds = seconds_before + started.elapsed().as_secs_f64();
                 state.step_in_epoch = step_in_epoch;
                 state.partial = Some(partial);
-                self.save_checkpoint(params, adam, state, &Checkpoint::last_path(&self.options.run_dir))?;
+                self.save_checkpoint(
+                    params,
+                    adam,
+                    state,
+                    &Checkpoint::last_path(&self.options.run_dir),
+                )?;
                 return Ok(EpochEnd::Interrupted);
             }
         }
@@ -626,7 +691,9 @@ impl PhaseRun<'_> {
                 step: step_in_epoch,
                 global_step: state.global_step,
                 value: format!("validation loss {val_loss}"),
-                checkpoint: Checkpoint::last_path(&self.options.run_dir).display().to_string(),
+                checkpoint: Checkpoint::last_path(&self.options.run_dir)
+                    .display()
+                    .to_string(),
             });
         }
         let seen = partial.seen.max(1) as f64;
@@ -701,13 +768,22 @@ impl PhaseRun<'_> {
         };
         let mut masks = Vec::with_capacity(spec.dropout_masks.len());
         for m in &spec.dropout_masks {
-            let shape: Vec<usize> = m.shape.iter().map(|&d| if d < 0 { n } else { d as usize }).collect();
+            let shape: Vec<usize> = m
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { n } else { d as usize })
+                .collect();
             let len = shape.iter().product();
-            let data = xfer_autodiff::dropout_mask(self.config.seed, global_step, m.stream, len, m.rate);
-            masks.push((m.name.as_str(), ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(shape_err)?));
+            let data =
+                xfer_autodiff::dropout_mask(self.config.seed, global_step, m.stream, len, m.rate);
+            masks.push((
+                m.name.as_str(),
+                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(shape_err)?,
+            ));
         }
         let pixels = batch.pixels.view().into_dyn();
-        let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![(spec.data_input.name.as_str(), InputTensor::F32(pixels))];
+        let mut feeds: Vec<(&str, InputTensor<'_>)> =
+            vec![(spec.data_input.name.as_str(), InputTensor::F32(pixels))];
         feeds.push((spec.labels.name.as_str(), labels));
         for (name, mask) in &masks {
             feeds.push((name, InputTensor::F32(mask.view())));
@@ -827,7 +903,11 @@ fn predict(
 }
 
 /// Mean loss and accuracy of logits `[n, units]` (f64).
-pub(crate) fn loss_and_accuracy(logits: &ndarray::Array2<f64>, labels: &[i32], loss: Loss) -> (f64, f64) {
+pub(crate) fn loss_and_accuracy(
+    logits: &ndarray::Array2<f64>,
+    labels: &[i32],
+    loss: Loss,
+) -> (f64, f64) {
     let n = labels.len().max(1) as f64;
     let mut total = 0.0;
     let mut correct = 0usize;
@@ -908,6 +988,9 @@ pub fn checkpoint_parameters(checkpoint: &Checkpoint) -> BTreeMap<String, Parame
     checkpoint
         .tensors
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), to_parameter(n, v))))
+        .filter_map(|(k, v)| {
+            k.strip_prefix("param.")
+                .map(|n| (n.to_owned(), to_parameter(n, v)))
+        })
         .collect()
 }

@@ -35,11 +35,16 @@ fn a_partial_toml_file_keeps_the_other_defaults_and_round_trips() {
 fn bad_configs_say_which_key_is_wrong() {
     let err = FinetuneConfig::from_toml_str("batch_sise = 3\n", None).expect_err("unknown key");
     assert!(err.to_string().contains("batch_sise"), "{err}");
-    let cases: [(&str, fn(&mut FinetuneConfig)); 5] = [
+    type Mutation = fn(&mut FinetuneConfig);
+    let cases: [(&str, Mutation); 5] = [
         ("batch_size", |c| c.batch_size = 0),
-        ("phase1.learning_rate", |c| c.phase1.learning_rate = f32::NAN),
+        ("phase1.learning_rate", |c| {
+            c.phase1.learning_rate = f32::NAN
+        }),
         ("dropout", |c| c.dropout = 1.0),
-        ("augmentation.fill", |c| c.augmentation.fill = "wrap".to_owned()),
+        ("augmentation.fill", |c| {
+            c.augmentation.fill = "wrap".to_owned()
+        }),
         ("nothing to train", |c| {
             c.phase1.epochs = 0;
             c.phase2.epochs = 0;
@@ -58,7 +63,8 @@ fn resuming_with_other_settings_is_refused() {
     let saved = FinetuneConfig::default();
     let mut now = saved.clone();
     now.phase2.epochs = 12; // more epochs: fine
-    now.check_resumable_from(&saved).expect("more epochs may be added");
+    now.check_resumable_from(&saved)
+        .expect("more epochs may be added");
     now.seed = 1;
     let err = now.check_resumable_from(&saved).expect_err("seed changed");
     assert!(err.to_string().contains("`seed`"), "{err}");
@@ -86,7 +92,8 @@ fn metrics_log_appends_and_a_resume_drops_epochs_after_the_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = MetricsLog::create(dir.path()).expect("create");
     for e in 1..=4 {
-        log.append(record(e, if e <= 2 { 1 } else { 2 }, 1.0 / e as f64)).expect("append");
+        log.append(record(e, if e <= 2 { 1 } else { 2 }, 1.0 / e as f64))
+            .expect("append");
     }
     let on_disk = MetricsLog::read(log.path()).expect("read");
     assert_eq!(on_disk, log.records());
@@ -101,7 +108,9 @@ fn metrics_log_appends_and_a_resume_drops_epochs_after_the_checkpoint() {
 #[test]
 fn curves_are_a_png_and_a_labelled_svg_with_the_phase_boundary() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let records: Vec<EpochRecord> = (1..=5).map(|e| record(e, if e <= 3 { 1 } else { 2 }, 1.0 / e as f64)).collect();
+    let records: Vec<EpochRecord> = (1..=5)
+        .map(|e| record(e, if e <= 3 { 1 } else { 2 }, 1.0 / e as f64))
+        .collect();
     draw_curves(dir.path(), &records).expect("draw");
     let png = std::fs::read(dir.path().join("curves.png")).expect("png");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -118,5 +127,8 @@ fn curves_are_a_png_and_a_labelled_svg_with_the_phase_boundary() {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| !n.contains(".tmp")), "temporary files left: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.contains(".tmp")),
+        "temporary files left: {names:?}"
+    );
 }

@@ -237,19 +237,16 @@ pub fn format_table(splits: &[(String, Metrics)]) -> String {
             );
         }
         let _ = writeln!(s);
-        let _ = write!(s, "{:<width$}", "true \\ predicted");
+        let corner = "true \\ predicted";
+        let label_width = width.max(corner.len());
+        let _ = write!(s, "{corner:<label_width$}");
         let col = width.max(6);
         for c in &m.per_class {
             let _ = write!(s, " {:>col$}", c.class);
         }
         let _ = writeln!(s);
         for (c, row) in m.per_class.iter().zip(&m.confusion) {
-            let _ = write!(
-                s,
-                "{:<w$}",
-                c.class,
-                w = width.max("true \\ predicted".len())
-            );
+            let _ = write!(s, "{:<label_width$}", c.class);
             for v in row {
                 let _ = write!(s, " {v:>col$}");
             }

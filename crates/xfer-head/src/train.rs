@@ -92,7 +92,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             l2: None,
-            l2_grid: vec![0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
+            l2_grid: vec![0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
             standardize: true,
             class_weight: ClassWeight::None,
             max_iterations: 500,

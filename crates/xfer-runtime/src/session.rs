@@ -241,7 +241,7 @@ fn register_device(
                 if options.allow_cpu_fallback {
                     tracing::warn!("{device} unavailable ({reason}); falling back to the CPU as asked");
                     match b {
-                        Some(b) => Ok((b, Device::Cpu)),
+                        Some(b) => Ok((*b, Device::Cpu)),
                         None => {
                             let b = Session::builder(env).map_err(|e| Error::ModelLoad {
                                 path: String::new(),
@@ -262,7 +262,7 @@ fn register_device(
 }
 
 #[allow(unused_mut, unused_variables)]
-fn register_gpu(mut builder: Builder, device: Device) -> std::result::Result<Builder, (Option<Builder>, String)> {
+fn register_gpu(mut builder: Builder, device: Device) -> std::result::Result<Builder, (Option<Box<Builder>>, String)> {
     let feature = match device {
         Device::Cuda => "cuda",
         Device::TensorRt => "tensorrt",
@@ -289,7 +289,7 @@ fn register_gpu(mut builder: Builder, device: Device) -> std::result::Result<Bui
         }
     }
     Err((
-        Some(builder),
+        Some(Box::new(builder)),
         format!("this xfer was built without the `{feature}` feature; rebuild with `cargo build --release --features {feature}`"),
     ))
 }

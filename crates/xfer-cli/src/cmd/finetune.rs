@@ -200,7 +200,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let presses = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+            eprintln!(
+                "\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit at once)"
+            );
             stop.store(true, Ordering::SeqCst);
         } else {
             std::process::exit(130);
@@ -209,9 +211,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     let mut bar: Option<ProgressBar> = None;
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}, eta {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     let mut on_event = |event: Event<'_>| match event {
         Event::Started {
             classes,
@@ -280,7 +284,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match outcome.with_context(|| format!("fine-tuning into {}", args.out.display()))? {
         Outcome::Finished(summary) => {
             if let Some((loss, epoch)) = summary.best {
-                println!("best validation loss {loss:.4} at epoch {epoch} (checkpoints/best.safetensors)");
+                println!(
+                    "best validation loss {loss:.4} at epoch {epoch} (checkpoints/best.safetensors)"
+                );
             }
             if let Some(test) = &summary.test {
                 println!(

@@ -38,7 +38,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub l2: Option<f64>,
     /// Candidate L2 strengths, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100,1000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.01,0.1,1,10,100,1000,10000"
+    )]
     pub l2_grid: Vec<f64>,
     /// Do not standardise features (by default: training mean and standard deviation).
     #[arg(long)]

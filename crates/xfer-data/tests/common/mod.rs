@@ -35,7 +35,9 @@ pub fn noise_image(width: u32, height: u32, seed: u64) -> RgbImage {
 /// Encodes a dynamic image in `format`.
 pub fn encode(image: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Vec::new();
-    image.write_to(&mut Cursor::new(&mut out), format).expect("encode fixture");
+    image
+        .write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode fixture");
     out
 }
 
@@ -43,14 +45,22 @@ pub fn encode(image: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
 pub fn jpeg(image: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .expect("encode jpeg");
     out
 }
 
 /// A PNG of `image`.
 pub fn png(image: &RgbImage) -> Vec<u8> {
-    encode(&image::DynamicImage::ImageRgb8(image.clone()), ImageFormat::Png)
+    encode(
+        &image::DynamicImage::ImageRgb8(image.clone()),
+        ImageFormat::Png,
+    )
 }
 
 pub fn write(path: &Path, bytes: &[u8]) {
@@ -65,7 +75,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -90,7 +104,14 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 
 /// A hand-built PNG: IHDR with the given fields, optional PLTE, IDAT of `scanlines`
 /// (already with filter bytes) in stored deflate blocks, IEND.
-pub fn raw_png(width: u32, height: u32, bit_depth: u8, color_type: u8, palette: Option<&[u8]>, scanlines: Option<&[u8]>) -> Vec<u8> {
+pub fn raw_png(
+    width: u32,
+    height: u32,
+    bit_depth: u8,
+    color_type: u8,
+    palette: Option<&[u8]>,
+    scanlines: Option<&[u8]>,
+) -> Vec<u8> {
     let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(&width.to_be_bytes());
