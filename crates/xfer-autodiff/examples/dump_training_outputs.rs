@@ -23,11 +23,20 @@ fn main() {
 
 fn real_main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().ok_or("usage: dump_training_outputs DIR [--batch N]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .ok_or("usage: dump_training_outputs DIR [--batch N]")?,
+    );
     let mut batch = 2usize;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--batch" => batch = args.next().ok_or("--batch needs a value")?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--batch" => {
+                batch = args
+                    .next()
+                    .ok_or("--batch needs a value")?
+                    .parse()
+                    .map_err(|e| format!("--batch: {e}"))?
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -36,31 +45,61 @@ fn real_main() -> Result<(), String> {
     )
     .map_err(|e| format!("graph.json: {e}"))?;
     let params = load_params(&dir.join("params.safetensors")).map_err(|e| e.to_string())?;
-    let mut model = Model::load(&dir.join("training.onnx"), &SessionOptions::default()).map_err(|e| e.to_string())?;
-    let dims: Vec<usize> = spec.data_input.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
-    let x = ArrayD::from_shape_fn(IxDyn(&dims), |i| ((i[3] * 3 + i[2] * 5 + 40 * i[1] + 97 * i[0]) % 256) as f32);
+    let mut model = Model::load(&dir.join("training.onnx"), &SessionOptions::default())
+        .map_err(|e| e.to_string())?;
+    let dims: Vec<usize> = spec
+        .data_input
+        .shape
+        .iter()
+        .map(|&d| if d < 0 { batch } else { d as usize })
+        .collect();
+    let x = ArrayD::from_shape_fn(IxDyn(&dims), |i| {
+        ((i[3] * 3 + i[2] * 5 + 40 * i[1] + 97 * i[0]) % 256) as f32
+    });
     let labels_f = ArrayD::from_shape_fn(IxDyn(&[batch]), |i| (i[0] % 2) as f32);
     let labels_i = ArrayD::from_shape_fn(IxDyn(&[batch]), |i| (i[0] % 2) as i64);
     let masks: Vec<(String, ArrayD<f32>)> = spec
         .dropout_masks
         .iter()
         .map(|m| {
-            let shape: Vec<usize> = m.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
+            let shape: Vec<usize> = m
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { batch } else { d as usize })
+                .collect();
             let n = shape.iter().product();
-            (m.name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), dropout_mask(1, 0, m.stream, n, m.rate)).expect("mask"))
+            (
+                m.name.clone(),
+                ArrayD::from_shape_vec(IxDyn(&shape), dropout_mask(1, 0, m.stream, n, m.rate))
+                    .expect("mask"),
+            )
         })
         .collect();
     let arrays: Vec<ArrayD<f32>> = params
         .iter()
         .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param"))
         .collect();
-    let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![(spec.data_input.name.as_str(), InputTensor::F32(x.view()))];
+    let mut feeds: Vec<(&str, InputTensor<'_>)> =
+        vec![(spec.data_input.name.as_str(), InputTensor::F32(x.view()))];
     feeds.push((
         "labels",
-        if spec.labels.dtype == "int64" { InputTensor::I64(labels_i.view()) } else { InputTensor::F32(labels_f.view()) },
+        if spec.labels.dtype == "int64" {
+            InputTensor::I64(labels_i.view())
+        } else {
+            InputTensor::F32(labels_f.view())
+        },
     ));
-    feeds.extend(masks.iter().map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))));
-    feeds.extend(params.iter().zip(&arrays).map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))));
+    feeds.extend(
+        masks
+            .iter()
+            .map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))),
+    );
+    feeds.extend(
+        params
+            .iter()
+            .zip(&arrays)
+            .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
+    );
     let out = model.run(&feeds).map_err(|e| e.to_string())?;
     let mut json = serde_json::Map::new();
     let mut grads = BTreeMap::new();
@@ -85,8 +124,11 @@ fn real_main() -> Result<(), String> {
     json.insert("grads".to_owned(), serde_json::json!(grads));
     json.insert("batch".to_owned(), serde_json::json!(batch));
     let path = dir.join("rust_outputs.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -177,6 +177,12 @@ fn real_main() -> Result<(), String> {
     let head = build(Trainable::Head)?;
     let all = build(Trainable::All)?;
     eprintln!("built graphs in {:.1} s", t0.elapsed().as_secs_f64());
+    if let Ok(dump) = std::env::var("XFER_BENCH_DUMP") {
+        // For profiling with other tools: the all-layers training graph.
+        xfer_onnx::write_model(&all.training, std::path::Path::new(&dump)).map_err(|e| e.to_string())?;
+        eprintln!("wrote {dump}");
+        return Ok(());
+    }
 
     let n = o.batch;
     let x = ArrayD::from_shape_fn(IxDyn(&[n, 3, o.size as usize, o.size as usize]), |i| {

@@ -77,6 +77,7 @@ pub struct TrainingGraphBuilder {
     example_shape: Option<Vec<i64>>,
     seed: u64,
     session: SessionOptions,
+    fold_batch_norm: bool,
 }
 
 impl TrainingGraphBuilder {
@@ -95,6 +96,7 @@ impl TrainingGraphBuilder {
             example_shape: None,
             seed: 0,
             session: SessionOptions::default(),
+            fold_batch_norm: true,
         }
     }
 
@@ -137,6 +139,14 @@ impl TrainingGraphBuilder {
     /// ONNX Runtime options for the forward run that measures shapes.
     pub fn session_options(mut self, options: SessionOptions) -> Self {
         self.session = options;
+        self
+    }
+
+    /// Fold trainable `Conv -> BatchNormalization` pairs into one convolution whose kernel and
+    /// bias are computed from the parameters at run time (default on; same values and gradients,
+    /// fewer full-size passes).
+    pub fn fold_batch_norm(mut self, fold: bool) -> Self {
+        self.fold_batch_norm = fold;
         self
     }
 
@@ -487,6 +497,125 @@ fn emit_grad_output(e: &mut Emit, value: &str, name: &str, grad: Option<String>)
     Ok(())
 }
 
+/// Rewrites `Conv -> BatchNormalization` pairs that train (the conv weight, the BN scale or
+/// offset is trainable) into standard ops that fold the BatchNorm into the convolution at run
+/// time: `a = scale * inv_std; W' = W * a; b = B - mean * a; y = Conv(x, W', b)`. Same values
+/// as the pair, one full-size pass instead of three, and the generic gradients of Mul, Sub,
+/// Reshape and Conv give exactly the BatchNorm gradients (dscale = inv_std * (sum(W * dW') -
+/// mean * dB)). Only pairs where the conv has no bias, its output feeds only the BN, and the
+/// statistics are initializers. Returns the shapes of the new values.
+fn fuse_conv_bn(
+    b: &mut GraphBuilder,
+    trained: &HashSet<String>,
+) -> Result<Vec<(String, Vec<i64>)>> {
+    let mut new_shapes = Vec::new();
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    for n in &b.graph().node {
+        for i in &n.input {
+            *uses.entry(i.clone()).or_default() += 1;
+        }
+    }
+    for o in &b.graph().output {
+        *uses.entry(o.name.clone()).or_default() += 1;
+    }
+    let mut bi = 0;
+    while bi < b.graph().node.len() {
+        let bn = b.graph().node[bi].clone();
+        bi += 1;
+        if bn.op_type != "BatchNormalization"
+            || bn.input.len() < 5
+            || bn.output.len() != 1
+            || bn.attr_int("training_mode", 0) != 0
+        {
+            continue;
+        }
+        let Some(ci) = b
+            .graph()
+            .node
+            .iter()
+            .position(|n| n.op_type == "Conv" && n.output.first() == Some(&bn.input[0]))
+        else {
+            continue;
+        };
+        let conv = b.graph().node[ci].clone();
+        let (x, w) = (conv.input[0].clone(), conv.input[1].clone());
+        let has_bias = conv.input.get(2).is_some_and(|s| !s.is_empty());
+        let (scale, offset, mean, var) = (&bn.input[1], &bn.input[2], &bn.input[3], &bn.input[4]);
+        let trains = trained.contains(&w) || trained.contains(scale) || trained.contains(offset);
+        let w_dims = b.graph().initializer(&w).map(|t| t.dims.clone());
+        let var_values = b.graph().initializer(var).map(TensorProto::to_f32);
+        let mean_is_const = b.graph().initializer(mean).is_some();
+        let (Some(w_dims), Some(Ok(var_values))) = (w_dims, var_values) else {
+            continue;
+        };
+        if !trains
+            || has_bias
+            || !mean_is_const
+            || uses.get(&conv.output[0]).copied().unwrap_or(0) != 1
+            || w_dims.len() != 4
+        {
+            continue;
+        }
+        let c = w_dims[0];
+        let eps = f64::from(bn.attr_float("epsilon", 1e-5));
+        let inv: Vec<f32> = var_values
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        let base = bn.output[0].clone();
+        let inv_std = b.constant_f32(&format!("{base}.fold_inv_std"), &[c], &inv);
+        let shape4 = b.constant_i64(&format!("{base}.fold_shape"), &[4], &[c, 1, 1, 1]);
+        let names: Vec<String> = [
+            "fold_a",
+            "fold_a4",
+            "fold_kernel",
+            "fold_mean_a",
+            "fold_bias",
+        ]
+        .iter()
+        .map(|s| b.unique(&format!("{base}.{s}")))
+        .collect();
+        let mk = |op: &str,
+                  inputs: &[&str],
+                  out: &str,
+                  attribute: Vec<xfer_onnx::AttributeProto>| NodeProto {
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![out.to_owned()],
+            name: format!("{out}_node"),
+            op_type: op.to_owned(),
+            attribute,
+            ..Default::default()
+        };
+        let mut fused_conv = conv.clone();
+        fused_conv.input = vec![x, names[2].clone(), names[4].clone()];
+        fused_conv.output = vec![base.clone()];
+        fused_conv.name = format!("{}_folded", bn.name);
+        let replacement = vec![
+            mk("Mul", &[scale, &inv_std], &names[0], vec![]),
+            mk("Reshape", &[&names[0], &shape4], &names[1], vec![]),
+            mk("Mul", &[&w, &names[1]], &names[2], vec![]),
+            mk("Mul", &[mean, &names[0]], &names[3], vec![]),
+            mk("Sub", &[offset, &names[3]], &names[4], vec![]),
+            fused_conv,
+        ];
+        new_shapes.extend([
+            (inv_std.clone(), vec![c]),
+            (names[0].clone(), vec![c]),
+            (names[1].clone(), vec![c, 1, 1, 1]),
+            (names[2].clone(), w_dims.clone()),
+            (names[3].clone(), vec![c]),
+            (names[4].clone(), vec![c]),
+        ]);
+        let nodes = &mut b.graph_mut().node;
+        let bn_pos = bi - 1;
+        let added = replacement.len();
+        nodes.splice(bn_pos..bn_pos + 1, replacement);
+        nodes.remove(ci);
+        bi = bn_pos + added - 1;
+    }
+    Ok(new_shapes)
+}
+
 struct ForwardDropout {
     index: usize,
     input: String,
@@ -592,6 +721,12 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
             });
         }
     }
+    let original_values: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .chain(graph.input.iter().map(|v| v.name.clone()))
+        .collect();
     let mut mask_names = Vec::new();
     for d in &dropouts {
         let mask = b.unique(&format!("{}_mask", d.output));
@@ -602,6 +737,12 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
         node.output.truncate(1);
         mask_names.push(mask);
     }
+    let folded_shapes = if cfg.fold_batch_norm {
+        fuse_conv_bn(&mut b, &trained_set)?
+    } else {
+        Vec::new()
+    };
+    let forward_len = b.graph().node.len();
     for n in ["logits", "loss", "labels"] {
         reserve(&mut b, n)?;
     }
@@ -631,12 +772,15 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
     let req = engine::requires_grad(&nodes, &trained_set);
     let needed = engine::reaches(&nodes, &[&logits]);
     let order = engine::backward_nodes(&nodes, &req, &needed)?;
-    let forward_len = graph.node.len();
     let forward_order: Vec<usize> = order.iter().copied().filter(|&i| i < forward_len).collect();
-    let mut want = values_of(&graph.node, &forward_order);
+    let mut want: Vec<String> = values_of(&nodes, &forward_order)
+        .into_iter()
+        .filter(|v| original_values.contains(v))
+        .collect();
     want.push(features.clone());
     want.extend(dropouts.iter().map(|d| d.input.clone()));
     let mut shapes = probe(&graph, cfg.forward.opset(), &inputs, &want, &cfg.session)?;
+    shapes.extend(folded_shapes);
     let feat_shape = shapes
         .get(&features)
         .cloned()

@@ -28,10 +28,9 @@ pub(crate) fn vjp(
     match node.op_type.as_str() {
         "Identity" | "Dropout" => out[0] = Some(g.to_owned()),
         "Relu" => {
-            // Greater(Y, 0) -> Cast -> Mul; using Y keeps Conv+Relu fusion possible.
-            let zero = e.scalar(0.0);
-            let pos = e.op("Greater", &[y, &zero], vec![]);
-            let mask = e.cast_f32(&pos);
+            // Y >= 0, so Sign(Y) is the 0/1 mask in one op (cheaper than Greater -> Cast);
+            // using Y keeps Conv+Relu fusion possible.
+            let mask = e.op("Sign", &[y], vec![]);
             out[0] = Some(e.op("Mul", &[g, &mask], vec![]));
         }
         "Sigmoid" => {

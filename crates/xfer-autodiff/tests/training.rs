@@ -431,3 +431,66 @@ fn selection_errors_are_clear() {
         .expect_err("bce with two units");
     assert!(err.to_string().contains("dense:1"), "{err}");
 }
+
+#[test]
+fn folding_batch_norm_into_convs_keeps_loss_and_gradients() {
+    let build = |fold: bool| {
+        TrainingGraphBuilder::new(tiny_cnn(7))
+            .head(HeadSpec::Dense {
+                units: 1,
+                dropout: 0.0,
+            })
+            .fold_batch_norm(fold)
+            .build()
+            .expect("graph")
+    };
+    let (folded, plain) = (build(true), build(false));
+    let count = |tg: &TrainingGraphs| {
+        tg.training
+            .graph
+            .as_ref()
+            .expect("graph")
+            .node
+            .iter()
+            .filter(|n| n.op_type == "BatchNormalization")
+            .count()
+    };
+    assert_eq!(count(&folded), 0, "both conv->BN pairs train, so both fold");
+    assert_eq!(count(&plain), 2);
+    let mut rng = Rng(13);
+    let x = image_batch(&mut rng, 4);
+    let labels = ArrayD::from_shape_vec(IxDyn(&[4]), vec![0.0f32, 1.0, 1.0, 0.0]).expect("labels");
+    let a = step(
+        &mut session(&folded.training),
+        &folded,
+        &folded.params,
+        &x,
+        Some(&labels),
+        None,
+        &[],
+    );
+    let b = step(
+        &mut session(&plain.training),
+        &plain,
+        &plain.params,
+        &x,
+        Some(&labels),
+        None,
+        &[],
+    );
+    assert!(
+        (a.loss - b.loss).abs() < 1e-6,
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
+    for (name, ga) in &a.grads {
+        let gb = &b.grads[name];
+        let scale = gb.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let diff = (ga - gb).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: max diff {diff} (scale {scale})"
+        );
+    }
+}

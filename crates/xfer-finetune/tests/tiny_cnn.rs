@@ -427,19 +427,24 @@ fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
-fn training_is_seeded() {
+fn training_and_augmentation_are_seeded() {
     let f = fixture();
-    let params_of = |name: &str, seed: u64| {
+    let params_of = |name: &str, seed: u64, augment: bool| {
         let mut cfg = config(&f, 1, 0);
         cfg.seed = seed;
+        if !augment {
+            cfg.augmentation.flip = false;
+            cfg.augmentation.rotation = 0.0;
+        }
         let run = f.root.join(name);
         run_to_end(&cfg, &options(&run));
         let ckpt = Checkpoint::load(&Checkpoint::last_path(&run)).expect("ckpt");
         bits(&checkpoint_parameters(&ckpt)["head.kernel"].data)
     };
-    let a = params_of("a", 5);
-    assert_eq!(a, params_of("b", 5), "same seed, different result");
-    assert_ne!(a, params_of("c", 6), "another seed gave the same result");
+    let a = params_of("a", 5, true);
+    assert_eq!(a, params_of("b", 5, true), "same seed, different result");
+    assert_ne!(a, params_of("c", 6, true), "another seed gave the same result");
+    assert_ne!(a, params_of("d", 5, false), "augmentation changed nothing");
 }
 
 #[test]

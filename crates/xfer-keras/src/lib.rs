@@ -9,6 +9,8 @@
 //! * Input `pixels`: float32 NCHW `[N, C, H, W]`, RGB, values 0..255; `N`, `H`,
 //!   `W` are symbolic. The preprocessing (Xception: `x/127.5 - 1`) is inside
 //!   the graph.
+//! * Each layer's output value is named after the Keras layer (`block1_conv1_act`,
+//!   `add_3`), so a graph can be cut or frozen at a named layer.
 //! * Every activation inside the graph is NCHW (Keras is NHWC; values are the
 //!   same, only the layout differs).
 //! * Output `features` `[N, D]`: the base model's globally average-pooled

@@ -632,6 +632,15 @@ fn tiny_xception(
     h: Option<usize>,
     w: Option<usize>,
 ) -> (KerasModel, impl Fn(&Array4<f64>) -> Features) {
+    tiny_xception_with(h, w, "linear")
+}
+
+/// [`tiny_xception`] whose last Dense has activation `head_activation` (`linear` or `softmax`).
+fn tiny_xception_with(
+    h: Option<usize>,
+    w: Option<usize>,
+    head_activation: &str,
+) -> (KerasModel, impl Fn(&Array4<f64>) -> Features) {
     let mut base = Builder::new("base", "layers/functional", [h, w, Some(3)]);
     let c1 = arr(&[3, 3, 3, 4], 30, -0.2, 0.2);
     let bn1 = [
@@ -767,7 +776,7 @@ fn tiny_xception(
     top.push(
         "Dense",
         "dense_1",
-        json!({"units": 3, "activation": "linear", "use_bias": true}),
+        json!({"units": 3, "activation": head_activation, "use_bias": true}),
         vec![d2k.clone(), d2b.clone()],
         &["dropout"],
     );
@@ -878,10 +887,10 @@ fn nested_base_with_residual_add_base_only() {
 
 #[test]
 fn nested_base_with_head_gives_features_and_probabilities() {
-    let (model, reference) = tiny_xception(None, None);
-    let x = pixels(3, 17, 14, 3, 61);
-    let (features, probs) = reference(&x);
-    for fold in [true, false] {
+    for (head_activation, fold) in [("linear", true), ("linear", false), ("softmax", true)] {
+        let (model, reference) = tiny_xception_with(None, None, head_activation);
+        let x = pixels(3, 17, 14, 3, 61);
+        let (features, probs) = reference(&x);
         let options = ConvertOptions {
             part: Part::WithHead,
             fold_batch_norm: fold,
@@ -912,6 +921,9 @@ fn nested_base_with_head_gives_features_and_probabilities() {
         ] {
             assert!(graph.initializer(name).is_some(), "missing {name}");
         }
+        // Logits get a softmax added; a softmax head is not wrapped in a second one.
+        let softmaxes = graph.node.iter().filter(|n| n.op_type == "Softmax").count();
+        assert_eq!(softmaxes, 1, "head activation {head_activation}");
     }
 }
 
@@ -938,7 +950,7 @@ fn fold_for_inference_of_the_training_graph_matches_and_removes_batch_norm() {
 }
 
 #[test]
-fn dense_sigmoid_head_is_not_wrapped_again() {
+fn model_without_nested_base_uses_its_own_output_as_features() {
     let mut b = Builder::new("m", "", [None, None, Some(3)]);
     b.push(
         "GlobalAveragePooling2D",

@@ -191,3 +191,43 @@ fn kitchenware_head_classifies_the_labelled_photos() {
         "only {correct} of {total} photos classified correctly"
     );
 }
+
+#[test]
+fn bare_weights_file_with_config_reads_like_the_keras_zip() {
+    use std::io::Read;
+    let keras_path = require(&root().join(KERAS_FILE));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut archive =
+        zip::ZipArchive::new(std::fs::File::open(&keras_path).expect("open")).expect("zip");
+    for (entry, name) in [
+        ("config.json", "config.json"),
+        ("model.weights.h5", "model.weights.h5"),
+    ] {
+        let mut bytes = Vec::new();
+        archive
+            .by_name(entry)
+            .expect("entry")
+            .read_to_end(&mut bytes)
+            .expect("read");
+        std::fs::write(tmp.path().join(name), bytes).expect("write");
+    }
+    let from_zip = KerasModel::open(&keras_path).expect("zip");
+    let from_h5 =
+        KerasModel::open(&tmp.path().join("model.weights.h5")).expect("h5 + config.json beside it");
+    assert_eq!(from_zip.config, from_h5.config);
+    assert_eq!(from_zip.weights.len(), from_h5.weights.len());
+    let path = "layers/functional/layers/separable_conv2d_33/vars/1";
+    assert_eq!(
+        from_h5.weights[path].shape(),
+        &[1, 1, 1536, 2048],
+        "block14_sepconv2 pointwise kernel"
+    );
+    assert_eq!(from_zip.weights[path], from_h5.weights[path]);
+
+    // Without a config.json beside it, the error says where it looked.
+    std::fs::remove_file(tmp.path().join("config.json")).expect("rm");
+    let err = KerasModel::open(&tmp.path().join("model.weights.h5"))
+        .expect_err("no config")
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+}

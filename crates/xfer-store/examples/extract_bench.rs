@@ -5,7 +5,7 @@
 //! `cargo run --release -p xfer-store --example extract_bench -- [DATA] [MODEL] [N] [BATCH]`
 //! (defaults: data/cats_vs_dogs models/xception 512 32).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array4, Axis};
@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(2).map_or(Ok(512), |s| s.parse())?;
     let batch: usize = args.get(3).map_or(Ok(32), |s| s.parse())?;
 
+    let t = Instant::now();
     let mut backbone = Backbone::load(&model, &SessionOptions::default())?;
+    let session_load = t.elapsed().as_secs_f64();
     let [h, w] = backbone.manifest.image_size;
     let dataset = xfer_data::Dataset::open(&data)?;
     let mut examples = dataset.examples().to_vec();
@@ -27,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples.truncate(n);
     let n = examples.len();
 
-    // Bare ORT: decode everything first (not timed), then time only session.run.
+    // Bare ORT: the same images decoded up front (not timed); only session.run is timed.
     let mut batches = Vec::new();
     for chunk in examples.chunks(batch) {
         let mut pixels = Array4::<f32>::zeros((chunk.len(), 3, h as usize, w as usize));
@@ -39,40 +41,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batches.push(pixels);
     }
     backbone.embed(batches[0].view())?; // warm-up
-    let t = Instant::now();
-    for b in &batches {
-        std::hint::black_box(backbone.embed(b.view())?);
-    }
-    let bare = t.elapsed().as_secs_f64();
-    drop(batches);
-    drop(backbone);
 
-    // Pipeline: a fresh store, everything included.
-    let store = tempfile::tempdir()?;
-    let mut config = ExtractConfig::new(&data, &model, store.path())?;
+    let mut config = ExtractConfig::new(&data, &model, Path::new("unused"))?;
     config.splits = SplitAssignment::parse("all")?;
     config.batch_size = batch;
     config.limit = Some(n);
-    let t = Instant::now();
-    let summary = extract(&config, &mut |_| {})?;
-    let pipeline = t.elapsed().as_secs_f64();
-    assert_eq!(summary.embedded, n);
 
-    // Cached rerun.
-    let t = Instant::now();
-    let again = extract(&config, &mut |_| {})?;
-    let rerun = t.elapsed().as_secs_f64();
-    assert_eq!(again.embedded, 0);
+    // Alternate the two (the machine may be shared), keep the best round of each.
+    let rounds = 2;
+    let (mut bare, mut pipeline, mut in_ort, mut rerun) = (f64::MAX, f64::MAX, 0.0, f64::MAX);
+    for round in 0..rounds {
+        let t = Instant::now();
+        for b in &batches {
+            std::hint::black_box(backbone.embed(b.view())?);
+        }
+        let b = t.elapsed().as_secs_f64();
+        // Pipeline: a fresh store; reading, hashing, decoding, session creation and writing included.
+        let store = tempfile::tempdir()?;
+        config.store = store.path().to_path_buf();
+        let t = Instant::now();
+        let summary = extract(&config, &mut |_| {})?;
+        let p = t.elapsed().as_secs_f64();
+        assert_eq!(summary.embedded, n);
+        let t = Instant::now();
+        let again = extract(&config, &mut |_| {})?;
+        let r = t.elapsed().as_secs_f64();
+        assert_eq!(again.embedded, 0);
+        println!(
+            "round {round}: bare {:.1} images/s, pipeline {:.1} images/s ({:.2}x), rerun {r:.3}s",
+            n as f64 / b,
+            n as f64 / p,
+            b / p
+        );
+        bare = bare.min(b);
+        if p < pipeline {
+            pipeline = p;
+            in_ort = summary.inference.as_secs_f64();
+        }
+        rerun = rerun.min(r);
+    }
 
-    println!("images {n}, batch {batch}, model {}", model.display());
+    println!(
+        "images {n}, batch {batch}, model {} (session creation {session_load:.2}s)",
+        model.display()
+    );
     println!(
         "bare ORT session.run   {:8.1} images/s ({bare:.2}s)",
         n as f64 / bare
     );
     println!(
-        "extract pipeline       {:8.1} images/s ({pipeline:.2}s, {:.2}s of it in ORT) = {:.2}x bare",
+        "extract pipeline       {:8.1} images/s ({pipeline:.2}s, {in_ort:.2}s of it in ORT) = {:.2}x bare",
         n as f64 / pipeline,
-        summary.inference.as_secs_f64(),
         bare / pipeline
     );
     println!(

@@ -23,7 +23,9 @@ mod reader;
 pub mod schema;
 mod writer;
 
-pub use reader::{CompactSummary, LoadedSplit, StoreFile, StoreInfo, StoreReader, StoredKey};
+pub use reader::{
+    CompactSummary, LoadedSplit, ModelInfo, StoreFile, StoreInfo, StoreReader, StoredKey,
+};
 pub use schema::{StoreMetadata, content_hash};
 pub use writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 

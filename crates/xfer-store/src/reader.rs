@@ -17,8 +17,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::schema::{
-    COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_LABEL_NAME, COL_MODEL, COL_SPLIT,
-    StoreMetadata,
+    COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_MODEL, COL_SPLIT, StoreMetadata,
 };
 use crate::{Error, Result, io_err, pq_err};
 
@@ -722,7 +721,6 @@ fn read_file_meta(path: &Path) -> Result<StoreFile> {
             });
         }
     }
-    let _ = COL_LABEL_NAME;
     Ok(StoreFile {
         path: path.to_path_buf(),
         meta,

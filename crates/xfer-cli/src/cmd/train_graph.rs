@@ -66,7 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(s) => parse_size(s)?,
         None => manifest.image_size,
     };
-    let forward = xfer_onnx::read_model(&source).with_context(|| format!("reading {}", source.display()))?;
+    let forward =
+        xfer_onnx::read_model(&source).with_context(|| format!("reading {}", source.display()))?;
     let session = SessionOptions {
         ort_lib: args.ort_lib.clone(),
         ..Default::default()
@@ -82,13 +83,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .with_context(|| format!("building the training graph of {}", source.display()))?;
 
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     xfer_onnx::write_model(&graphs.training, &args.out.join("training.onnx"))?;
     xfer_onnx::write_model(&graphs.eval, &args.out.join("eval.onnx"))?;
     let mut meta = HashMap::new();
     meta.insert("model".to_owned(), manifest.name.clone());
     meta.insert("source".to_owned(), source.display().to_string());
-    xfer_autodiff::save_params(&args.out.join("params.safetensors"), &graphs.params, Some(meta))?;
+    xfer_autodiff::save_params(
+        &args.out.join("params.safetensors"),
+        &graphs.params,
+        Some(meta),
+    )?;
     let json = serde_json::to_string_pretty(&graphs.spec).context("encoding graph.json")?;
     write_atomic(&args.out.join("graph.json"), json.as_bytes())?;
 
@@ -102,7 +108,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         nodes(&graphs.training),
         nodes(&graphs.eval),
     );
-    println!("wrote {}/{{training.onnx, eval.onnx, params.safetensors, graph.json}}", args.out.display());
+    println!(
+        "wrote {}/{{training.onnx, eval.onnx, params.safetensors, graph.json}}",
+        args.out.display()
+    );
     Ok(())
 }
 
