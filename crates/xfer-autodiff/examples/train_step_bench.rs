@@ -179,7 +179,8 @@ fn real_main() -> Result<(), String> {
     eprintln!("built graphs in {:.1} s", t0.elapsed().as_secs_f64());
     if let Ok(dump) = std::env::var("XFER_BENCH_DUMP") {
         // For profiling with other tools: the all-layers training graph.
-        xfer_onnx::write_model(&all.training, std::path::Path::new(&dump)).map_err(|e| e.to_string())?;
+        xfer_onnx::write_model(&all.training, std::path::Path::new(&dump))
+            .map_err(|e| e.to_string())?;
         eprintln!("wrote {dump}");
         return Ok(());
     }

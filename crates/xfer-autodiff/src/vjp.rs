@@ -569,13 +569,24 @@ fn conv_weight_grad(
 ) -> String {
     let (c_in, c_out, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
     if group == 1 && kh == 1 && kw == 1 && pads.iter().all(|&p| p == 0) {
-        // 1x1: channel-first matrices and one Gemm with transB.
         let xsub = if strides == [1, 1] {
             x.to_owned()
         } else {
             let ends = [(ys[2] - 1) * strides[0] + 1, (ys[3] - 1) * strides[1] + 1];
             e.slice(x, &[0, 0], &ends, &[2, 3], strides)
         };
+        let area = ys[2] * ys[3];
+        if area >= LARGE_MAP {
+            // Large maps: batched MatMul [N,O,HW] x [N,HW,I] (ONNX Runtime fuses the Transpose
+            // into the MatMul), then a sum over the batch of the small [N,O,I] result.
+            let g3 = e.reshape(g, &[0, c_out, area]);
+            let x3 = e.reshape(&xsub, &[0, c_in, area]);
+            let x3t = e.transpose(&x3, &[0, 2, 1]);
+            let per = e.op("MatMul", &[&g3, &x3t], vec![]);
+            let dw = e.reduce_sum(&per, &[0], false);
+            return e.reshape(&dw, &[c_out, c_in, 1, 1]);
+        }
+        // Small maps, many channels: channel-first matrices and one Gemm with transB.
         let gt = e.transpose(g, &[1, 0, 2, 3]);
         let g2 = e.reshape(&gt, &[c_out, -1]);
         let xt = e.transpose(&xsub, &[1, 0, 2, 3]);
@@ -625,6 +636,9 @@ fn conv_weight_grad(
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     e.op("Concat", &refs, vec![attr::int("axis", 0)])
 }
+
+/// Output maps at least this large (H*W) use the batched-MatMul 1x1 weight gradient.
+const LARGE_MAP: i64 = 1024;
 
 fn average_pool(e: &mut Emit, node: &NodeProto, g: &str) -> Result<String> {
     let x = node.input[0].as_str();

@@ -265,6 +265,12 @@ fn conv_pointwise_1x1() {
 }
 
 #[test]
+fn conv_pointwise_1x1_large_map() {
+    // 33x33 >= 1024 positions: the batched-MatMul weight gradient.
+    conv_case(26, &[2, 3, 33, 33], &[2, 3, 1, 1], false, vec![]);
+}
+
+#[test]
 fn conv_1x1_stride2_same_upper_odd_size() {
     // Xception's residual convolutions.
     conv_case(

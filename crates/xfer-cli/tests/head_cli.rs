@@ -257,6 +257,48 @@ fn train_evaluate_export_predict_agree() {
         assert_eq!(p["top_k"].as_array().expect("top_k").len(), 2);
     }
 
+    // the exported model evaluated on the images themselves agrees with the store-based rows
+    let all_predictions = root.join("all.jsonl");
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "evaluate",
+            "--model",
+            path(&exported),
+            "--data",
+            path(&data),
+            "--splits",
+            "all=train[:100%]",
+            "--split",
+            "all",
+            "--json",
+            "--predictions",
+            path(&all_predictions),
+        ],
+        &cwd,
+    );
+    assert!(ok, "evaluate --model failed:\n{stdout}\n{stderr}");
+    let eval_images: serde_json::Value = serde_json::from_str(&stdout).expect("metrics json");
+    assert_eq!(eval_images["rows"], 60);
+    assert_eq!(eval_images["accuracy"], 1.0);
+    let by_id: std::collections::HashMap<String, serde_json::Value> =
+        std::fs::read_to_string(&all_predictions)
+            .expect("predictions")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                (v["id"].as_str().expect("id").to_owned(), v)
+            })
+            .collect();
+    for l in &lines {
+        let from_images = &by_id[l["id"].as_str().expect("id")];
+        assert_eq!(from_images["predicted"], l["predicted"]);
+        for c in 0..2 {
+            let a = from_images["probabilities"][c].as_f64().expect("p");
+            let b = l["probabilities"][c].as_f64().expect("p");
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
+    }
+
     // a head trained for one backbone refuses embeddings of another
     let other_model = root.join("models/other");
     let other_store = root.join("store-other");

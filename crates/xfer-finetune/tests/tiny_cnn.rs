@@ -443,7 +443,11 @@ fn training_and_augmentation_are_seeded() {
     };
     let a = params_of("a", 5, true);
     assert_eq!(a, params_of("b", 5, true), "same seed, different result");
-    assert_ne!(a, params_of("c", 6, true), "another seed gave the same result");
+    assert_ne!(
+        a,
+        params_of("c", 6, true),
+        "another seed gave the same result"
+    );
     assert_ne!(a, params_of("d", 5, false), "augmentation changed nothing");
 }
 

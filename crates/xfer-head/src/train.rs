@@ -202,14 +202,17 @@ pub fn train(
         train_split: train.name.to_owned(),
         val_split: val.map(|v| v.name.to_owned()),
         solver: format!(
-            "linfa-logistic 0.8 L-BFGS ({kind:?}, {})",
+            "linfa-logistic 0.8 L-BFGS ({}, {})",
+            match kind {
+                HeadKind::Binary => "binary",
+                HeadKind::Multinomial => "multinomial",
+            },
             if l2_source == "given" {
                 "from zero"
             } else {
                 "warm-started down the L2 grid"
             }
-        )
-        .to_lowercase(),
+        ),
     };
     let fit_head =
         |l2: f64, hp: HyperParameters, warm: Option<&RawParams>| -> Result<(Head, RawParams)> {

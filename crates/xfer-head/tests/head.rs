@@ -485,3 +485,58 @@ fn export_merges_backbone_and_head() {
     .expect_err("missing output");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+/// Warm starts along the grid reach the same optimum as a fit from zero.
+#[test]
+fn grid_choice_equals_a_fit_from_zero_at_that_strength() {
+    let mut rng = Rng(17);
+    let (n, d) = (240, 6);
+    let mut x = Array2::<f32>::zeros((n, d));
+    let mut y = Vec::new();
+    for i in 0..n {
+        let label = i % 3;
+        for j in 0..d {
+            x[[i, j]] = (rng.normal() + if j % 3 == label { 1.0 } else { 0.0 }) as f32;
+        }
+        y.push(label as i32);
+    }
+    let (xt, yt) = (x.slice(s![..n / 2, ..]), &y[..n / 2]);
+    let (xv, yv) = (x.slice(s![n / 2.., ..]), &y[n / 2..]);
+    let train_split = Split {
+        name: "train",
+        features: xt,
+        labels: yt,
+    };
+    let val_split = Split {
+        name: "val",
+        features: xv,
+        labels: yv,
+    };
+    let grid = TrainOptions {
+        gradient_tolerance: 1e-9,
+        ..TrainOptions::default()
+    };
+    let chosen = train(
+        &train_split,
+        Some(&val_split),
+        &names(3),
+        FINGERPRINT,
+        &grid,
+    )
+    .expect("grid");
+    assert!(chosen.hyper_parameters.solver.contains("warm-started"));
+    let direct = TrainOptions {
+        l2: Some(chosen.hyper_parameters.l2),
+        ..grid.clone()
+    };
+    let fresh = train(&train_split, None, &names(3), FINGERPRINT, &direct).expect("direct");
+    assert!(fresh.hyper_parameters.solver.contains("from zero"));
+    let a = chosen.probabilities(xv).expect("p");
+    let b = fresh.probabilities(xv).expect("p");
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "max probability difference {diff}");
+}

@@ -231,6 +231,8 @@ pub struct ExtractConfig {
     pub limit: Option<usize>,
     /// Resize method.
     pub resize: ResizeMethod,
+    /// Move stored rows whose split changed to their new split (copying the embedding) instead of refusing.
+    pub retag: bool,
 }
 
 impl ExtractConfig {
@@ -252,6 +254,7 @@ impl ExtractConfig {
             rows_per_part: WriterOptions::default().rows_per_part,
             limit: None,
             resize: ResizeMethod::Bilinear,
+            retag: false,
         })
     }
 }
@@ -294,6 +297,8 @@ pub struct ExtractSummary {
     pub embedded: usize,
     /// Of those, images whose bytes changed since they were stored.
     pub changed: usize,
+    /// Images moved to another split with their stored embedding (`retag`).
+    pub retagged: usize,
     /// Images already in the store.
     pub cached: usize,
     /// Images skipped, with reasons.
@@ -340,6 +345,13 @@ impl fmt::Display for ExtractSummary {
         write!(f, "embedded {}", self.embedded)?;
         if self.changed > 0 {
             write!(f, " ({} changed since stored)", self.changed)?;
+        }
+        if self.retagged > 0 {
+            write!(
+                f,
+                ", retagged {} (split changed, embedding kept)",
+                self.retagged
+            )?;
         }
         writeln!(
             f,
@@ -484,30 +496,55 @@ pub fn extract(
             stored.insert(k.id, (k.content_hash, k.split));
         }
     }
-    let retagged: Vec<String> = selected
-        .iter()
-        .filter_map(|(e, s)| match stored.get(&e.id) {
-            Some((_, old)) if old != s => Some(format!("{} (stored `{old}`, now `{s}`)", e.id)),
-            _ => None,
-        })
+    // Images stored under another split than the assignment gives now (a different
+    // --split/--seed, or files added to the dataset moved a boundary).
+    let moved: Vec<usize> = (0..selected.len())
+        .filter(
+            |&i| matches!(stored.get(&selected[i].0.id), Some((_, old)) if *old != selected[i].1),
+        )
         .collect();
-    if !retagged.is_empty() {
+    if !moved.is_empty() && !config.retag {
+        let examples: Vec<String> = moved
+            .iter()
+            .take(3)
+            .map(|&i| {
+                let (e, s) = &selected[i];
+                let old = stored.get(&e.id).map(|(_, o)| o.as_str()).unwrap_or("");
+                format!("{} (stored `{old}`, now `{s}`)", e.id)
+            })
+            .collect();
         return Err(Error::Inconsistent {
             store: config.store.display().to_string(),
             reason: format!(
-                "{} image(s) are stored under another split than --split {} --seed {} gives now, e.g. {}; use the --split and --seed the store was made with, or another --store",
-                retagged.len(),
+                "{} image(s) are stored under another split than --split {} --seed {} gives now, e.g. {}; use the --split and --seed the store was made with, pass --retag to move the stored rows to the new splits (no re-embedding), or use another --store",
+                moved.len(),
                 config.splits,
                 config.seed,
-                retagged
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                examples.join(", ")
             ),
         });
     }
+    // Unchanged moved images get a new row with the stored embedding; changed ones are re-embedded.
+    let mut retag: HashMap<String, EmbeddingRecord> = HashMap::new();
+    for &i in &moved {
+        let (e, split) = &selected[i];
+        let Ok(bytes) = xfer_data::read_image_file(&e.path) else {
+            continue;
+        };
+        let hash = content_hash(&bytes);
+        if stored.get(&e.id).map(|(h, _)| h) == Some(&hash) {
+            retag.insert(
+                e.id.clone(),
+                EmbeddingRecord {
+                    id: e.id.clone(),
+                    label: i32::try_from(e.label).unwrap_or(i32::MAX),
+                    split: split.clone(),
+                    content_hash: hash,
+                },
+            );
+        }
+    }
+    selected.retain(|(e, _)| !retag.contains_key(&e.id));
     let stored_hash: Arc<HashMap<String, String>> = Arc::new(
         stored
             .into_iter()
@@ -649,6 +686,25 @@ pub fn extract(
         ..Default::default()
     };
     let mut writer = EmbeddingWriter::create(&config.store, meta, &writer_options)?;
+    if !retag.is_empty() {
+        let ids: std::collections::HashSet<String> = retag.keys().cloned().collect();
+        let (keys, features) = store.load_rows(&manifest.fingerprint, &ids)?;
+        let records: Vec<EmbeddingRecord> = keys
+            .iter()
+            .filter_map(|k| retag.get(&k.id).cloned())
+            .collect();
+        if records.len() != keys.len() {
+            return Err(Error::InvalidRows {
+                op: "extract --retag",
+                reason: "stored rows changed while retagging".to_owned(),
+            });
+        }
+        writer.append(&records, features.view())?;
+        summary.retagged = records.len();
+        state.done += records.len();
+        state.total += records.len();
+        progress(&state);
+    }
     let writer_thread = std::thread::Builder::new()
         .name("xfer-extract-write".into())
         .spawn(move || -> Result<WriteSummary> {
@@ -732,7 +788,7 @@ pub fn extract(
             reason: "the decoder thread panicked".to_owned(),
         }));
     }
-    if written.rows != state.embedded {
+    if written.rows != state.embedded + summary.retagged {
         return Err(Error::InvalidRows {
             op: "extract",
             reason: format!(

@@ -135,7 +135,7 @@ impl std::fmt::Display for StoreInfo {
             if m.superseded > 0 {
                 write!(
                     f,
-                    " (+{} superseded by changed images; run `xfer store compact`)",
+                    " (+{} superseded by newer rows; `xfer store compact` drops them)",
                     m.superseded
                 )?;
             }
@@ -441,7 +441,18 @@ impl StoreReader {
             });
         }
         chosen.sort_by(|a, b| a.key.id.cmp(&b.key.id));
-        let dim = meta.feature_dim;
+        let features = self.read_embeddings(&chosen, meta.feature_dim)?;
+        Ok(LoadedSplit {
+            features,
+            labels: chosen.iter().map(|r| r.key.label).collect(),
+            ids: chosen.iter().map(|r| r.key.id.clone()).collect(),
+            classes: meta.classes,
+            fingerprint: fp,
+        })
+    }
+
+    /// Reads the embeddings of `chosen` rows into a matrix, in the order given.
+    fn read_embeddings(&self, chosen: &[&IndexRow], dim: usize) -> Result<Array2<f32>> {
         let n = chosen.len();
         let mut features = Array2::<f32>::zeros((n, dim));
         // (file, row) -> destination row.
@@ -489,13 +500,26 @@ impl StoreReader {
                 offset += batch.num_rows();
             }
         }
-        Ok(LoadedSplit {
-            features,
-            labels: chosen.iter().map(|r| r.key.label).collect(),
-            ids: chosen.iter().map(|r| r.key.id.clone()).collect(),
-            classes: meta.classes,
-            fingerprint: fp,
-        })
+        Ok(features)
+    }
+
+    /// The live rows of model `fingerprint` for `ids` (those stored), with their embeddings.
+    pub fn load_rows(
+        &self,
+        fingerprint: &str,
+        ids: &std::collections::HashSet<String>,
+    ) -> Result<(Vec<StoredKey>, Array2<f32>)> {
+        let dim = self
+            .model_metadata(fingerprint)?
+            .map(|m| m.feature_dim)
+            .unwrap_or(0);
+        let index = self.index()?;
+        let chosen: Vec<&IndexRow> = index
+            .iter()
+            .filter(|r| r.key.live && r.key.model == fingerprint && ids.contains(&r.key.id))
+            .collect();
+        let features = self.read_embeddings(&chosen, dim)?;
+        Ok((chosen.iter().map(|r| r.key.clone()).collect(), features))
     }
 
     /// Row counts per model, split and label; dimension; size on disk.

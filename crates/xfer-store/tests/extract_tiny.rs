@@ -125,10 +125,15 @@ fn config(f: &Fixture, store: &Path) -> ExtractConfig {
     c
 }
 
-/// (id → (split, hash, embedding)) of all live rows, with a check that each (id, model) occurs once.
+/// (id → (split, hash, embedding)) of all live rows, with a check that each id is live once.
 fn rows(store: &Path) -> BTreeMap<String, (String, String, Vec<f32>)> {
     let reader = StoreReader::open(store).expect("open store");
-    let keys = reader.stored_keys().expect("keys");
+    let keys: Vec<_> = reader
+        .stored_keys()
+        .expect("keys")
+        .into_iter()
+        .filter(|k| k.live)
+        .collect();
     let mut ids: Vec<&String> = keys.iter().map(|k| &k.id).collect();
     ids.sort();
     let before = ids.len();
@@ -169,6 +174,11 @@ fn full_run_stores_each_image_once_and_rerun_embeds_nothing() {
 
     let stored = rows(&f.store);
     assert_eq!(stored.len(), 30);
+    let all_keys = StoreReader::open(&f.store)
+        .expect("open")
+        .stored_keys()
+        .expect("keys");
+    assert_eq!(all_keys.len(), 30, "no duplicate or superseded rows at all");
     let splits: std::collections::BTreeSet<&str> =
         stored.values().map(|(s, _, _)| s.as_str()).collect();
     assert_eq!(
@@ -316,13 +326,53 @@ fn unreadable_images_are_skipped_with_a_reason_or_stop_the_run() {
 }
 
 #[test]
-fn changing_the_split_assignment_of_a_store_is_refused() {
+fn changing_the_split_assignment_is_refused_unless_retag_moves_the_rows() {
     let f = fixture(5);
     extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    let before = rows(&f.store);
     let mut c = config(&f, &f.store);
     c.seed = 7;
     let err = extract(&c, &mut |_| {}).expect_err("retag");
     assert!(err.to_string().contains("another split"), "{err}");
+    assert!(err.to_string().contains("--retag"), "{err}");
+
+    c.retag = true;
+    let s = extract(&c, &mut |_| {}).expect("retag");
+    assert!(s.retagged > 0, "seed 7 moves some images");
+    assert_eq!(s.embedded, 0, "moved rows keep their stored embedding");
+    assert_eq!(s.retagged + s.cached, 10);
+    let after = rows(&f.store);
+    assert_eq!(after.len(), 10);
+    let ds = xfer_data::Dataset::open(&f.data).expect("dataset");
+    for (e, split) in c.splits.assign(ds.examples(), 7).expect("assign") {
+        let (stored_split, hash, emb) = &after[&e.id];
+        assert_eq!(stored_split, &split, "{}", e.id);
+        assert_eq!(
+            (hash, emb),
+            (&before[&e.id].1, &before[&e.id].2),
+            "{}",
+            e.id
+        );
+    }
+    // The new assignment is now the store's: a plain rerun with it is fully cached.
+    c.retag = false;
+    let again = extract(&c, &mut |_| {}).expect("rerun");
+    assert_eq!((again.embedded, again.retagged, again.cached), (0, 0, 10));
+}
+
+#[test]
+fn images_added_to_the_dataset_are_embedded_and_moved_boundaries_retagged() {
+    let f = fixture(10);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    for i in 10..14 {
+        write_png(&f.data.join(format!("cat/{i:04}.png")), colour(0, i));
+    }
+    let mut c = config(&f, &f.store);
+    c.retag = true;
+    let s = extract(&c, &mut |_| {}).expect("grown dataset");
+    assert_eq!(s.embedded, 4, "only the new images are embedded");
+    assert_eq!(s.embedded + s.retagged + s.cached, 24);
+    assert_eq!(rows(&f.store).len(), 24);
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub struct Args {
     /// Extract only shard I of N (`I/N`, by a hash of the image id) into its own part files.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// Move stored rows whose split differs from what --split/--seed give now (e.g. after
+    /// images were added) to their new split, keeping their embeddings, instead of refusing.
+    #[arg(long)]
+    pub retag: bool,
     /// Allow a store that already holds another model's embeddings.
     #[arg(long)]
     pub allow_mixed_models: bool,
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     config.shard = args.shard;
     config.allow_mixed_models = args.allow_mixed_models;
+    config.retag = args.retag;
     config.on_error = args.on_error;
     config.decode_threads = args.decode_threads;
     config.limit = args.limit;
@@ -128,10 +133,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     println!("{summary}");
-    if summary.changed > 0 {
+    if summary.changed + summary.retagged > 0 {
         println!(
-            "{} changed image(s) now have a newer row; `xfer store compact {}` drops the old ones",
-            summary.changed,
+            "{} image(s) now have a newer row; `xfer store compact {}` drops the old ones",
+            summary.changed + summary.retagged,
             config.store.display()
         );
     }

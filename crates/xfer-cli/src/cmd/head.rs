@@ -32,8 +32,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Fingerprint of the backbone whose embeddings to use, when the store holds several.
-    #[arg(long, value_name = "FINGERPRINT")]
-    pub model: Option<String>,
+    #[arg(long)]
+    pub fingerprint: Option<String>,
     /// L2 strength (scikit-learn's C = 1/l2); default: chosen on --val from --l2-grid.
     #[arg(long)]
     pub l2: Option<f64>,
@@ -58,21 +58,41 @@ pub struct TrainArgs {
     pub tolerance: f64,
 }
 
-/// Arguments of `xfer evaluate`.
+/// Arguments of `xfer evaluate`: a head on stored embeddings (`--head`), or an
+/// exported model on the images of a dataset (`--model FILE --data DIR`).
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["head", "model"])))]
 pub struct EvaluateArgs {
-    /// Embeddings store.
+    /// Embeddings store (with --head).
     #[arg(long, default_value = "store", value_name = "DIR")]
     pub store: PathBuf,
     /// Run folder with head.json (or the head.json file).
     #[arg(long, value_name = "DIR")]
-    pub head: PathBuf,
+    pub head: Option<PathBuf>,
+    /// Exported model (`xfer export`), run on the images of --data.
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub model: Option<PathBuf>,
+    /// Dataset folder (one subfolder per class, or a CSV manifest), with --model.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Split tags over the dataset's seeded order, as `xfer extract` assigns them (with --data).
+    #[arg(long, default_value = xfer_store::extract::DEMO_SPLITS)]
+    pub splits: String,
+    /// Seed of the dataset order (with --data).
+    #[arg(long, default_value_t = xfer_store::extract::DEFAULT_SEED)]
+    pub seed: u64,
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     pub split: String,
     /// Fingerprint of the embeddings to use (default: the head's, if the store has it).
-    #[arg(long, value_name = "FINGERPRINT")]
-    pub model: Option<String>,
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// Images per inference batch (with --model).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// ONNX Runtime library (with --model; default: ORT_DYLIB_PATH, then .ort/ up from here).
+    #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
     /// Print the metrics as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -131,7 +151,7 @@ fn load(store: &StoreReader, split: &str, model: Option<&str>) -> anyhow::Result
 /// Runs `xfer train-head`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let store = StoreReader::open(&args.store)?;
-    let train_rows = load(&store, &args.train, args.model.as_deref())?;
+    let train_rows = load(&store, &args.train, args.fingerprint.as_deref())?;
     let fp = train_rows.fingerprint.clone();
     let val_rows = if args.val == "none" {
         None
@@ -237,12 +257,63 @@ struct PredictionLine<'a> {
     probabilities: Vec<f64>,
 }
 
+/// Writes one JSON line per row: id, true label, predicted label, probabilities.
+fn write_predictions(
+    path: &Path,
+    ids: &[String],
+    labels: &[i32],
+    probs: ndarray::ArrayView2<'_, f64>,
+    classes: &[String],
+) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for ((id, &label), p) in ids.iter().zip(labels).zip(probs.axis_iter(Axis(0))) {
+        let predicted = argmax(p.iter().copied());
+        let line = PredictionLine {
+            id,
+            label: usize::try_from(label)
+                .ok()
+                .and_then(|l| classes.get(l))
+                .map_or("?", String::as_str),
+            predicted: &classes[predicted],
+            probabilities: p.to_vec(),
+        };
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    xfer_head::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Prints metrics as JSON or as a table.
+fn report(split: &str, metrics: Metrics, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    } else {
+        println!(
+            "{}",
+            xfer_head::format_table(&[(split.to_owned(), metrics)])
+        );
+    }
+    Ok(())
+}
+
 /// Runs `xfer evaluate`.
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let head = Head::load(&args.head)?;
+    match (&args.head, &args.model) {
+        (Some(head), None) => evaluate_head(head, &args),
+        (None, Some(model)) => evaluate_exported(model, &args),
+        _ => {
+            bail!("give either --head DIR (stored embeddings) or --model FILE --data DIR (images)")
+        }
+    }
+}
+
+/// `xfer evaluate --head`: the head on stored embeddings.
+fn evaluate_head(head_path: &Path, args: &EvaluateArgs) -> anyhow::Result<()> {
+    let head = Head::load(head_path)?;
     let store = StoreReader::open(&args.store)?;
     // Prefer the head's own embeddings; otherwise load what is there and let the head refuse it.
-    let model = args.model.clone().or_else(|| {
+    let model = args.fingerprint.clone().or_else(|| {
         store
             .models()
             .iter()
@@ -260,34 +331,141 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let metrics = head.evaluate(rows.features.view(), &rows.labels, &rows.fingerprint)?;
     if let Some(path) = &args.predictions {
         let probs = head.probabilities(rows.features.view())?;
-        let mut text = String::new();
-        for ((id, &label), p) in rows
-            .ids
-            .iter()
-            .zip(&rows.labels)
-            .zip(probs.axis_iter(Axis(0)))
-        {
-            let predicted = argmax(p.iter().copied());
-            let line = PredictionLine {
-                id,
-                label: &head.classes[label as usize],
-                predicted: &head.classes[predicted],
-                probabilities: p.to_vec(),
-            };
-            text.push_str(&serde_json::to_string(&line)?);
-            text.push('\n');
-        }
-        xfer_head::write_atomic(path, text.as_bytes())?;
+        write_predictions(path, &rows.ids, &rows.labels, probs.view(), &head.classes)?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&metrics)?);
-    } else {
-        println!(
-            "{}",
-            xfer_head::format_table(&[(args.split.clone(), metrics)])
+    report(&args.split, metrics, args.json)
+}
+
+/// `xfer evaluate --model --data`: an exported model on the images of one split of a dataset.
+fn evaluate_exported(model_path: &Path, args: &EvaluateArgs) -> anyhow::Result<()> {
+    let data = args.data.as_deref().context("--model needs --data DIR")?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut model = ExportedModel::open(
+        model_path,
+        &session_options(args.ort_lib.clone(), Device::Cpu),
+    )?;
+    let dataset = xfer_data::Dataset::open(data)?;
+    if dataset.classes() != model.classes.as_slice() {
+        bail!(
+            "the dataset's classes {:?} differ from the model's {:?}",
+            dataset.classes(),
+            model.classes
         );
     }
-    Ok(())
+    let assignment = xfer_store::extract::SplitAssignment::parse(&args.splits)?;
+    let mut chosen: Vec<xfer_data::Example> = assignment
+        .assign(dataset.examples(), args.seed)?
+        .into_iter()
+        .filter(|(_, s)| *s == args.split)
+        .map(|(e, _)| e)
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "split `{}` is not among {:?} of --splits",
+            args.split,
+            assignment.names()
+        );
+    }
+    chosen.sort_by(|a, b| a.id.cmp(&b.id));
+    let paths: Vec<PathBuf> = chosen.iter().map(|e| e.path.clone()).collect();
+    let labels: Vec<i32> = chosen.iter().map(|e| e.label as i32).collect();
+    let ids: Vec<String> = chosen.iter().map(|e| e.id.clone()).collect();
+    let mut probs = ndarray::Array2::<f64>::zeros((paths.len(), model.classes.len()));
+    for (i, chunk) in paths.chunks(args.batch_size).enumerate() {
+        let p = model.probabilities(chunk)?;
+        let start = i * args.batch_size;
+        probs
+            .slice_mut(ndarray::s![start..start + chunk.len(), ..])
+            .assign(&p.mapv(f64::from));
+    }
+    let metrics = Metrics::compute(probs.view(), &labels, &model.classes)?;
+    if let Some(path) = &args.predictions {
+        write_predictions(path, &ids, &labels, probs.view(), &model.classes)?;
+    }
+    report(&args.split, metrics, args.json)
+}
+
+/// Session options for an exported model.
+fn session_options(ort_lib: Option<PathBuf>, device: Device) -> SessionOptions {
+    SessionOptions {
+        ort_lib,
+        device,
+        ..SessionOptions::default()
+    }
+}
+
+/// A model written by `xfer export`, with what its metadata says.
+struct ExportedModel {
+    model: xfer_runtime::Model,
+    classes: Vec<String>,
+    input: String,
+    height: u32,
+    width: u32,
+}
+
+impl ExportedModel {
+    /// Loads the model and reads classes, input name and image size from its metadata.
+    fn open(path: &Path, options: &SessionOptions) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let proto = xfer_onnx::read_model_bytes(&bytes)
+            .with_context(|| format!("{} is not an ONNX model", path.display()))?;
+        let meta = |key: &str| -> anyhow::Result<String> {
+            proto.metadata(key).map(str::to_owned).with_context(|| {
+                format!(
+                    "{} has no `{key}` metadata; this takes models written by `xfer export`",
+                    path.display()
+                )
+            })
+        };
+        let classes: Vec<String> = serde_json::from_str(&meta(xfer_head::METADATA_CLASSES)?)
+            .with_context(|| {
+                format!(
+                    "the `classes` metadata of {} is not a JSON list",
+                    path.display()
+                )
+            })?;
+        let [height, width]: [u32; 2] =
+            serde_json::from_str(&meta(xfer_head::METADATA_IMAGE_SIZE)?).with_context(|| {
+                format!(
+                    "the `image_size` metadata of {} is not [h,w]",
+                    path.display()
+                )
+            })?;
+        let input = meta(xfer_head::METADATA_INPUT)?;
+        drop(proto);
+        let model = xfer_runtime::Model::from_bytes(&bytes, &path.display().to_string(), options)?;
+        Ok(ExportedModel {
+            model,
+            classes,
+            input,
+            height,
+            width,
+        })
+    }
+
+    /// Decodes and resizes `images` to the model's size and returns their probabilities `[n, classes]`.
+    fn probabilities(&mut self, images: &[PathBuf]) -> anyhow::Result<ndarray::Array2<f32>> {
+        let (h, w) = (self.height as usize, self.width as usize);
+        let mut batch = Array4::<f32>::zeros((images.len(), 3, h, w));
+        for (i, path) in images.iter().enumerate() {
+            let image = xfer_data::load_image(path, self.height, self.width)?;
+            batch.index_axis_mut(Axis(0), i).assign(&image);
+        }
+        let probs = self
+            .model
+            .run_single(&self.input, batch.view().into_dyn())?;
+        let k = self.classes.len();
+        if probs.shape() != [images.len(), k] {
+            bail!(
+                "the model returned shape {:?}, expected [{}, {k}]",
+                probs.shape(),
+                images.len()
+            );
+        }
+        Ok(probs.into_shape_with_order((images.len(), k))?)
+    }
 }
 
 fn argmax(values: impl Iterator<Item = f64>) -> usize {
@@ -382,60 +560,15 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.top_k == 0 || args.batch_size == 0 {
         bail!("--top-k and --batch-size must be at least 1");
     }
-    let bytes =
-        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let proto = xfer_onnx::read_model_bytes(&bytes)
-        .with_context(|| format!("{} is not an ONNX model", args.model.display()))?;
-    let meta = |key: &str| -> anyhow::Result<String> {
-        proto.metadata(key).map(str::to_owned).with_context(|| {
-            format!(
-                "{} has no `{key}` metadata; predict takes models written by `xfer export`",
-                args.model.display()
-            )
-        })
-    };
-    let classes: Vec<String> = serde_json::from_str(&meta(xfer_head::METADATA_CLASSES)?)
-        .with_context(|| {
-            format!(
-                "the `classes` metadata of {} is not a JSON list",
-                args.model.display()
-            )
-        })?;
-    let [height, width]: [u32; 2] = serde_json::from_str(&meta(xfer_head::METADATA_IMAGE_SIZE)?)
-        .with_context(|| {
-            format!(
-                "the `image_size` metadata of {} is not [h,w]",
-                args.model.display()
-            )
-        })?;
-    let input = meta(xfer_head::METADATA_INPUT)?;
-    drop(proto);
-
-    let options = SessionOptions {
-        ort_lib: args.ort_lib.clone(),
-        device: args.device,
-        ..SessionOptions::default()
-    };
-    let mut model =
-        xfer_runtime::Model::from_bytes(&bytes, &args.model.display().to_string(), &options)?;
-    drop(bytes);
+    let mut model = ExportedModel::open(
+        &args.model,
+        &session_options(args.ort_lib.clone(), args.device),
+    )?;
+    let classes = model.classes.clone();
     let k = args.top_k.min(classes.len());
     let mut predictions = Vec::with_capacity(args.images.len());
     for chunk in args.images.chunks(args.batch_size) {
-        let mut batch = Array4::<f32>::zeros((chunk.len(), 3, height as usize, width as usize));
-        for (i, path) in chunk.iter().enumerate() {
-            let image = xfer_data::load_image(path, height, width)?;
-            batch.index_axis_mut(Axis(0), i).assign(&image);
-        }
-        let probs = model.run_single(&input, batch.view().into_dyn())?;
-        if probs.ndim() != 2 || probs.shape() != [chunk.len(), classes.len()] {
-            bail!(
-                "the model returned shape {:?}, expected [{}, {}]",
-                probs.shape(),
-                chunk.len(),
-                classes.len()
-            );
-        }
+        let probs = model.probabilities(chunk)?;
         for (path, p) in chunk.iter().zip(probs.axis_iter(Axis(0))) {
             let mut order: Vec<usize> = (0..classes.len()).collect();
             // stable sort: ties keep class order, like argmax
