@@ -44,9 +44,9 @@ bench-extract n="512": setup fetch-data
 py-env:
     @if [ -f {{venv}}/.installed ] && cmp -s tests/python/requirements.txt {{venv}}/.installed; then echo "{{venv}} is up to date"; else python3 -m venv {{venv}} && {{venv}}/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt && cp tests/python/requirements.txt {{venv}}/.installed; fi
 
-# The whole recipe end to end on the demo data.
+# The whole recipe on the demo data: extract → train-head → short finetune → evaluate both → runs/demo/report.md.
 demo: setup fetch-data
-    {{xfer}} embed --model models/xception data/cats_vs_dogs/cat/0000.png data/cats_vs_dogs/dog/0000.png
+    scripts/demo.sh
 
 # Train a logistic head on the stored embeddings (store/ splits train/val/test) into runs/head, and export backbone + head as runs/head/model.onnx.
 train-head: build

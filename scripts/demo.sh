@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `just demo`: both workflows of the Keras transfer-learning guide on the demo data, timed,
+# then a summary table and runs/demo/report.md. Expects `just setup fetch-data` to have run.
+# A second run reuses the store (nothing is re-embedded) and the converted model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+XFER=target/release/xfer
+DATA=data/cats_vs_dogs
+SPLITS="train=train[:70%],val=train[70%:85%],test=train[85%:]"
+SEED=1337
+OUT=runs/demo
+# The short fine-tuning schedule (about 10 minutes on 2 CPU cores); the guide's full schedule
+# is `just finetune` (20 epochs frozen at 1e-3, then 10 epochs of the whole base at 1e-5).
+PHASE1_EPOCHS=${DEMO_PHASE1_EPOCHS:-2}
+PHASE2_EPOCHS=${DEMO_PHASE2_EPOCHS:-1}
+UNFREEZE_FROM=${DEMO_UNFREEZE_FROM:-block13_sepconv1}
+
+mkdir -p "$OUT"
+TIMINGS="$OUT/timings.tsv"
+: > "$TIMINGS"
+
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name: $*"
+    local start end
+    start=$(date +%s%N)
+    "$@"
+    end=$(date +%s%N)
+    printf '%s\t%s\n' "$name" "$(( (end - start) / 1000000 ))" >> "$TIMINGS"
+}
+
+step extract "$XFER" extract --data "$DATA" --split "$SPLITS" --seed "$SEED" \
+    --model models/xception --store store --batch-size 32
+
+step train-head "$XFER" train-head --store store --train train --val val --test test --out "$OUT/head"
+step export-head "$XFER" export --model models/xception --head "$OUT/head" --out "$OUT/head/model.onnx"
+
+if [ -f "$OUT/finetune/model.onnx" ] && [ -f "$OUT/finetune/metrics.json" ]; then
+    echo
+    echo "==> finetune: $OUT/finetune is complete from an earlier run; reusing it (delete the folder to retrain)"
+else
+    resume=()
+    if [ -f "$OUT/finetune/config.toml" ]; then
+        echo "==> finetune: resuming the interrupted run in $OUT/finetune"
+        resume=(--resume)
+    fi
+    step finetune "$XFER" finetune --data "$DATA" --model models/xception --out "$OUT/finetune" \
+        --phase1-epochs "$PHASE1_EPOCHS" --phase2-epochs "$PHASE2_EPOCHS" \
+        --unfreeze-from "$UNFREEZE_FROM" --seed "$SEED" \
+        --train "train[:70%]" --val "train[70%:85%]" --test "train[85%:]" "${resume[@]}"
+fi
+
+step evaluate-finetuned "$XFER" evaluate --model "$OUT/finetune/model.onnx" --data "$DATA" \
+    --splits "$SPLITS" --seed "$SEED" --split test --json > "$OUT/finetune/evaluate-test.json"
+
+echo
+python3 scripts/demo_report.py "$OUT"
