@@ -53,7 +53,20 @@ train-head: build
     {{xfer}} train-head --store store --train train --val val --test test --out runs/head
     {{xfer}} export --model models/xception --head runs/head --out runs/head/model.onnx
 
-# Run every test: Rust (unit, integration, real model and data) and the Python client tests.
-test: setup fetch-data py-env
-    cargo test --workspace --locked
-    {{venv}}/bin/pytest -q tests/python
+# Train a new head on augmented images (base frozen), then fine-tune the base: the guide's full
+# schedule (20 + 10 epochs) unless flags say otherwise, e.g. `just finetune --phase2-epochs 2`.
+finetune *ARGS: setup fetch-data
+    {{xfer}} finetune --data data/cats_vs_dogs --model models/xception --out runs/finetune {{ARGS}}
+
+# Classify images with an exported model (default: the demo's head-only export).
+predict +IMAGES: build
+    {{xfer}} predict --model runs/demo/head/model.onnx {{IMAGES}}
+
+# Every benchmark in one run, as ratios against baselines measured in the same run; writes target/bench/BENCHMARKS.md.
+bench: setup fetch-data py-env extract
+    scripts/bench.sh
+
+# Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
+test: setup fetch-data py-env extract
+    XFER_REQUIRE_DEMO=1 cargo test --workspace --release --locked
+    XFER_REQUIRE_DEMO=1 {{venv}}/bin/pytest -q tests/python

@@ -39,7 +39,7 @@ def dropout_mask(seed: int, step: int, stream: int, n: int, rate: float) -> np.n
 
 
 def cargo(*args: str) -> None:
-    subprocess.run(["cargo", "run", "-q", *args], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "run", "--release", "--locked", "-q", *args], cwd=ROOT, check=True)
 
 
 @pytest.fixture(scope="module")

@@ -544,3 +544,69 @@ fn a_diverging_loss_stops_the_run_naming_epoch_and_step() {
         "a diverged state was checkpointed"
     );
 }
+
+#[test]
+fn init_head_starts_phase1_from_a_head_of_train_head() {
+    let f = fixture();
+    let manifest = ModelManifest::read(&f.root.join("model")).expect("manifest");
+    let head_dir = f.root.join("head");
+    std::fs::create_dir_all(&head_dir).expect("mkdir");
+    let head = serde_json::json!({
+        "format": 1, "kind": "binary", "classes": ["blue", "red"], "feature_dim": 4,
+        "fingerprint": manifest.fingerprint,
+        "weights": [[0.0, 0.0, 0.0, 0.0], [0.8, -0.6, 0.3, -0.2]], "bias": [0.0, 0.15],
+        "standardizer": {"mean": [0.5, 0.4, 0.3, 0.2], "scale": [0.7, 0.6, 0.5, 2.0]},
+        "hyper_parameters": {"l2": 1.0, "l2_source": "given", "l2_grid": [], "standardize": true,
+            "class_weight": "none", "effective_class_weights": [1.0, 1.0], "max_iterations": 10,
+            "gradient_tolerance": 0.0001, "train_rows": 1, "train_split": "train", "val_split": null,
+            "solver": "test"},
+        "xfer_version": "test"
+    });
+    std::fs::write(head_dir.join("head.json"), head.to_string()).expect("write head");
+
+    // A negligible learning rate: the exported model must compute the given head.
+    let run = f.root.join("run");
+    let mut cfg = config(&f, 1, 0);
+    cfg.phase1.learning_rate = 1e-12;
+    cfg.init_head = Some(head_dir.clone());
+    let summary = run_to_end(&cfg, &options(&run));
+    let head = xfer_head::Head::load(&head_dir).expect("head");
+    let mut rng = Lcg(5);
+    let pixels =
+        Array4::from_shape_fn((4, 3, SIDE as usize, SIDE as usize), |_| rng.next() * 255.0);
+    let session = SessionOptions::default();
+    let mut forward = Model::from_bytes(
+        &xfer_onnx::write_model_bytes(&f.forward),
+        "forward",
+        &session,
+    )
+    .expect("forward");
+    let features = forward
+        .run_single("pixels", pixels.view().into_dyn())
+        .expect("features");
+    let features = features.into_shape_with_order((4, 4)).expect("[4, 4]");
+    let expected = head
+        .probabilities(features.view())
+        .expect("head probabilities");
+    let mut exported = Model::load(&summary.model, &session).expect("exported");
+    let got = exported
+        .run_single("pixels", pixels.view().into_dyn())
+        .expect("run");
+    for i in 0..4 {
+        let (e, g) = (expected[[i, 1]], f64::from(got[IxDyn(&[i, 1])]));
+        assert!(
+            (e - g).abs() < 1e-5,
+            "image {i}: head {e}, fine-tuned export {g}"
+        );
+    }
+
+    // A head of another model is refused, naming both fingerprints.
+    let mut other = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(head_dir.join("head.json")).expect("read"),
+    )
+    .expect("json");
+    other["fingerprint"] = serde_json::Value::from("0123");
+    std::fs::write(head_dir.join("head.json"), other.to_string()).expect("write");
+    let err = finetune(&cfg, &options(&f.root.join("run2")), &mut |_| {}).expect_err("fingerprint");
+    assert!(err.to_string().contains("0123"), "{err}");
+}

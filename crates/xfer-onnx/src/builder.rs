@@ -71,7 +71,9 @@ impl ValueInfoProto {
                 .iter()
                 .map(|d| match &d.value {
                     Some(tensor_shape_proto::dimension::Value::DimValue(v)) => Dim::Fixed(*v),
-                    Some(tensor_shape_proto::dimension::Value::DimParam(s)) => Dim::Named(s.clone()),
+                    Some(tensor_shape_proto::dimension::Value::DimParam(s)) => {
+                        Dim::Named(s.clone())
+                    }
                     None => Dim::Named(String::new()),
                 })
                 .collect(),
@@ -93,7 +95,10 @@ pub mod attr {
 
     /// An integer attribute.
     pub fn int(name: &str, v: i64) -> AttributeProto {
-        AttributeProto { i: v, ..base(name, AttributeType::Int) }
+        AttributeProto {
+            i: v,
+            ..base(name, AttributeType::Int)
+        }
     }
 
     /// A list-of-integers attribute.
@@ -106,7 +111,10 @@ pub mod attr {
 
     /// A float attribute.
     pub fn float(name: &str, v: f32) -> AttributeProto {
-        AttributeProto { f: v, ..base(name, AttributeType::Float) }
+        AttributeProto {
+            f: v,
+            ..base(name, AttributeType::Float)
+        }
     }
 
     /// A list-of-floats attribute.
@@ -157,7 +165,8 @@ impl NodeProto {
 
     /// A string attribute, if present (lossy UTF-8).
     pub fn attr_string(&self, name: &str) -> Option<String> {
-        self.attribute(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.attribute(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
 }
 
@@ -264,7 +273,9 @@ impl GraphBuilder {
     /// Declares a graph input of element type `elem`.
     pub fn input_typed(&mut self, name: &str, elem: DataType, dims: &[Dim]) -> String {
         self.used.insert(name.to_owned());
-        self.graph.input.push(ValueInfoProto::tensor(name, elem, dims));
+        self.graph
+            .input
+            .push(ValueInfoProto::tensor(name, elem, dims));
         name.to_owned()
     }
 
@@ -275,7 +286,9 @@ impl GraphBuilder {
 
     /// Declares a graph output of element type `elem`.
     pub fn output_typed(&mut self, name: &str, elem: DataType, dims: &[Dim]) {
-        self.graph.output.push(ValueInfoProto::tensor(name, elem, dims));
+        self.graph
+            .output
+            .push(ValueInfoProto::tensor(name, elem, dims));
     }
 
     /// Adds an initializer and returns its name.
@@ -306,7 +319,11 @@ impl GraphBuilder {
         outputs: &[&str],
         attributes: Vec<AttributeProto>,
     ) -> &mut NodeProto {
-        let name = self.unique(&format!("{}_{}", op_type, outputs.first().copied().unwrap_or("node")));
+        let name = self.unique(&format!(
+            "{}_{}",
+            op_type,
+            outputs.first().copied().unwrap_or("node")
+        ));
         for o in outputs {
             self.used.insert((*o).to_owned());
         }
@@ -323,7 +340,13 @@ impl GraphBuilder {
     }
 
     /// Adds a single-output node whose output gets a fresh name from `hint`; returns that name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<AttributeProto>, hint: &str) -> String {
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+        hint: &str,
+    ) -> String {
         let out = self.unique(hint);
         self.node_named(op_type, inputs, &[&out], attributes);
         out

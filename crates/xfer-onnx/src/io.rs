@@ -47,7 +47,10 @@ pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io_err)?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model.onnx");
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

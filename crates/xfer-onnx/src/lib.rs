@@ -13,8 +13,8 @@ pub use builder::{Dim, GraphBuilder, attr};
 pub use io::{read_model, read_model_bytes, write_model, write_model_bytes};
 pub use proto::{
     AttributeProto, AttributeType, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto,
-    type_proto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto,
 };
 
 /// ONNX IR version written by xfer (ONNX 1.15 and later).

@@ -91,13 +91,18 @@ impl TensorProto {
         if !self.external_data.is_empty() {
             return Err(Error::Tensor {
                 name: self.name.clone(),
-                reason: "external data is not supported; save the model with its weights embedded".to_owned(),
+                reason: "external data is not supported; save the model with its weights embedded"
+                    .to_owned(),
             });
         }
         if len != self.numel() {
             return Err(Error::Tensor {
                 name: self.name.clone(),
-                reason: format!("holds {len} values but its dims {:?} need {}", self.dims, self.numel()),
+                reason: format!(
+                    "holds {len} values but its dims {:?} need {}",
+                    self.dims,
+                    self.numel()
+                ),
             });
         }
         Ok(())

@@ -34,7 +34,9 @@ pub enum Error {
         reason: String,
     },
     /// A different library was already loaded in this process.
-    #[error("ONNX Runtime was already loaded from {loaded}; cannot switch to {requested} in the same process")]
+    #[error(
+        "ONNX Runtime was already loaded from {loaded}; cannot switch to {requested} in the same process"
+    )]
     LibraryConflict {
         /// Library loaded first.
         loaded: String,

@@ -74,9 +74,9 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib")
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib"
+                })
         })
         .collect();
     candidates.sort();
@@ -105,10 +105,13 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Path> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let environment = builder.with_name("xfer").build().map_err(|e| Error::LibraryLoad {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let environment = builder
+        .with_name("xfer")
+        .build()
+        .map_err(|e| Error::LibraryLoad {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     // The environment must outlive every session; keep it for the process.
     let _ = ENVIRONMENT.set(environment);
     tracing::debug!(path = %path.display(), "loaded ONNX Runtime");

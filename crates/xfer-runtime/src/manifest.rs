@@ -158,7 +158,9 @@ impl Backbone {
     /// Runs the backbone on an NCHW float32 batch (values 0..255) and returns `[N, feature_dim]` features.
     pub fn embed(&mut self, pixels: ndarray::ArrayView4<'_, f32>) -> Result<ndarray::Array2<f32>> {
         let input = self.manifest.input.clone();
-        let out = self.model.run(&[(input.as_str(), crate::InputTensor::F32(pixels.into_dyn()))])?;
+        let out = self
+            .model
+            .run(&[(input.as_str(), crate::InputTensor::F32(pixels.into_dyn()))])?;
         let name = self.manifest.output.clone();
         let features = out
             .into_iter()
@@ -179,9 +181,11 @@ impl Backbone {
                 ),
             });
         }
-        features.into_shape_with_order((n, dim)).map_err(|e| Error::Run {
-            model: self.manifest.name.clone(),
-            reason: e.to_string(),
-        })
+        features
+            .into_shape_with_order((n, dim))
+            .map_err(|e| Error::Run {
+                model: self.manifest.name.clone(),
+                reason: e.to_string(),
+            })
     }
 }

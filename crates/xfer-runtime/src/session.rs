@@ -40,7 +40,9 @@ impl FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda),
             "tensorrt" | "trt" => Ok(Device::TensorRt),
-            other => Err(format!("unknown device `{other}`; expected cpu, cuda or tensorrt")),
+            other => Err(format!(
+                "unknown device `{other}`; expected cpu, cuda or tensorrt"
+            )),
         }
     }
 }
@@ -109,7 +111,10 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("name", &self.name).field("device", &self.device).finish()
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -142,7 +147,9 @@ impl Model {
         };
         let mut builder = Session::builder(env).map_err(load_err)?;
         if let Some(n) = options.intra_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| load_err(e.into()))?;
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| load_err(e.into()))?;
         }
         if options.disable_optimizations {
             builder = builder
@@ -166,26 +173,43 @@ impl Model {
 
     /// Names of the model's inputs, in order.
     pub fn input_names(&self) -> Vec<String> {
-        self.session.inputs().iter().map(|o| o.name().to_owned()).collect()
+        self.session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect()
     }
 
     /// Names of the model's outputs, in order.
     pub fn output_names(&self) -> Vec<String> {
-        self.session.outputs().iter().map(|o| o.name().to_owned()).collect()
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect()
     }
 
     /// Runs the model on named inputs and returns every output, in the model's order.
-    pub fn run(&mut self, inputs: &[(&str, InputTensor<'_>)]) -> Result<Vec<(String, OutputTensor)>> {
-        let mut values: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
-            Vec::with_capacity(inputs.len());
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+    ) -> Result<Vec<(String, OutputTensor)>> {
+        let mut values: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let input_err = |e: ort::Error| Error::Input {
                 name: (*name).to_owned(),
                 reason: e.to_string(),
             };
             let value: ort::session::SessionInputValue<'_> = match tensor {
-                InputTensor::F32(a) => TensorRef::from_array_view(a.view()).map_err(input_err)?.into(),
-                InputTensor::I64(a) => TensorRef::from_array_view(a.view()).map_err(input_err)?.into(),
+                InputTensor::F32(a) => TensorRef::from_array_view(a.view())
+                    .map_err(input_err)?
+                    .into(),
+                InputTensor::I64(a) => TensorRef::from_array_view(a.view())
+                    .map_err(input_err)?
+                    .into(),
             };
             values.push(((*name).into(), value));
         }
@@ -239,7 +263,9 @@ fn register_device(
             Ok(b) => Ok((b, device)),
             Err((b, reason)) => {
                 if options.allow_cpu_fallback {
-                    tracing::warn!("{device} unavailable ({reason}); falling back to the CPU as asked");
+                    tracing::warn!(
+                        "{device} unavailable ({reason}); falling back to the CPU as asked"
+                    );
                     match b {
                         Some(b) => Ok((*b, Device::Cpu)),
                         None => {
@@ -262,7 +288,10 @@ fn register_device(
 }
 
 #[allow(unused_mut, unused_variables)]
-fn register_gpu(mut builder: Builder, device: Device) -> std::result::Result<Builder, (Option<Box<Builder>>, String)> {
+fn register_gpu(
+    mut builder: Builder,
+    device: Device,
+) -> std::result::Result<Builder, (Option<Box<Builder>>, String)> {
     let feature = match device {
         Device::Cuda => "cuda",
         Device::TensorRt => "tensorrt",
@@ -290,6 +319,8 @@ fn register_gpu(mut builder: Builder, device: Device) -> std::result::Result<Bui
     }
     Err((
         Some(Box::new(builder)),
-        format!("this xfer was built without the `{feature}` feature; rebuild with `cargo build --release --features {feature}`"),
+        format!(
+            "this xfer was built without the `{feature}` feature; rebuild with `cargo build --release --features {feature}`"
+        ),
     ))
 }

@@ -10,7 +10,12 @@ fn tiny_model() -> Vec<u8> {
     let w = g.constant_f32("w", &[3, 2], &[1.0, -1.0, 2.0, 0.5, -3.0, 1.0]);
     let mm = g.op("MatMul", &["x", &w], vec![], "mm");
     g.node_named("Relu", &[&mm], &["y"], vec![]);
-    g.node_named("ArgMax", &["y"], &["k"], vec![attr::int("axis", 1), attr::int("keepdims", 0)]);
+    g.node_named(
+        "ArgMax",
+        &["y"],
+        &["k"],
+        vec![attr::int("axis", 1), attr::int("keepdims", 0)],
+    );
     g.output("y", &[Dim::from("batch"), Dim::Fixed(2)]);
     g.output_typed("k", xfer_onnx::DataType::Int64, &[Dim::from("batch")]);
     xfer_onnx::write_model_bytes(&g.build_model())
@@ -22,7 +27,8 @@ fn matmul_relu_matches_direct_computation() {
     let mut model = Model::from_bytes(&bytes, "tiny", &SessionOptions::default()).expect("session");
     assert_eq!(model.input_names(), vec!["x"]);
     assert_eq!(model.output_names(), vec!["y", "k"]);
-    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, 2.0, 3.0, -1.0, 0.5, 0.25]).expect("shape");
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, 2.0, 3.0, -1.0, 0.5, 0.25])
+        .expect("shape");
     let out = model.run(&[("x", x.view().into())]).expect("run");
     let y = out[0].1.clone().into_f32().expect("f32");
     // Direct: y = relu(x @ w), w = [[1,-1],[2,0.5],[-3,1]].
@@ -44,22 +50,29 @@ fn matmul_relu_matches_direct_computation() {
 
 #[test]
 fn wrong_input_name_is_a_clear_error() {
-    let mut model = Model::from_bytes(&tiny_model(), "tiny", &SessionOptions::default()).expect("session");
+    let mut model =
+        Model::from_bytes(&tiny_model(), "tiny", &SessionOptions::default()).expect("session");
     let x = ArrayD::<f32>::zeros(IxDyn(&[1, 3]));
-    let err = model.run(&[("nope", x.view().into())]).expect_err("must fail");
+    let err = model
+        .run(&[("nope", x.view().into())])
+        .expect_err("must fail");
     assert!(err.to_string().contains("tiny"), "{err}");
 }
 
 #[test]
 fn garbage_model_bytes_are_rejected() {
-    let err = Model::from_bytes(b"this is not onnx", "garbage", &SessionOptions::default()).expect_err("must fail");
+    let err = Model::from_bytes(b"this is not onnx", "garbage", &SessionOptions::default())
+        .expect_err("must fail");
     assert!(err.to_string().contains("garbage"), "{err}");
 }
 
 #[test]
 fn missing_model_file_says_what_to_run() {
-    let err = Model::load(std::path::Path::new("/nonexistent/model.onnx"), &SessionOptions::default())
-        .expect_err("must fail");
+    let err = Model::load(
+        std::path::Path::new("/nonexistent/model.onnx"),
+        &SessionOptions::default(),
+    )
+    .expect_err("must fail");
     assert!(err.to_string().contains("xfer convert"), "{err}");
 }
 

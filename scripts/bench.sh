@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `just bench`: every benchmark of the workspace in one run. Each one measures its own
+# baseline in the same run and reports a ratio; absolute images/s depend on the machine.
+# Output: the terminal, and target/bench/BENCHMARKS.md (machine description + every result).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=target/bench
+mkdir -p "$OUT"
+MD="$OUT/BENCHMARKS.md"
+XFER=target/release/xfer
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+{
+    echo "# xfer benchmarks"
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- machine: $cpu, $(nproc) cores, $mem; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- ONNX Runtime 1.31.1 (CPU wheel library), Xception 150×150, batch 32"
+    echo
+} > "$MD"
+
+section() {
+    local title=$1
+    shift
+    echo
+    echo "=== $title"
+    { echo "## $title"; echo; echo '```'; } >> "$MD"
+    "$@" 2>&1 | tee -a "$MD"
+    { echo '```'; echo; } >> "$MD"
+}
+
+section "Data pipeline: decode + resize (+ augment) images/s (xfer-data)" \
+    cargo bench --locked -q -p xfer-data --bench data_throughput
+
+section "Extraction pipeline vs bare ONNX Runtime on the same images (xfer-store)" \
+    cargo run --release --locked -q -p xfer-store --example extract_bench -- data/cats_vs_dogs models/xception 512 32
+
+section "xfer embed vs bare ONNX Runtime (xfer-cli)" \
+    cargo run --release --locked -q -p xfer-cli --example embed_bench -- 256 8
+
+section "Training step vs forward-only (xfer-autodiff)" \
+    cargo run --release --locked -q -p xfer-autodiff --example train_step_bench -- --batch 32 --iters 3
+
+section "train-head vs scikit-learn on the same Parquet rows" \
+    .venv/bin/pytest -q -s tests/python/test_head_vs_sklearn.py -k sklearn
+
+finetune_vs_extract() {
+    # One phase-1 epoch (base frozen, augmentation on) over train[:30%] vs one extraction
+    # pass (into a fresh store) over the same images.
+    local start end extract_s
+    start=$(date +%s%N)
+    "$XFER" extract --quiet --data data/cats_vs_dogs --split "train=train[:30%]" --seed 1337 \
+        --model models/xception --store "$TMP/store" > /dev/null
+    end=$(date +%s%N)
+    extract_s=$(python3 -c "print(($end - $start) / 1e9)")
+    "$XFER" finetune --data data/cats_vs_dogs --model models/xception --out "$TMP/ft" \
+        --phase1-epochs 1 --phase2-epochs 0 --train "train[:30%]" --val "train[70%:72%]" --test "" \
+        > /dev/null 2>&1
+    python3 - "$TMP/ft/metrics.jsonl" "$extract_s" <<'PY'
+import json, sys
+epoch = json.loads(open(sys.argv[1]).readline())
+extract = float(sys.argv[2])
+print(f"extraction pass over train[:30%] (600 images): {extract:.1f} s")
+print(f"phase-1 epoch, training part: {epoch['train_seconds']:.1f} s ({epoch['images_per_second']:.1f} images/s)"
+      f", whole epoch incl. validation + checkpoint: {epoch['seconds']:.1f} s")
+print(f"ratio phase-1 epoch (training part) / extraction pass: {epoch['train_seconds'] / extract:.2f}  (target <= 1.15)")
+PY
+}
+section "Fine-tune phase-1 epoch vs one extraction pass (xfer-finetune)" finetune_vs_extract
+
+echo
+echo "wrote $MD"
