@@ -10,11 +10,13 @@ DATA=data/cats_vs_dogs
 SPLITS="train=train[:70%],val=train[70%:85%],test=train[85%:]"
 SEED=1337
 OUT=runs/demo
-# The short fine-tuning schedule (about 10 minutes on 2 CPU cores); the guide's full schedule
-# is `just finetune` (20 epochs frozen at 1e-3, then 10 epochs of the whole base at 1e-5).
-PHASE1_EPOCHS=${DEMO_PHASE1_EPOCHS:-2}
+# The short fine-tuning schedule (about 8 minutes on 2 idle CPU cores): 5 epochs with the base
+# frozen, then 1 epoch of the whole base. The guide's full schedule is `just finetune` (20 epochs
+# frozen at 1e-3, then 10 epochs of the whole base at 1e-5). Override with DEMO_PHASE1_EPOCHS,
+# DEMO_PHASE2_EPOCHS and DEMO_UNFREEZE_FROM (a layer name: fine-tune only from it on, faster).
+PHASE1_EPOCHS=${DEMO_PHASE1_EPOCHS:-5}
 PHASE2_EPOCHS=${DEMO_PHASE2_EPOCHS:-1}
-UNFREEZE_FROM=${DEMO_UNFREEZE_FROM:-block13_sepconv1}
+UNFREEZE_FROM=${DEMO_UNFREEZE_FROM:-}
 
 mkdir -p "$OUT"
 TIMINGS="$OUT/timings.tsv"
@@ -23,8 +25,8 @@ TIMINGS="$OUT/timings.tsv"
 step() {
     local name=$1
     shift
-    echo
-    echo "==> $name: $*"
+    echo >&2
+    echo "==> $name: $*" >&2
     local start end
     start=$(date +%s%N)
     "$@"
@@ -43,14 +45,18 @@ if [ -f "$OUT/finetune/model.onnx" ] && [ -f "$OUT/finetune/metrics.json" ]; the
     echo "==> finetune: $OUT/finetune is complete from an earlier run; reusing it (delete the folder to retrain)"
 else
     resume=()
+    unfreeze=()
+    if [ -n "$UNFREEZE_FROM" ]; then
+        unfreeze=(--unfreeze-from "$UNFREEZE_FROM")
+    fi
     if [ -f "$OUT/finetune/config.toml" ]; then
         echo "==> finetune: resuming the interrupted run in $OUT/finetune"
         resume=(--resume)
     fi
     step finetune "$XFER" finetune --data "$DATA" --model models/xception --out "$OUT/finetune" \
         --phase1-epochs "$PHASE1_EPOCHS" --phase2-epochs "$PHASE2_EPOCHS" \
-        --unfreeze-from "$UNFREEZE_FROM" --seed "$SEED" \
-        --train "train[:70%]" --val "train[70%:85%]" --test "train[85%:]" "${resume[@]}"
+        --seed "$SEED" --train "train[:70%]" --val "train[70%:85%]" --test "train[85%:]" \
+        "${unfreeze[@]}" "${resume[@]}"
 fi
 
 step evaluate-finetuned "$XFER" evaluate --model "$OUT/finetune/model.onnx" --data "$DATA" \

@@ -39,11 +39,15 @@ def main(run):
         return "—" if v is None else format(v, spec)
 
     test_rows = head.get("test", {}).get("rows")
+    all_rows = sum(head.get(s, {}).get("rows", 0) for s in ("train", "val", "test"))
     rows = []
     extract_s = timings.get("extract")
-    rows.append(("extract (Xception embeddings → store/)", None, None, extract_s, None))
+    extract_ips = all_rows / extract_s if extract_s and extract_s > 2 and all_rows else None
+    rows.append(("extract (Xception embeddings → store/; cached on reruns)", None, None, extract_s,
+                 extract_ips))
     head_t = head.get("test", {})
-    rows.append(("head only (workflow B): train-head", head_t.get("accuracy"), head_t.get("log_loss"),
+    head_v = head.get("val", {})
+    rows.append(("head only (workflow B): train-head; val", head_v.get("accuracy"), head_v.get("log_loss"),
                  timings.get("train-head"), None))
     for phase in (1, 2):
         ep = [e for e in epochs if e.get("phase") == phase]
@@ -54,8 +58,11 @@ def main(run):
             what = "base frozen, new head" if phase == 1 else "base unfrozen, Adam 1e-5"
             rows.append((f"finetune phase {phase} ({what}), {len(ep)} epoch(s); val",
                          last["val_accuracy"], last["val_loss"], secs, ips))
+    rows.append(("head only (workflow B): test", head_t.get("accuracy"), head_t.get("log_loss"), None, None))
+    eval_s = timings.get("evaluate-finetuned")
     rows.append(("fine-tuned (workflow A): exported model on test", finetuned.get("accuracy"),
-                 finetuned.get("log_loss"), timings.get("evaluate-finetuned"), None))
+                 finetuned.get("log_loss"), eval_s,
+                 test_rows / eval_s if eval_s and test_rows else None))
 
     header = f"{'step':<62} {'accuracy':>9} {'loss':>8} {'time s':>8} {'images/s':>9}"
     lines = [header, "-" * len(header)]
