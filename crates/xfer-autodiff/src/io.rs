@@ -1,7 +1,6 @@
 //! Parameters as safetensors files (float32, little-endian), written atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -31,27 +30,7 @@ pub fn save_params(
         views.push((t.name.clone(), view));
     }
     let data = safetensors::serialize(views, metadata).map_err(|e| io(e.to_string()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io(e.to_string()))?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("params.safetensors");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e.to_string()));
-    }
-    Ok(())
+    xfer_onnx::write_file_atomic(path, &data).map_err(|e| io(e.to_string()))
 }
 
 /// Reads every float32 tensor of a safetensors file, sorted by name.

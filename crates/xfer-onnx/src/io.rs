@@ -33,34 +33,34 @@ pub fn write_model_bytes(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Writes a `.onnx` file atomically: a temporary file in the same directory,
-/// synced, then renamed over `path`, so readers never see a partial model.
+/// Writes a `.onnx` file atomically (see [`write_file_atomic`]), so readers never see a partial model.
 pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
-    let bytes = model.encode_to_vec();
-    let io_err = |source| Error::Io {
+    write_file_atomic(path, &model.encode_to_vec()).map_err(|source| Error::Io {
         op: "writing",
         path: path.display().to_string(),
         source,
-    };
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder
+/// (created if missing), synced, then renamed over `path`; on failure the
+/// temporary file is removed and `path` is untouched.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir).map_err(io_err)?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("model.onnx");
+    std::fs::create_dir_all(&dir)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(e));
     }
-    Ok(())
+    result
 }

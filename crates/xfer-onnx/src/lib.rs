@@ -10,7 +10,7 @@ mod proto;
 mod tensor;
 
 pub use builder::{Dim, GraphBuilder, attr};
-pub use io::{read_model, read_model_bytes, write_model, write_model_bytes};
+pub use io::{read_model, read_model_bytes, write_file_atomic, write_model, write_model_bytes};
 pub use proto::{
     AttributeProto, AttributeType, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
