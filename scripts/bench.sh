@@ -29,18 +29,61 @@ section() {
     echo
     echo "=== $title"
     { echo "## $title"; echo; echo '```'; } >> "$MD"
-    "$@" 2>&1 | tee -a "$MD"
+    # $TMP/last.txt keeps the section's output for the summaries that compare sections.
+    "$@" 2>&1 | tee "$TMP/last.txt" | tee -a "$MD"
     { echo '```'; echo; } >> "$MD"
 }
 
 section "Data pipeline: decode + resize (+ augment) images/s (xfer-data)" \
     cargo bench --locked -q -p xfer-data --bench data_throughput
+cp "$TMP/last.txt" "$TMP/data.txt"
 
 section "Extraction pipeline vs bare ONNX Runtime on the same images (xfer-store)" \
     cargo run --release --locked -q -p xfer-store --example extract_bench -- data/cats_vs_dogs models/xception 512 32
 
 section "xfer embed vs bare ONNX Runtime (xfer-cli)" \
     cargo run --release --locked -q -p xfer-cli --example embed_bench -- 256 8
+cp "$TMP/last.txt" "$TMP/embed.txt"
+
+data_vs_forward() {
+    # Every data-pipeline row ÷ the bare Xception forward throughput of this same run
+    # (embed_bench's "bare ORT: ... = R images/s"); the target is >= 5 so that decoding
+    # never limits training or extraction.
+    python3 - "$TMP/data.txt" "$TMP/embed.txt" <<'PY'
+import re, sys
+row = re.compile(r"^(?P<label>\S.*?)\s+threads (?P<threads>\d+)\s+(?P<count>\d+) images\s+(?P<rate>[0-9.]+) images/s")
+forward = None
+try:
+    with open(sys.argv[2], encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.search(r"bare ORT:.*=\s*([0-9.]+) images/s", line)
+            if m:
+                forward = float(m.group(1))
+except OSError as e:
+    print(f"cannot read the embed benchmark output: {e}")
+rows = []
+try:
+    with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = row.match(line.rstrip("\n"))
+            if m:
+                rows.append((m["label"], int(m["threads"]), float(m["rate"])))
+except OSError as e:
+    print(f"cannot read the data benchmark output: {e}")
+if forward is None or forward <= 0:
+    print("no 'bare ORT: ... images/s' line in the embed benchmark output: cannot compute the ratios")
+elif not rows:
+    print("no 'LABEL threads N  COUNT images  RATE images/s' rows in the data benchmark output: nothing to compare")
+else:
+    print(f"Xception forward (bare ORT, batch 32, 150x150) in this run: {forward:.1f} images/s; target ratio >= 5")
+    width = max(len(label) for label, _, _ in rows)
+    for label, threads, rate in rows:
+        ratio = rate / forward
+        flag = "" if ratio >= 5 else "  < 5x"
+        print(f"{label:<{width}}  threads {threads}  {rate:9.1f} images/s  = {ratio:6.2f}x forward{flag}")
+PY
+}
+section "Data pipeline ÷ Xception forward, same run (target ≥ 5×)" data_vs_forward
 
 section "Training step vs forward-only (xfer-autodiff)" \
     cargo run --release --locked -q -p xfer-autodiff --example train_step_bench -- --batch 32 --iters 3

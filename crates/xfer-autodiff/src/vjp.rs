@@ -28,9 +28,11 @@ pub(crate) fn vjp(
     match node.op_type.as_str() {
         "Identity" | "Dropout" => out[0] = Some(g.to_owned()),
         "Relu" => {
-            // Y >= 0, so Sign(Y) is the 0/1 mask in one op (cheaper than Greater -> Cast);
-            // using Y keeps Conv+Relu fusion possible.
-            let mask = e.op("Sign", &[y], vec![]);
+            // Mask from Y (not X) so Conv+Relu fusion stays possible. Greater -> Cast measured
+            // ~1.5-2x faster than Sign(Y) on ONNX Runtime 1.31 CPU (Sign is not vectorized).
+            let zero = e.scalar(0.0);
+            let positive = e.op("Greater", &[y, &zero], vec![]);
+            let mask = e.cast_f32(&positive);
             out[0] = Some(e.op("Mul", &[g, &mask], vec![]));
         }
         "Sigmoid" => {
@@ -610,6 +612,9 @@ fn conv_weight_grad(
         );
         e.slice(&r, &[0, 0], &[kh, kw], &[2, 3], &[1, 1])
     };
+    if depthwise && c_out == c_in && strides == [1, 1] && dilations == [1, 1] {
+        return depthwise_weight_grad_unit_stride(e, x, g, xs, ys, kh, kw, pads);
+    }
     if depthwise {
         let (h, w) = (xs[2], xs[3]);
         let xt = e.transpose(x, &[1, 0, 2, 3]); // [C, N, H, W]
@@ -635,6 +640,61 @@ fn conv_weight_grad(
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     e.op("Concat", &refs, vec![attr::int("axis", 0)])
+}
+
+/// Depthwise weight gradient for stride 1 as per-channel MatMuls whose diagonals are the taps.
+///
+/// `dW[c,i,j] = sum_{n,h,w} G[n,c,h,w] * Xpad[n,c,h+i,w+j]`. For each kernel row `i`, one batched
+/// MatMul over channels `[C, Wo, N*Ho] x [C, N*Ho, Wp]` gives `M[c,w,v] = sum_{n,h} G[n,c,h,w] *
+/// Xpad[n,c,h+i,v]`, and tap `j` is the sum of the diagonal `M[c,w,w+j]` over `w`. It does about
+/// `Wp` times the necessary multiply-adds, but as dense GEMMs; measured faster on ONNX Runtime
+/// 1.31 CPU than the grouped-Conv form (whose im2col copies the input once per tap and runs one
+/// tiny GEMM per channel) at every Xception map size: batch 32, 9x9x728 12 vs 22 ms, 18x18x728
+/// 54 vs 91 ms, 36x36x256 80 vs 93 ms, 72x72x128 162 vs 243 ms.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_weight_grad_unit_stride(
+    e: &mut Emit,
+    x: &str,
+    g: &str,
+    xs: &[i64],
+    ys: &[i64],
+    kh: i64,
+    kw: i64,
+    pads: &[i64],
+) -> String {
+    let c = xs[1];
+    let (ho, wo) = (ys[2], ys[3]);
+    let wp = xs[3] + pads[1] + pads[3];
+    let xt = e.transpose(x, &[1, 0, 2, 3]); // [C, N, H, W]
+    let xp = if pads.iter().any(|&p| p != 0) {
+        let p = e.i64s(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
+        e.op("Pad", &[&xt, &p], vec![])
+    } else {
+        xt
+    };
+    // [C, Wo, N*Ho] as a transposed view: ONNX Runtime fuses the last-axes Transpose into the
+    // MatMul (FusedMatMul transA), which is ~2x faster than materializing a [1,3,0,2] Transpose.
+    let gt = e.transpose(g, &[1, 0, 2, 3]); // [C, N, Ho, Wo]
+    let g3 = e.reshape(&gt, &[c, -1, wo]); // [C, N*Ho, Wo]
+    let g3 = e.transpose(&g3, &[0, 2, 1]); // [C, Wo, N*Ho]
+    // Flat positions of the diagonals M[w, w+j] in a row-major [Wo, Wp] block, ordered (w, j).
+    let diagonals: Vec<i64> = (0..wo)
+        .flat_map(|w| (0..kw).map(move |j| w * wp + w + j))
+        .collect();
+    let diagonals = e.i64s(&diagonals);
+    let mut rows = Vec::new();
+    for i in 0..kh {
+        let xr = e.slice(&xp, &[i], &[i + ho], &[2], &[1]); // [C, N, Ho, Wp]
+        let x3 = e.reshape(&xr, &[c, -1, wp]); // [C, N*Ho, Wp]
+        let m = e.op("MatMul", &[&g3, &x3], vec![]); // [C, Wo, Wp]
+        let flat = e.reshape(&m, &[c, wo * wp]);
+        let taps = e.op("Gather", &[&flat, &diagonals], vec![attr::int("axis", 1)]);
+        let taps = e.reshape(&taps, &[c, wo, kw]);
+        rows.push(e.reduce_sum(&taps, &[1], true)); // [C, 1, kw]
+    }
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let dw = e.op("Concat", &refs, vec![attr::int("axis", 1)]); // [C, kh, kw]
+    e.reshape(&dw, &[c, 1, kh, kw])
 }
 
 /// Output maps at least this large (H*W) use the batched-MatMul 1x1 weight gradient.

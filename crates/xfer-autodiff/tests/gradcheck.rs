@@ -249,6 +249,29 @@ fn conv_depthwise_stride1_same_upper() {
 }
 
 #[test]
+fn conv_depthwise_stride1_asymmetric_pads_rectangular_kernel() {
+    // The per-row MatMul + diagonal weight gradient with a 2x3 kernel and uneven pads.
+    conv_case(
+        27,
+        &[3, 5, 6, 7],
+        &[5, 1, 2, 3],
+        true,
+        vec![attr::int("group", 5), attr::ints("pads", &[1, 0, 0, 2])],
+    );
+}
+
+#[test]
+fn conv_depthwise_stride1_valid() {
+    conv_case(
+        28,
+        &[2, 3, 6, 5],
+        &[3, 1, 3, 3],
+        false,
+        vec![attr::int("group", 3)],
+    );
+}
+
+#[test]
 fn conv_depthwise_multiplier2_with_bias() {
     conv_case(
         7,

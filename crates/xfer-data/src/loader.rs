@@ -16,7 +16,9 @@ use rayon::prelude::*;
 
 use crate::augment::Augmentation;
 use crate::dataset::Example;
-use crate::decode::{ResizeMethod, check_size, load_image_bytes_with, read_image_file};
+use crate::decode::{
+    JpegScaling, ResizeMethod, check_size, load_image_bytes_with_scaling, read_image_file,
+};
 use crate::error::{DataError, Result};
 
 /// What to do when an image cannot be read or decoded.
@@ -56,6 +58,9 @@ pub struct LoaderConfig {
     pub queue_depth: usize,
     /// How images are resized.
     pub resize: ResizeMethod,
+    /// Whether large JPEGs are decoded at reduced scale before an antialiased resize
+    /// ([`JpegScaling::Auto`], the default; [`JpegScaling::Full`] forces full decoding).
+    pub jpeg_scaling: JpegScaling,
     /// Augmentation applied after resizing, or `None`.
     pub augmentation: Option<Augmentation>,
     /// Augmentation seed.
@@ -71,7 +76,7 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Defaults: bilinear resize, no augmentation, queue depth 4, skip bad files, hash contents.
+    /// Defaults: bilinear resize (JPEG scaling on, used only by an antialiased resize), no augmentation, queue depth 4, skip bad files, hash contents.
     pub fn new(height: u32, width: u32, batch_size: usize) -> Self {
         LoaderConfig {
             height,
@@ -79,6 +84,7 @@ impl LoaderConfig {
             batch_size,
             queue_depth: 4,
             resize: ResizeMethod::Bilinear,
+            jpeg_scaling: JpegScaling::Auto,
             augmentation: None,
             seed: 0,
             epoch: 0,
@@ -203,12 +209,13 @@ fn load_one(example: &Example, config: &LoaderConfig) -> Loaded {
     } else {
         String::new()
     };
-    let image = load_image_bytes_with(
+    let image = load_image_bytes_with_scaling(
         &bytes,
         &example.path,
         config.height,
         config.width,
         config.resize,
+        config.jpeg_scaling,
     )?;
     let image = match &config.augmentation {
         Some(aug) => aug.apply(&image, config.seed, config.epoch, example_key(&example.id)),

@@ -372,6 +372,12 @@ impl fmt::Display for ExtractSummary {
                 self.not_in_split, self.other_shards, self.over_limit
             )?;
         }
+        if self.embedded == 0 && self.files.is_empty() {
+            return write!(
+                f,
+                "time {secs:.1}s, nothing to embed (every image already in the store), no part file written"
+            );
+        }
         write!(
             f,
             "time {secs:.1}s ({rate:.1} images/s embedded; {:.1}s in ONNX Runtime{}), {} part file(s) written",

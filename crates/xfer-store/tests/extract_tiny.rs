@@ -210,6 +210,11 @@ fn full_run_stores_each_image_once_and_rerun_embeds_nothing() {
         again.device, None,
         "nothing to embed: the model is not even loaded"
     );
+    let text = again.to_string();
+    assert!(
+        text.contains("nothing to embed") && !text.contains("images/s"),
+        "a fully cached rerun reports no throughput: {text}"
+    );
     assert_eq!(rows(&f.store), stored);
 }
 

@@ -43,8 +43,8 @@ pub struct InfoArgs {
     /// Splits to count, TFDS-style (repeatable), e.g. `--split 'train[:80%]' --split 'train[80%:]'`.
     #[arg(long = "split")]
     pub splits: Vec<String>,
-    /// Seed of the example order that splits slice.
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the example order that splits slice (the same default as `xfer extract`).
+    #[arg(long, default_value_t = xfer_store::extract::DEFAULT_SEED)]
     pub seed: u64,
     /// Slice each class separately so every split keeps the class balance.
     #[arg(long)]

@@ -32,6 +32,47 @@ pub fn noise_image(width: u32, height: u32, seed: u64) -> RgbImage {
     })
 }
 
+/// A smooth, photo-like picture: colour gradients, a disc, a rectangle, a sine band and
+/// mild noise (±4). Coordinates are relative, so every size shows the same scene.
+pub fn photo_like(width: u32, height: u32, seed: u32) -> RgbImage {
+    let mut state = seed.wrapping_mul(0x9E37_79B9) | 1;
+    RgbImage::from_fn(width, height, |x, y| {
+        let u = x as f32 / width as f32;
+        let v = y as f32 / height as f32;
+        let mut px = [40.0 + 150.0 * u, 60.0 + 120.0 * v, 200.0 - 120.0 * u * v];
+        let d = ((u - 0.35).powi(2) + (v - 0.45).powi(2)).sqrt();
+        if d < 0.2 {
+            px = [220.0 - 200.0 * d, 80.0, 50.0 + 300.0 * d];
+        }
+        if (0.6..0.85).contains(&u) && (0.15..0.5).contains(&v) {
+            px = [30.0, 170.0 + 40.0 * v, 90.0];
+        }
+        if v > 0.7 {
+            px[2] = 100.0 + 60.0 * (u * 18.0 + v * 7.0).sin();
+        }
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state % 9) as f32 - 4.0;
+        image::Rgb(px.map(|c| (c + n).clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// A JPEG of `pixels` (`color` Rgb8 or L8) at `quality`.
+pub fn jpeg_with(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    color: image::ExtendedColorType,
+    quality: u8,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(pixels, width, height, color)
+        .expect("encode jpeg");
+    out
+}
+
 /// Encodes a dynamic image in `format`.
 pub fn encode(image: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Vec::new();
