@@ -623,12 +623,11 @@ fn conv_weight_grad(
         let r = geometry(e, &x1, &gt, c_in); // [1, C*m, kh, kw]
         return e.reshape(&r, &[c_out, 1, kh, kw]);
     }
+    if group == 1 {
+        return full_weight_grad_im2col(e, x, g, xs, ws, ys, strides, dilations, pads);
+    }
     let xt = e.transpose(x, &[1, 0, 2, 3]); // [C, N, H, W]: C images of N channels
     let gt = e.transpose(g, &[1, 0, 2, 3]); // [O, N, Ho, Wo]: O kernels
-    if group == 1 {
-        let r = geometry(e, &xt, &gt, 1); // [C, O, kh, kw]
-        return e.transpose(&r, &[1, 0, 2, 3]);
-    }
     // Grouped (not depthwise): one full weight gradient per group, concatenated over O.
     let (ci, co) = (c_in / group, c_out / group);
     let mut parts = Vec::new();
@@ -640,6 +639,56 @@ fn conv_weight_grad(
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     e.op("Concat", &refs, vec![attr::int("axis", 0)])
+}
+
+/// Weight gradient of a full (group 1) convolution: im2col by one strided Slice per tap, then one
+/// MatMul per example and a sum over the batch.
+///
+/// `cols[n, t*C + c, p] = Xpad[n, c, ...tap t at output position p]`, `dW[o, c, t] = sum_n
+/// G[n, o, :] . cols[n, t*C + c, :]`. Measured on ONNX Runtime 1.31 CPU for Xception's
+/// block1_conv2 (batch 32, 32->64 channels, 74->72): 97 ms, against 175 ms for the Conv that
+/// uses the batch-transposed output gradient as its kernel (a GEMM with only kh*kw columns).
+#[allow(clippy::too_many_arguments)]
+fn full_weight_grad_im2col(
+    e: &mut Emit,
+    x: &str,
+    g: &str,
+    xs: &[i64],
+    ws: &[i64],
+    ys: &[i64],
+    strides: &[i64],
+    dilations: &[i64],
+    pads: &[i64],
+) -> String {
+    let (c_in, c_out, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
+    let (ho, wo) = (ys[2], ys[3]);
+    let xp = if pads.iter().any(|&p| p != 0) {
+        let p = e.i64s(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
+        e.op("Pad", &[x, &p], vec![])
+    } else {
+        x.to_owned()
+    };
+    let mut taps = Vec::new();
+    for i in 0..kh {
+        for j in 0..kw {
+            let (r0, c0) = (i * dilations[0], j * dilations[1]);
+            let ends = [
+                r0 + (ho - 1) * strides[0] + 1,
+                c0 + (wo - 1) * strides[1] + 1,
+            ];
+            taps.push(e.slice(&xp, &[r0, c0], &ends, &[2, 3], strides)); // [N, C, Ho, Wo]
+        }
+    }
+    let refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+    let cols = e.op("Concat", &refs, vec![attr::int("axis", 1)]); // [N, T*C, Ho, Wo]
+    let cols = e.reshape(&cols, &[0, kh * kw * c_in, ho * wo]);
+    let cols_t = e.transpose(&cols, &[0, 2, 1]); // fused into the MatMul by ONNX Runtime
+    let g3 = e.reshape(g, &[0, c_out, ho * wo]);
+    let per = e.op("MatMul", &[&g3, &cols_t], vec![]); // [N, O, T*C]
+    let dw = e.reduce_sum(&per, &[0], false); // [O, T*C]
+    let dw = e.reshape(&dw, &[c_out, kh * kw, c_in]);
+    let dw = e.transpose(&dw, &[0, 2, 1]); // [O, C, T]
+    e.reshape(&dw, &[c_out, c_in, kh, kw])
 }
 
 /// Depthwise weight gradient for stride 1 as per-channel MatMuls whose diagonals are the taps.

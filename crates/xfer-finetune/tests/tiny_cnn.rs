@@ -427,6 +427,67 @@ fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
+fn the_image_cache_serves_later_epochs_and_changes_no_result() {
+    let f = fixture();
+    let cfg = config(&f, 2, 1);
+    let cached_run = f.root.join("cached");
+    let cached = run_to_end(&cfg, &options(&cached_run));
+    let plain_run = f.root.join("plain");
+    let mut plain_options = options(&plain_run);
+    plain_options.cache_bytes = 0;
+    let plain = run_to_end(&cfg, &plain_options);
+    assert!(plain.train_cache.is_none() && plain.val_cache.is_none());
+
+    // Training examples: read in epoch 1, served from memory in the 2 later epochs (phase
+    // 2 included); validation likewise (3 validations). Nothing was refused for lack of room.
+    let (train, val) = (PER_CLASS as u64, PER_CLASS as u64 / 2);
+    let t = cached.train_cache.expect("train cache stats");
+    assert_eq!((t.hits, t.misses, t.not_cached), (2 * train, train, 0));
+    assert_eq!(t.entries as u64, train);
+    assert_eq!(t.bytes, train * 3 * u64::from(SIDE * SIDE) * 4);
+    let v = cached.val_cache.expect("val cache stats");
+    assert_eq!((v.hits, v.misses, v.entries as u64), (2 * val, val, val));
+    assert_eq!(
+        t.capacity_bytes + v.capacity_bytes,
+        xfer_finetune::DEFAULT_CACHE_BYTES
+    );
+
+    let a = Checkpoint::load(&Checkpoint::last_path(&cached_run)).expect("a");
+    let b = Checkpoint::load(&Checkpoint::last_path(&plain_run)).expect("b");
+    for (name, ta) in &a.tensors {
+        assert_eq!(
+            ta.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.tensors[name]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            "{name} differs with the image cache"
+        );
+    }
+    for (ra, rb) in cached.epochs.iter().zip(&plain.epochs) {
+        assert_eq!(
+            (
+                ra.train_loss,
+                ra.val_loss,
+                ra.train_accuracy,
+                ra.val_accuracy
+            ),
+            (
+                rb.train_loss,
+                rb.val_loss,
+                rb.train_accuracy,
+                rb.val_accuracy
+            )
+        );
+    }
+    assert_eq!(cached.epochs.len(), 3);
+    assert_eq!(
+        cached.test.as_ref().map(|m| m.accuracy),
+        plain.test.as_ref().map(|m| m.accuracy)
+    );
+}
+
+#[test]
 fn training_and_augmentation_are_seeded() {
     let f = fixture();
     let params_of = |name: &str, seed: u64, augment: bool| {
