@@ -217,22 +217,26 @@ fn real_main() -> Result<(), String> {
     });
     let labels = ArrayD::from_shape_fn(IxDyn(&[n]), |i| (i[0] % 2) as f32);
 
-    // Forward only: the eval graph.
+    // Forward only: the eval graph. Timed before and after the training steps (2x the
+    // iterations each time, it is cheap) and the median taken over both, so that a machine
+    // whose speed drifts during the run biases the ratios less.
     let mut fwd = session(&head.eval, "eval", &so)?;
-    let mut times = Vec::new();
-    for it in 0..=o.iters {
-        let t = Instant::now();
-        fwd.run(&[(
-            head.spec.data_input.name.as_str(),
-            InputTensor::F32(x.view()),
-        )])
-        .map_err(|e| e.to_string())?;
-        if it > 0 {
-            times.push(t.elapsed().as_secs_f64());
+    let mut fwd_times = Vec::new();
+    let mut time_forward = |fwd_times: &mut Vec<f64>| -> Result<(), String> {
+        for it in 0..=2 * o.iters {
+            let t = Instant::now();
+            fwd.run(&[(
+                head.spec.data_input.name.as_str(),
+                InputTensor::F32(x.view()),
+            )])
+            .map_err(|e| e.to_string())?;
+            if it > 0 {
+                fwd_times.push(t.elapsed().as_secs_f64());
+            }
         }
-    }
-    let fwd_s = median(times);
-    drop(fwd);
+        Ok(())
+    };
+    time_forward(&mut fwd_times)?;
 
     // The forward half of the all-layers training step, parameters fed as inputs.
     let mut train_fwd = session(
@@ -291,6 +295,8 @@ fn real_main() -> Result<(), String> {
 
     let (head_s, head_loss) = time_training(&head, &x, &labels, &o, &so)?;
     let (all_s, all_loss) = time_training(&all, &x, &labels, &o, &so)?;
+    time_forward(&mut fwd_times)?;
+    let fwd_s = median(fwd_times);
     let ips = |s: f64| n as f64 / s;
     println!(
         "model {} {}x{} batch {n}, {} timed iterations (median), threads {:?}",
