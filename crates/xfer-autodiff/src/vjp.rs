@@ -612,7 +612,13 @@ fn conv_weight_grad(
         );
         e.slice(&r, &[0, 0], &[kh, kw], &[2, 3], &[1, 1])
     };
-    if depthwise && c_out == c_in && strides == [1, 1] && dilations == [1, 1] {
+    let padded_width = xs[3] + pads[1] + pads[3];
+    if depthwise
+        && c_out == c_in
+        && strides == [1, 1]
+        && dilations == [1, 1]
+        && padded_width <= DIAGONAL_MAX_WIDTH
+    {
         return depthwise_weight_grad_unit_stride(e, x, g, xs, ys, kh, kw, pads);
     }
     if depthwise {
@@ -745,6 +751,10 @@ fn depthwise_weight_grad_unit_stride(
     let dw = e.op("Concat", &refs, vec![attr::int("axis", 1)]); // [C, kh, kw]
     e.reshape(&dw, &[c, 1, kh, kw])
 }
+
+/// Widest (padded) map for the diagonal depthwise weight gradient: its MatMuls do `Wp` times the
+/// necessary work, which stops paying off against the grouped Conv somewhere past Xception's 74.
+const DIAGONAL_MAX_WIDTH: i64 = 128;
 
 /// Output maps at least this large (H*W) use the batched-MatMul 1x1 weight gradient.
 const LARGE_MAP: i64 = 1024;

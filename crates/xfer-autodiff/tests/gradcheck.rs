@@ -261,6 +261,18 @@ fn conv_depthwise_stride1_asymmetric_pads_rectangular_kernel() {
 }
 
 #[test]
+fn conv_depthwise_stride1_wide_map_uses_the_grouped_conv() {
+    // Padded width 132 > 128: the grouped-Conv weight gradient instead of the diagonal one.
+    conv_case(
+        30,
+        &[2, 3, 4, 130],
+        &[3, 1, 3, 3],
+        false,
+        vec![attr::int("group", 3), attr::ints("pads", &[1, 1, 1, 1])],
+    );
+}
+
+#[test]
 fn conv_depthwise_stride1_valid() {
     conv_case(
         28,
