@@ -83,6 +83,27 @@ fn forward_part(model: &xfer_onnx::ModelProto, output: &str) -> xfer_onnx::Model
     m
 }
 
+/// The dropout masks of a training graph for one step (seed 1), batch dimension filled in.
+fn dropout_masks(tg: &TrainingGraphs, batch: usize, step: u64) -> Vec<(String, ArrayD<f32>)> {
+    tg.spec
+        .dropout_masks
+        .iter()
+        .map(|m| {
+            let shape: Vec<usize> = m
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { batch } else { d as usize })
+                .collect();
+            let n = shape.iter().product();
+            let mask = dropout_mask(1, step, m.stream, n, m.rate);
+            (
+                m.name.clone(),
+                ArrayD::from_shape_vec(IxDyn(&shape), mask).expect("mask shape"),
+            )
+        })
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -102,27 +123,7 @@ fn time_training(
     let mut times = Vec::new();
     let mut loss = f32::NAN;
     for it in 0..=o.iters {
-        let masks: Vec<(String, ArrayD<f32>)> = tg
-            .spec
-            .dropout_masks
-            .iter()
-            .map(|m| {
-                let shape: Vec<usize> = m
-                    .shape
-                    .iter()
-                    .map(|&d| if d < 0 { o.batch } else { d as usize })
-                    .collect();
-                let n = shape.iter().product();
-                (
-                    m.name.clone(),
-                    ArrayD::from_shape_vec(
-                        IxDyn(&shape),
-                        dropout_mask(1, it as u64, m.stream, n, m.rate),
-                    )
-                    .expect("mask shape"),
-                )
-            })
-            .collect();
+        let masks = dropout_masks(tg, o.batch, it as u64);
         let t0 = Instant::now();
         let arrays: Vec<ArrayD<f32>> = params
             .iter()
@@ -249,24 +250,7 @@ fn real_main() -> Result<(), String> {
         .iter()
         .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
         .collect();
-    let masks: Vec<(String, ArrayD<f32>)> = all
-        .spec
-        .dropout_masks
-        .iter()
-        .map(|m| {
-            let shape: Vec<usize> = m
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { o.batch } else { d as usize })
-                .collect();
-            let len = shape.iter().product();
-            let mask = dropout_mask(1, 0, m.stream, len, m.rate);
-            (
-                m.name.clone(),
-                ArrayD::from_shape_vec(IxDyn(&shape), mask).expect("mask shape"),
-            )
-        })
-        .collect();
+    let masks = dropout_masks(&all, o.batch, 0);
     let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![(
         all.spec.data_input.name.as_str(),
         InputTensor::F32(x.view()),

@@ -668,12 +668,7 @@ fn full_weight_grad_im2col(
 ) -> String {
     let (c_in, c_out, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
     let (ho, wo) = (ys[2], ys[3]);
-    let xp = if pads.iter().any(|&p| p != 0) {
-        let p = e.i64s(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
-        e.op("Pad", &[x, &p], vec![])
-    } else {
-        x.to_owned()
-    };
+    let xp = zero_pad_spatial(e, x, pads);
     let mut taps = Vec::new();
     for i in 0..kh {
         for j in 0..kw {
@@ -721,12 +716,7 @@ fn depthwise_weight_grad_unit_stride(
     let (ho, wo) = (ys[2], ys[3]);
     let wp = xs[3] + pads[1] + pads[3];
     let xt = e.transpose(x, &[1, 0, 2, 3]); // [C, N, H, W]
-    let xp = if pads.iter().any(|&p| p != 0) {
-        let p = e.i64s(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
-        e.op("Pad", &[&xt, &p], vec![])
-    } else {
-        xt
-    };
+    let xp = zero_pad_spatial(e, &xt, pads);
     // [C, Wo, N*Ho] as a transposed view: ONNX Runtime fuses the last-axes Transpose into the
     // MatMul (FusedMatMul transA), which is ~2x faster than materializing a [1,3,0,2] Transpose.
     let gt = e.transpose(g, &[1, 0, 2, 3]); // [C, N, Ho, Wo]
@@ -750,6 +740,16 @@ fn depthwise_weight_grad_unit_stride(
     let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
     let dw = e.op("Concat", &refs, vec![attr::int("axis", 1)]); // [C, kh, kw]
     e.reshape(&dw, &[c, 1, kh, kw])
+}
+
+/// Zero-pads the last two axes of a 4-D value by ONNX `pads` `[top, left, bottom, right]`
+/// (the value itself when all are 0).
+fn zero_pad_spatial(e: &mut Emit, x: &str, pads: &[i64]) -> String {
+    if pads.iter().all(|&p| p == 0) {
+        return x.to_owned();
+    }
+    let p = e.i64s(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
+    e.op("Pad", &[x, &p], vec![])
 }
 
 /// Widest (padded) map for the diagonal depthwise weight gradient: its MatMuls do `Wp` times the
