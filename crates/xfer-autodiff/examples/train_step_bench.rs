@@ -104,6 +104,42 @@ fn dropout_masks(tg: &TrainingGraphs, batch: usize, step: u64) -> Vec<(String, A
         .collect()
 }
 
+/// The parameters' current values as arrays to feed.
+fn param_arrays(params: &[Parameter]) -> Vec<ArrayD<f32>> {
+    params
+        .iter()
+        .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
+        .collect()
+}
+
+/// Feeds of a training graph: pixels, labels (left out for its forward half), dropout masks
+/// and every trainable parameter.
+fn training_feeds<'a>(
+    tg: &'a TrainingGraphs,
+    x: &'a ArrayD<f32>,
+    labels: Option<&'a ArrayD<f32>>,
+    masks: &'a [(String, ArrayD<f32>)],
+    params: &'a [Parameter],
+    arrays: &'a [ArrayD<f32>],
+) -> Vec<(&'a str, InputTensor<'a>)> {
+    let mut feeds = vec![(tg.spec.data_input.name.as_str(), InputTensor::F32(x.view()))];
+    if let Some(labels) = labels {
+        feeds.push(("labels", InputTensor::F32(labels.view())));
+    }
+    feeds.extend(
+        masks
+            .iter()
+            .map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))),
+    );
+    feeds.extend(
+        params
+            .iter()
+            .zip(arrays)
+            .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
+    );
+    feeds
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -125,25 +161,8 @@ fn time_training(
     for it in 0..=o.iters {
         let masks = dropout_masks(tg, o.batch, it as u64);
         let t0 = Instant::now();
-        let arrays: Vec<ArrayD<f32>> = params
-            .iter()
-            .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
-            .collect();
-        let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![
-            (tg.spec.data_input.name.as_str(), InputTensor::F32(x.view())),
-            ("labels", InputTensor::F32(labels.view())),
-        ];
-        feeds.extend(
-            masks
-                .iter()
-                .map(|(n, a)| (n.as_str(), InputTensor::F32(a.view()))),
-        );
-        feeds.extend(
-            params
-                .iter()
-                .zip(&arrays)
-                .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
-        );
+        let arrays = param_arrays(&params);
+        let feeds = training_feeds(tg, x, Some(labels), &masks, &params, &arrays);
         let out = s.run(&feeds).map_err(|e| e.to_string())?;
         let mut grads: Vec<Vec<f32>> = Vec::with_capacity(params.len());
         for p in &params {
@@ -245,27 +264,9 @@ fn real_main() -> Result<(), String> {
         "training forward",
         &so,
     )?;
-    let arrays: Vec<ArrayD<f32>> = all
-        .params
-        .iter()
-        .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param shape"))
-        .collect();
+    let arrays = param_arrays(&all.params);
     let masks = dropout_masks(&all, o.batch, 0);
-    let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![(
-        all.spec.data_input.name.as_str(),
-        InputTensor::F32(x.view()),
-    )];
-    feeds.extend(
-        masks
-            .iter()
-            .map(|(name, a)| (name.as_str(), InputTensor::F32(a.view()))),
-    );
-    feeds.extend(
-        all.params
-            .iter()
-            .zip(&arrays)
-            .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
-    );
+    let feeds = training_feeds(&all, &x, None, &masks, &all.params, &arrays);
     let mut times = Vec::new();
     for it in 0..=o.iters {
         let t = Instant::now();

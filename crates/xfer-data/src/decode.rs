@@ -108,13 +108,15 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
 /// Entropy-coded data cannot contain `FF D9` (0xFF bytes are stuffed as `FF 00`), so a
 /// missing EOI after the last SOS means the file was cut short. TensorFlow's `decode_jpeg`
 /// rejects such files too; the Rust decoder would silently fill the rest with grey.
+///
+/// Both searches stop early on a well-formed file: the last marker is the EOI at the very end,
+/// and the first SOS follows the headers.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
-    match (last_sos, last_eoi) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
-    }
+    const SOS: [u8; 2] = [0xFF, 0xDA];
+    const EOI: [u8; 2] = [0xFF, 0xD9];
+    let last_marker = bytes.windows(2).rposition(|w| w == SOS || w == EOI);
+    let ends_with_eoi = last_marker.is_some_and(|i| bytes[i..i + 2] == EOI);
+    ends_with_eoi && bytes.windows(2).any(|w| w == SOS)
 }
 
 fn decode_error(origin: &Path, err: ImageError) -> DataError {

@@ -942,8 +942,30 @@ impl Emitter<'_> {
             .as_standard_layout()
             .to_owned();
         let w = self.init(&format!("{}.kernel", layer.name), w);
-        let b = match vars.next() {
-            Some(v) => Some(self.bias(layer, v, filters)?),
+        let geometry = ConvGeometry {
+            kernel,
+            strides,
+            dilations,
+            group: groups,
+        };
+        self.conv_bias_activation(layer, &x.name, &w, vars.next(), filters, geometry, hint)
+    }
+
+    /// The Conv node of a Conv2D/DepthwiseConv2D layer with its optional bias variable and its
+    /// `activation`; `out_channels` sizes the bias and the result.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bias_activation(
+        &mut self,
+        layer: &Layer,
+        x: &str,
+        weight: &str,
+        bias: Option<ArrayD<f32>>,
+        out_channels: usize,
+        geometry: ConvGeometry,
+        hint: &str,
+    ) -> Result<Val> {
+        let b = match bias {
+            Some(v) => Some(self.bias(layer, v, out_channels)?),
             None => None,
         };
         let act = cfg_str(layer, "activation", "linear").to_owned();
@@ -952,23 +974,11 @@ impl Emitter<'_> {
         } else {
             format!("{hint}/conv")
         };
-        let y = self.conv_node(
-            layer,
-            &x.name,
-            &w,
-            b.as_deref(),
-            ConvGeometry {
-                kernel,
-                strides,
-                dilations,
-                group: groups,
-            },
-            &conv_hint,
-        )?;
+        let y = self.conv_node(layer, x, weight, b.as_deref(), geometry, &conv_hint)?;
         let y = Val {
             name: y,
             rank: 4,
-            channels: Some(filters),
+            channels: Some(out_channels),
         };
         self.activation(layer, &act, y, hint)
     }
@@ -1025,35 +1035,13 @@ impl Emitter<'_> {
             .ok_or_else(|| layer_err(layer, "missing kernel"))?;
         let (w, c, m) = Self::depthwise_weight(layer, k, kernel, x.channels)?;
         let w = self.init(&format!("{}.kernel", layer.name), w);
-        let b = match vars.next() {
-            Some(v) => Some(self.bias(layer, v, c * m)?),
-            None => None,
+        let geometry = ConvGeometry {
+            kernel,
+            strides,
+            dilations,
+            group: c,
         };
-        let act = cfg_str(layer, "activation", "linear").to_owned();
-        let conv_hint = if act == "linear" {
-            hint.to_owned()
-        } else {
-            format!("{hint}/conv")
-        };
-        let y = self.conv_node(
-            layer,
-            &x.name,
-            &w,
-            b.as_deref(),
-            ConvGeometry {
-                kernel,
-                strides,
-                dilations,
-                group: c,
-            },
-            &conv_hint,
-        )?;
-        let y = Val {
-            name: y,
-            rank: 4,
-            channels: Some(c * m),
-        };
-        self.activation(layer, &act, y, hint)
+        self.conv_bias_activation(layer, &x.name, &w, vars.next(), c * m, geometry, hint)
     }
 
     fn separable_conv2d(&mut self, layer: &Layer, args: &[Val], hint: &str) -> Result<Val> {
