@@ -21,6 +21,18 @@ pub struct Example {
     pub label: u32,
 }
 
+impl Example {
+    /// An unlabelled image given by its path (id: the path as given; label: 0), e.g. an
+    /// image named on the command line.
+    pub fn from_path(path: &Path) -> Example {
+        Example {
+            id: path.display().to_string(),
+            path: path.to_path_buf(),
+            label: 0,
+        }
+    }
+}
+
 /// Where a dataset's examples come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatasetSource {

@@ -107,6 +107,22 @@ impl LoaderConfig {
         }
     }
 
+    /// For inference: every image in the given order, no augmentation, no hashing, and
+    /// the first unreadable image is an error; the pixels are those of [`crate::load_image`].
+    pub fn for_inference(
+        height: u32,
+        width: u32,
+        batch_size: usize,
+        threads: Option<usize>,
+    ) -> Self {
+        LoaderConfig {
+            on_error: OnError::Fail,
+            hash_contents: false,
+            threads,
+            ..LoaderConfig::new(height, width, batch_size)
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         check_size(self.height, self.width)?;
         if self.batch_size == 0 {

@@ -276,22 +276,15 @@ pub fn export_model(
         xfer_head::PROBABILITIES_OUTPUT,
         info.classes
     );
-    let classes_json = serde_json::Value::from(info.classes.clone()).to_string();
-    out.set_metadata(xfer_head::METADATA_CLASSES, &classes_json);
-    out.set_metadata(
-        xfer_head::METADATA_IMAGE_SIZE,
-        &format!("[{},{}]", info.image_size[0], info.image_size[1]),
+    let mut metadata = xfer_head::ModelMetadata::new(
+        info.classes.clone(),
+        info.image_size,
+        &info.input,
+        info.value_range,
+        &info.backbone_name,
+        &info.fingerprint,
     );
-    out.set_metadata(xfer_head::METADATA_INPUT, &info.input);
-    out.set_metadata("layout", "NCHW");
-    out.set_metadata("channel_order", "RGB");
-    out.set_metadata(
-        "value_range",
-        &format!("[{},{}]", info.value_range[0], info.value_range[1]),
-    );
-    out.set_metadata("backbone", &info.backbone_name);
-    out.set_metadata("fingerprint", &info.fingerprint);
-    out.set_metadata("output", xfer_head::PROBABILITIES_OUTPUT);
-    out.set_metadata("xfer.finetuned", "true");
+    metadata.finetuned = true;
+    metadata.write_to(&mut out);
     Ok(out)
 }

@@ -14,6 +14,7 @@ use xfer_data::{
     Augmentation, Batch, BatchLoader, CacheStats, Dataset, Example, FillMode, LoaderConfig,
     OnError, ResizedImageCache, SplitSpec,
 };
+use xfer_head::argmax;
 use xfer_onnx::ModelProto;
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
@@ -1014,16 +1015,6 @@ pub(crate) fn loss_and_accuracy(
         }
     }
     (total / n, correct as f64 / n)
-}
-
-fn argmax(values: impl Iterator<Item = f64>) -> usize {
-    let mut best = (0, f64::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }
 
 fn count_correct(logits: &ArrayD<f32>, examples: &[Example]) -> usize {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use xfer_onnx::{Dim, GraphBuilder, ModelProto};
 
 use crate::head::Head;
+use crate::metadata::ModelMetadata;
 use crate::{Error, Result};
 
 /// Name of the output of heads and exported models.
@@ -142,20 +143,14 @@ pub fn merge(backbone: &ModelProto, head: &Head, options: &ExportOptions) -> Res
         options.value_range[1],
         head.classes
     );
-    model.set_metadata(METADATA_CLASSES, &head.classes_json());
-    model.set_metadata(
-        METADATA_IMAGE_SIZE,
-        &format!("[{},{}]", options.image_size[0], options.image_size[1]),
-    );
-    model.set_metadata(METADATA_INPUT, &options.input);
-    model.set_metadata("layout", "NCHW");
-    model.set_metadata("channel_order", "RGB");
-    model.set_metadata(
-        "value_range",
-        &format!("[{},{}]", options.value_range[0], options.value_range[1]),
-    );
-    model.set_metadata("backbone", &options.backbone_name);
-    model.set_metadata("fingerprint", &head.fingerprint);
-    model.set_metadata("output", PROBABILITIES_OUTPUT);
+    ModelMetadata::new(
+        head.classes.clone(),
+        options.image_size,
+        &options.input,
+        options.value_range,
+        &options.backbone_name,
+        &head.fingerprint,
+    )
+    .write_to(&mut model);
     Ok(model)
 }

@@ -7,20 +7,24 @@
 //! one row of `W` per class. A binary head keeps row 0 at zero, so its
 //! softmax is exactly the logistic sigmoid of row 1.
 
+mod evaluate;
 mod export;
 mod fsutil;
 mod head;
+mod metadata;
 mod metrics;
 mod standardize;
 mod train;
 
+pub use evaluate::{Evaluation, ExportedModel, evaluate_embeddings, evaluate_exported};
 pub use export::{
     ExportOptions, METADATA_CLASSES, METADATA_IMAGE_SIZE, METADATA_INPUT, PROBABILITIES_OUTPUT,
     merge,
 };
 pub use fsutil::write_atomic;
 pub use head::{FEATURES_INPUT, HEAD_JSON, HEAD_ONNX, Head, HeadKind, HyperParameters};
-pub use metrics::{ClassMetrics, METRICS_JSON, Metrics, format_table, save_metrics};
+pub use metadata::{METADATA_FINETUNED, ModelMetadata};
+pub use metrics::{ClassMetrics, METRICS_JSON, Metrics, argmax, format_table, save_metrics};
 pub use standardize::Standardizer;
 pub use train::{ClassWeight, GridPoint, Split, TrainOptions, train};
 
@@ -73,6 +77,17 @@ pub enum Error {
     /// An ONNX model could not be built, merged or written.
     #[error("ONNX: {0}")]
     Onnx(String),
+    /// ONNX Runtime could not load or run a model.
+    #[error("running {path}: {source}")]
+    Runtime {
+        /// The model.
+        path: String,
+        /// What ONNX Runtime said.
+        source: xfer_runtime::Error,
+    },
+    /// Images could not be read or decoded.
+    #[error(transparent)]
+    Images(#[from] xfer_data::DataError),
 }
 
 impl From<xfer_onnx::Error> for Error {

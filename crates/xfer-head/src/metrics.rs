@@ -139,7 +139,7 @@ impl Metrics {
 }
 
 /// Index of the largest value (the first one on ties).
-pub(crate) fn argmax(values: impl Iterator<Item = f64>) -> usize {
+pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
     let mut best = (0usize, f64::NEG_INFINITY);
     for (i, v) in values.enumerate() {
         if v > best.1 {

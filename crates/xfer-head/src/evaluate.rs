@@ -1,0 +1,208 @@
+//! Evaluation: a head on stored embeddings, or an exported model (backbone + head,
+//! `xfer export` / `xfer finetune`) on images, into metrics and per-row predictions.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2, ArrayView4, Axis, s};
+use serde::Serialize;
+use xfer_data::{BatchLoader, Example, LoaderConfig};
+use xfer_runtime::{Device, Model, SessionOptions};
+
+use crate::fsutil::write_atomic;
+use crate::head::Head;
+use crate::metadata::ModelMetadata;
+use crate::metrics::{Metrics, argmax};
+use crate::{Error, Result};
+
+/// A model written by `xfer export` or `xfer finetune`, loaded, with its metadata.
+pub struct ExportedModel {
+    model: Model,
+    origin: String,
+    /// What the model's metadata says (classes, input, image size, ...).
+    pub metadata: ModelMetadata,
+}
+
+impl ExportedModel {
+    /// Loads the model at `path` and reads its metadata.
+    pub fn open(path: &Path, options: &SessionOptions) -> Result<Self> {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            op: "reading",
+            path: origin.clone(),
+            source,
+        })?;
+        let proto = xfer_onnx::read_model_bytes(&bytes).map_err(|e| Error::Format {
+            path: origin.clone(),
+            reason: format!("not an ONNX model: {e}"),
+        })?;
+        let metadata = ModelMetadata::read_from(&proto, &origin)?;
+        drop(proto);
+        let model =
+            Model::from_bytes(&bytes, &origin, options).map_err(|source| Error::Runtime {
+                path: origin.clone(),
+                source,
+            })?;
+        Ok(ExportedModel {
+            model,
+            origin,
+            metadata,
+        })
+    }
+
+    /// The class names, in output order.
+    pub fn classes(&self) -> &[String] {
+        &self.metadata.classes
+    }
+
+    /// Where the model runs (the CPU after a fallback).
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Probabilities `[n, classes]` of pixels `[n, 3, h, w]` (RGB 0..255, the model's size).
+    pub fn run(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Array2<f32>> {
+        let n = pixels.shape()[0];
+        let k = self.metadata.classes.len();
+        let probs = self
+            .model
+            .run_single(&self.metadata.input, pixels.into_dyn())
+            .map_err(|source| Error::Runtime {
+                path: self.origin.clone(),
+                source,
+            })?;
+        if probs.shape() != [n, k] {
+            return Err(Error::Onnx(format!(
+                "the model returned shape {:?}, expected [{n}, {k}]",
+                probs.shape()
+            )));
+        }
+        probs
+            .into_shape_with_order((n, k))
+            .map_err(|e| Error::Onnx(e.to_string()))
+    }
+
+    /// Probabilities `[n, classes]` of `examples`, in their order: decoded and resized to
+    /// the model's size in parallel ([`BatchLoader`]); the first unreadable image is an error.
+    pub fn probabilities(
+        &mut self,
+        examples: Vec<Example>,
+        batch_size: usize,
+        threads: Option<usize>,
+    ) -> Result<Array2<f32>> {
+        let mut out = Array2::<f32>::zeros((examples.len(), self.metadata.classes.len()));
+        let [h, w] = self.metadata.image_size;
+        let config = LoaderConfig::for_inference(h, w, batch_size, threads);
+        let mut done = 0;
+        for batch in BatchLoader::start(examples, config)? {
+            let batch = batch?;
+            let probs = self.run(batch.pixels.view())?;
+            out.slice_mut(s![done..done + probs.nrows(), ..])
+                .assign(&probs);
+            done += probs.nrows();
+        }
+        Ok(out)
+    }
+}
+
+/// Metrics of a model on one split, with what `--predictions` writes.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Row ids (image ids).
+    pub ids: Vec<String>,
+    /// True labels.
+    pub labels: Vec<i32>,
+    /// Probabilities `[rows, classes]`.
+    pub probabilities: Array2<f64>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+/// `head` on stored embeddings `features` (of the backbone `fingerprint`), rows `ids`/`labels`.
+pub fn evaluate_embeddings(
+    head: &Head,
+    features: ArrayView2<'_, f32>,
+    labels: &[i32],
+    ids: &[String],
+    fingerprint: &str,
+) -> Result<Evaluation> {
+    head.check_fingerprint(fingerprint)?;
+    let probabilities = head.probabilities(features)?;
+    let metrics = Metrics::compute(probabilities.view(), labels, &head.classes)?;
+    Ok(Evaluation {
+        ids: ids.to_vec(),
+        labels: labels.to_vec(),
+        probabilities,
+        classes: head.classes.clone(),
+        metrics,
+    })
+}
+
+/// An exported model on the images of `examples` (sorted by id first, as the store keeps them).
+pub fn evaluate_exported(
+    model: &mut ExportedModel,
+    mut examples: Vec<Example>,
+    batch_size: usize,
+    threads: Option<usize>,
+) -> Result<Evaluation> {
+    examples.sort_by(|a, b| a.id.cmp(&b.id));
+    let ids: Vec<String> = examples.iter().map(|e| e.id.clone()).collect();
+    let labels = examples
+        .iter()
+        .map(|e| {
+            i32::try_from(e.label).map_err(|_| {
+                Error::Data(format!("image {} has label {} (too large)", e.id, e.label))
+            })
+        })
+        .collect::<Result<Vec<i32>>>()?;
+    let probabilities = model
+        .probabilities(examples, batch_size, threads)?
+        .mapv(f64::from);
+    let classes = model.classes().to_vec();
+    let metrics = Metrics::compute(probabilities.view(), &labels, &classes)?;
+    Ok(Evaluation {
+        ids,
+        labels,
+        probabilities,
+        classes,
+        metrics,
+    })
+}
+
+/// One line of [`Evaluation::write_predictions`].
+#[derive(Serialize)]
+struct PredictionLine<'a> {
+    id: &'a str,
+    label: &'a str,
+    predicted: &'a str,
+    probabilities: Vec<f64>,
+}
+
+impl Evaluation {
+    /// Writes one JSON line per row (id, true label, predicted label, probabilities) to `path`.
+    pub fn write_predictions(&self, path: &Path) -> Result<()> {
+        let class = |i: usize| self.classes.get(i).map_or("?", String::as_str);
+        let mut text = String::new();
+        for ((id, &label), p) in self
+            .ids
+            .iter()
+            .zip(&self.labels)
+            .zip(self.probabilities.axis_iter(Axis(0)))
+        {
+            let line = PredictionLine {
+                id,
+                label: usize::try_from(label).map_or("?", class),
+                predicted: class(argmax(p.iter().copied())),
+                probabilities: p.to_vec(),
+            };
+            let json = serde_json::to_string(&line).map_err(|e| Error::Format {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            text.push_str(&json);
+            text.push('\n');
+        }
+        write_atomic(path, text.as_bytes())
+    }
+}
