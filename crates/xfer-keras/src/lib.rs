@@ -53,11 +53,16 @@ mod convert;
 mod fold;
 mod graph;
 mod keras;
+mod publish;
 
 pub use convert::{ConvertOptions, Converted, Part, Preprocessing, convert};
 pub use fold::fold_for_inference;
 pub use graph::snake_case;
 pub use keras::KerasModel;
+pub use publish::{
+    ConvertedPair, MODEL_FILE, PublishInfo, Published, TRAIN_FILE, convert_pair,
+    current_conversion, publish,
+};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,16 @@ pub enum Error {
     /// Building or rewriting the ONNX graph failed.
     #[error("graph: {0}")]
     Graph(String),
+    /// Writing a model folder failed.
+    #[error("{op} {path}: {reason}")]
+    Publish {
+        /// What was being done.
+        op: &'static str,
+        /// The file or folder.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Result type of this crate.
