@@ -3,6 +3,7 @@
 //! This binary only parses arguments, wires the library crates together and
 //! reports; every capability lives in a `xfer-*` library crate.
 
+mod args;
 mod cmd;
 
 use std::process::ExitCode;
@@ -38,11 +39,11 @@ enum Command {
     /// Train a logistic head on stored embeddings.
     TrainHead(cmd::head::TrainArgs),
     /// Evaluate a trained head (or an exported model) on a split.
-    Evaluate(cmd::head::EvaluateArgs),
+    Evaluate(cmd::evaluate::Args),
     /// Export backbone + head as one ONNX model (pixels -> probabilities).
-    Export(cmd::head::ExportArgs),
+    Export(cmd::export::Args),
     /// Classify images with an exported model.
-    Predict(cmd::head::PredictArgs),
+    Predict(cmd::predict::Args),
     /// Build an ONNX training graph (forward + loss + gradients).
     TrainGraph(cmd::train_graph::Args),
     /// Train a new head on augmented images, then fine-tune the backbone.
@@ -59,9 +60,9 @@ fn main() -> ExitCode {
         Command::Extract(args) => cmd::extract::run(args),
         Command::Store(command) => cmd::store::run(command),
         Command::TrainHead(args) => cmd::head::train(args),
-        Command::Evaluate(args) => cmd::head::evaluate(args),
-        Command::Export(args) => cmd::head::export(args),
-        Command::Predict(args) => cmd::head::predict(args),
+        Command::Evaluate(args) => cmd::evaluate::run(args),
+        Command::Export(args) => cmd::export::run(args),
+        Command::Predict(args) => cmd::predict::run(args),
         Command::TrainGraph(args) => cmd::train_graph::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
     };

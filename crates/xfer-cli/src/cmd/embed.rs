@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ndarray::{Array2, Array4, Axis, s};
-use xfer_runtime::{Backbone, Device, SessionOptions};
+use ndarray::{Array2, s};
+use xfer_data::{BatchLoader, Example, LoaderConfig};
+use xfer_runtime::Backbone;
 
-use super::convert::parse_size;
+use crate::args::{RuntimeArgs, parse_size};
 
 /// Arguments of `xfer embed`.
 #[derive(Debug, clap::Args)]
@@ -21,39 +22,17 @@ pub struct Args {
     #[arg(long, default_value = "models/xception", value_name = "DIR")]
     pub model: PathBuf,
     /// Input size `HxW` (default: the manifest's image_size).
-    #[arg(long, value_name = "HxW")]
-    pub size: Option<String>,
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub size: Option<[u32; 2]>,
     /// Images per inference call.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Execution provider: cpu, cuda, tensorrt.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Fall back to the CPU if the device is unavailable.
-    #[arg(long)]
-    pub allow_cpu_fallback: bool,
-    /// ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
-    #[arg(long, value_name = "FILE")]
-    pub ort_lib: Option<PathBuf>,
-    /// Threads inside one operator (default: ONNX Runtime's choice).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// How the model runs.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Save the features: `.npy` (float32 [N, D], rows in argument order) or `.json`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-}
-
-/// A decoded batch: the first image index and NCHW pixels.
-type DecodedBatch = (usize, Array4<f32>);
-
-fn decode_batch(paths: &[PathBuf], h: u32, w: u32) -> anyhow::Result<Array4<f32>> {
-    let mut batch = Array4::<f32>::zeros((paths.len(), 3, h as usize, w as usize));
-    for (i, path) in paths.iter().enumerate() {
-        let img = xfer_data::load_image(path, h, w)
-            .with_context(|| format!("loading {}", path.display()))?;
-        batch.index_axis_mut(Axis(0), i).assign(&img);
-    }
-    Ok(batch)
 }
 
 /// Runs `xfer embed`.
@@ -61,74 +40,98 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let format = match &args.out {
-        None => None,
-        Some(p) => match p
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("npy") => Some(OutFormat::Npy),
-            Some("json") => Some(OutFormat::Json),
-            _ => bail!("--out {}: use a .npy or .json file name", p.display()),
-        },
-    };
-    let options = SessionOptions {
-        ort_lib: args.ort_lib.clone(),
-        device: args.device,
-        allow_cpu_fallback: args.allow_cpu_fallback,
-        intra_threads: args.threads,
-        disable_optimizations: false,
-    };
+    let format = args.out.as_deref().map(OutFormat::of).transpose()?;
     let load_start = Instant::now();
-    let mut backbone = Backbone::load(&args.model, &options)
+    let mut backbone = Backbone::load(&args.model, &args.runtime.session_options())
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     let load_time = load_start.elapsed();
-    let [h, w] = match &args.size {
-        Some(s) => parse_size(s)?,
-        None => backbone.manifest.image_size,
+    let size = args.size.unwrap_or(backbone.manifest.image_size);
+    let started = Instant::now();
+    let (features, model_time) = embed_all(&mut backbone, &args.images, size, args.batch_size)?;
+    let timing = Timing {
+        load: load_time,
+        total: started.elapsed(),
+        model: model_time,
     };
-    let channels = 3;
-    let dim = backbone.manifest.feature_dim;
-    let n = args.images.len();
-    let mut features = Array2::<f32>::zeros((n, dim));
-
-    // Decode on a second thread while the model runs on the previous batch.
-    let start = Instant::now();
-    let mut model_time = Duration::ZERO;
-    let paths = &args.images;
-    let batch_size = args.batch_size;
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<DecodedBatch>>(1);
-        scope.spawn(move || {
-            for (k, chunk) in paths.chunks(batch_size).enumerate() {
-                let item = decode_batch(chunk, h, w).map(|b| (k * batch_size, b));
-                let failed = item.is_err();
-                if tx.send(item).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        for item in rx {
-            let (first, pixels) = item?;
-            debug_assert_eq!(pixels.shape()[1], channels);
-            let t = Instant::now();
-            let out = backbone.embed(pixels.view()).context("running the model")?;
-            model_time += t.elapsed();
-            features
-                .slice_mut(s![first..first + out.nrows(), ..])
-                .assign(&out);
-        }
-        Ok(())
-    })?;
-    let total = start.elapsed();
-
     match (&args.out, format) {
-        (Some(path), Some(OutFormat::Npy)) => write_atomic(path, &npy_bytes(&features))?,
-        (Some(path), Some(OutFormat::Json)) => {
-            let rows: Vec<serde_json::Value> = args
-                .images
+        (Some(path), Some(format)) => {
+            save(path, format, &backbone, &args.images, size, &features)?;
+            println!(
+                "wrote {} x {} features to {} (rows in argument order)",
+                features.nrows(),
+                features.ncols(),
+                path.display()
+            );
+        }
+        _ => print_summaries(&args.images, &features),
+    }
+    timing.report(args.images.len(), size, &backbone);
+    Ok(())
+}
+
+/// Features `[n, D]` of `paths` in argument order, decoded in parallel ahead of the
+/// model, and the time spent in the model.
+fn embed_all(
+    backbone: &mut Backbone,
+    paths: &[PathBuf],
+    [h, w]: [u32; 2],
+    batch_size: usize,
+) -> anyhow::Result<(Array2<f32>, Duration)> {
+    let mut features = Array2::<f32>::zeros((paths.len(), backbone.manifest.feature_dim));
+    let examples: Vec<Example> = paths.iter().map(|p| Example::from_path(p)).collect();
+    let config = LoaderConfig::for_inference(h, w, batch_size, None);
+    let mut model_time = Duration::ZERO;
+    let mut done = 0;
+    for batch in BatchLoader::start(examples, config)? {
+        let batch = batch?;
+        let t = Instant::now();
+        let out = backbone
+            .embed(batch.pixels.view())
+            .context("running the model")?;
+        model_time += t.elapsed();
+        features
+            .slice_mut(s![done..done + out.nrows(), ..])
+            .assign(&out);
+        done += out.nrows();
+    }
+    Ok((features, model_time))
+}
+
+/// Wall-clock and model time of a run.
+struct Timing {
+    load: Duration,
+    total: Duration,
+    model: Duration,
+}
+
+impl Timing {
+    /// Prints throughput on stderr.
+    fn report(&self, n: usize, [h, w]: [u32; 2], backbone: &Backbone) {
+        eprintln!(
+            "embedded {n} images at {h}x{w} on {} in {:.2}s: {:.1} images/s (model {:.2}s = {:.1} images/s; model load {:.2}s)",
+            backbone.model.device(),
+            self.total.as_secs_f64(),
+            n as f64 / self.total.as_secs_f64().max(1e-9),
+            self.model.as_secs_f64(),
+            n as f64 / self.model.as_secs_f64().max(1e-9),
+            self.load.as_secs_f64()
+        );
+    }
+}
+
+/// Saves the features as `.npy` or as `.json` (with the paths and the model).
+fn save(
+    path: &Path,
+    format: OutFormat,
+    backbone: &Backbone,
+    images: &[PathBuf],
+    [h, w]: [u32; 2],
+    features: &Array2<f32>,
+) -> anyhow::Result<()> {
+    match format {
+        OutFormat::Npy => write_atomic(path, &npy_bytes(features)),
+        OutFormat::Json => {
+            let rows: Vec<serde_json::Value> = images
                 .iter()
                 .zip(features.rows())
                 .map(|(p, row)| serde_json::json!({"path": p.display().to_string(), "embedding": row.to_vec()}))
@@ -137,52 +140,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "model": backbone.manifest.name,
                 "fingerprint": backbone.manifest.fingerprint,
                 "image_size": [h, w],
-                "feature_dim": dim,
+                "feature_dim": features.ncols(),
                 "images": rows,
             });
-            write_atomic(path, &serde_json::to_vec(&doc)?)?;
-        }
-        _ => {
-            for (path, row) in args.images.iter().zip(features.rows()) {
-                let norm = row
-                    .iter()
-                    .map(|v| f64::from(*v).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                let first: Vec<String> = row.iter().take(5).map(|v| format!("{v:.4}")).collect();
-                println!(
-                    "{}: dim {}, L2 norm {norm:.4}, first [{}, …]",
-                    path.display(),
-                    row.len(),
-                    first.join(", ")
-                );
-            }
+            write_atomic(path, &serde_json::to_vec(&doc)?)
         }
     }
-    if let Some(path) = &args.out {
+}
+
+/// Prints one line per image: dimension, L2 norm and the first values.
+fn print_summaries(images: &[PathBuf], features: &Array2<f32>) {
+    for (path, row) in images.iter().zip(features.rows()) {
+        let norm = row
+            .iter()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let first: Vec<String> = row.iter().take(5).map(|v| format!("{v:.4}")).collect();
         println!(
-            "wrote {} x {} features to {} (rows in argument order)",
-            n,
-            dim,
-            path.display()
+            "{}: dim {}, L2 norm {norm:.4}, first [{}, …]",
+            path.display(),
+            row.len(),
+            first.join(", ")
         );
     }
-    eprintln!(
-        "embedded {n} images at {h}x{w} on {} in {:.2}s: {:.1} images/s (model {:.2}s = {:.1} images/s; model load {:.2}s)",
-        backbone.model.device(),
-        total.as_secs_f64(),
-        n as f64 / total.as_secs_f64().max(1e-9),
-        model_time.as_secs_f64(),
-        n as f64 / model_time.as_secs_f64().max(1e-9),
-        load_time.as_secs_f64()
-    );
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
 enum OutFormat {
     Npy,
     Json,
+}
+
+impl OutFormat {
+    /// The format of `--out`, by its extension.
+    fn of(path: &Path) -> anyhow::Result<Self> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("npy") => Ok(OutFormat::Npy),
+            Some("json") => Ok(OutFormat::Json),
+            _ => bail!("--out {}: use a .npy or .json file name", path.display()),
+        }
+    }
 }
 
 /// A float32 C-order `.npy` (format version 1.0) of a 2-d array.

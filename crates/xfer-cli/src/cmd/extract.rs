@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::args::RuntimeArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use xfer_data::OnError;
-use xfer_runtime::{Device, SessionOptions};
 use xfer_store::extract::{
     DEFAULT_SEED, DEMO_SPLITS, ExtractConfig, Shard, SplitAssignment, extract,
 };
@@ -34,18 +34,9 @@ pub struct Args {
     /// Images per ONNX Runtime run.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Execution provider: cpu, cuda, tensorrt.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Fall back to the CPU if the device is unavailable.
-    #[arg(long)]
-    pub allow_cpu_fallback: bool,
-    /// ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
-    #[arg(long, value_name = "FILE")]
-    pub ort_lib: Option<PathBuf>,
-    /// Threads inside one ONNX Runtime operator (default: ONNX Runtime's choice).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// How the model runs.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Decoder threads (default: one per core).
     #[arg(long)]
     pub decode_threads: Option<usize>,
@@ -86,13 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.splits = args.split;
     config.seed = args.seed;
     config.batch_size = args.batch_size;
-    config.session = SessionOptions {
-        ort_lib: args.ort_lib,
-        device: args.device,
-        allow_cpu_fallback: args.allow_cpu_fallback,
-        intra_threads: args.threads,
-        disable_optimizations: false,
-    };
+    config.session = args.runtime.session_options();
     config.shard = args.shard;
     config.allow_mixed_models = args.allow_mixed_models;
     config.retag = args.retag;

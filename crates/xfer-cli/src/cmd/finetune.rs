@@ -2,13 +2,15 @@
 //! images with the base frozen, then the base unfrozen at a low learning rate
 //! (BatchNorm in inference mode), checkpointed every epoch, exported at the end.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use xfer_finetune::{CONFIG_FILE_NAME, Event, FinetuneConfig, Outcome, RunOptions, finetune};
-use xfer_runtime::{Device, SessionOptions};
+
+use crate::args::{RuntimeArgs, parse_size};
 
 /// Arguments of `xfer finetune`. Every hyper-parameter flag overrides the `--config`
 /// file (or, with `--resume`, the run's saved `config.toml`), which overrides the defaults.
@@ -51,8 +53,8 @@ pub struct Args {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Input size HxW (or one number for a square) [default: the model's].
-    #[arg(long, value_name = "HxW")]
-    pub image_size: Option<String>,
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub image_size: Option<[u32; 2]>,
     /// Phase 2 trains only from this layer on (e.g. `block14_sepconv1`) [default: the whole base].
     #[arg(long, value_name = "LAYER")]
     pub unfreeze_from: Option<String>,
@@ -80,15 +82,6 @@ pub struct Args {
     /// Keep the class balance in every split.
     #[arg(long)]
     pub stratified: bool,
-    /// Execution provider: cpu, cuda or tensorrt.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Fall back to the CPU when the device is unavailable.
-    #[arg(long)]
-    pub allow_cpu_fallback: bool,
-    /// ONNX Runtime threads per operator (1 makes runs bit-reproducible) [default: all cores].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
     /// Image decoding threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub loader_threads: Option<usize>,
@@ -98,25 +91,9 @@ pub struct Args {
     /// are identical either way; files changed during the run are not re-read.
     #[arg(long, value_name = "MB", default_value_t = 2048)]
     pub cache_mb: u64,
-    /// The ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
-    #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
-    pub ort_lib: Option<PathBuf>,
-}
-
-fn parse_size(s: &str) -> anyhow::Result<[u32; 2]> {
-    let parse = |v: &str| -> anyhow::Result<u32> {
-        match v.trim().parse::<u32>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => bail!("--image-size `{s}`: write HxW with positive numbers, e.g. 150x150"),
-        }
-    };
-    match s.split_once(['x', 'X']) {
-        Some((h, w)) => Ok([parse(h)?, parse(w)?]),
-        None => {
-            let n = parse(s)?;
-            Ok([n, n])
-        }
-    }
+    /// How the model runs.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// The effective configuration: defaults, then the file (or the run's saved config), then flags.
@@ -154,8 +131,8 @@ fn effective_config(args: &Args) -> anyhow::Result<FinetuneConfig> {
     if let Some(v) = args.seed {
         c.seed = v;
     }
-    if let Some(v) = &args.image_size {
-        c.image_size = Some(parse_size(v)?);
+    if let Some(v) = args.image_size {
+        c.image_size = Some(v);
     }
     if let Some(v) = &args.unfreeze_from {
         c.unfreeze_from = Some(v.clone());
@@ -195,15 +172,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     options.resume = args.resume;
     options.loader_threads = args.loader_threads;
     options.cache_bytes = args.cache_mb.saturating_mul(1024 * 1024);
-    options.session = SessionOptions {
-        ort_lib: args.ort_lib.clone(),
-        device: args.device,
-        allow_cpu_fallback: args.allow_cpu_fallback,
-        intra_threads: args.threads,
-        disable_optimizations: false,
-    };
-    // First Ctrl-C: finish the current step, checkpoint, exit. Second: exit at once.
-    let stop = options.stop.clone();
+    options.session = args.runtime.session_options();
+    stop_on_ctrl_c(options.stop.clone())?;
+    let mut progress = Progress::new(&args.out);
+    let outcome = finetune(&config, &options, &mut |event| progress.on_event(event));
+    progress.abandon();
+    let outcome = outcome.with_context(|| format!("fine-tuning into {}", args.out.display()))?;
+    report_outcome(outcome, &args.out);
+    Ok(())
+}
+
+/// First Ctrl-C: finish the current step, checkpoint, exit. Second: exit at once.
+fn stop_on_ctrl_c(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let presses = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -215,80 +195,105 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C handler")
+}
 
-    let mut bar: Option<ProgressBar> = None;
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}, eta {eta})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    let mut on_event = |event: Event<'_>| match event {
-        Event::Started {
-            classes,
-            train,
-            val,
-            test,
-        } => eprintln!(
-            "classes {classes:?}; {train} training, {val} validation, {test} test images; run folder {}",
-            args.out.display()
-        ),
-        Event::PhaseStarted {
-            phase: p,
-            epochs,
-            trainable_tensors,
-            trainable_values,
-        } => {
-            let what = if p == 1 { "base frozen" } else { "fine-tuning" };
-            eprintln!(
-                "phase {p} ({what}): {epochs} epochs, {trainable_tensors} trainable tensors ({trainable_values} values)"
-            );
+/// Shows the run's events: a progress bar per epoch, one line per finished epoch.
+struct Progress<'a> {
+    out: &'a Path,
+    bar: Option<ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl<'a> Progress<'a> {
+    fn new(out: &'a Path) -> Self {
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        Progress {
+            out,
+            bar: None,
+            style,
         }
-        Event::EpochStarted {
-            phase: p,
-            epoch,
-            batches,
-            done,
-        } => {
-            let b = ProgressBar::new(batches as u64).with_style(style.clone());
-            b.set_prefix(format!("phase {p} epoch {epoch}"));
-            b.set_position(done as u64);
-            bar = Some(b);
-        }
-        Event::Step { batch, loss } => {
-            if let Some(b) = &bar {
-                b.set_position(batch as u64);
-                b.set_message(format!("loss {loss:.4}"));
-            }
-        }
-        Event::Validating => {
-            if let Some(b) = &bar {
-                b.set_message("validating".to_owned());
-            }
-        }
-        Event::EpochFinished(r) => {
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            println!(
-                "phase {} epoch {:>3}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.1} img/s, {:.1} s",
-                r.phase,
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy,
-                r.val_loss,
-                r.val_accuracy,
-                r.images_per_second,
-                r.seconds
-            );
-        }
-        Event::Exported(path) => eprintln!("exported {}", path.display()),
-    };
-    let outcome = finetune(&config, &options, &mut on_event);
-    if let Some(b) = bar.take() {
-        b.abandon();
     }
-    match outcome.with_context(|| format!("fine-tuning into {}", args.out.display()))? {
+
+    fn on_event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Started {
+                classes,
+                train,
+                val,
+                test,
+            } => eprintln!(
+                "classes {classes:?}; {train} training, {val} validation, {test} test images; run folder {}",
+                self.out.display()
+            ),
+            Event::PhaseStarted {
+                phase: p,
+                epochs,
+                trainable_tensors,
+                trainable_values,
+            } => {
+                let what = if p == 1 { "base frozen" } else { "fine-tuning" };
+                eprintln!(
+                    "phase {p} ({what}): {epochs} epochs, {trainable_tensors} trainable tensors ({trainable_values} values)"
+                );
+            }
+            Event::EpochStarted {
+                phase: p,
+                epoch,
+                batches,
+                done,
+            } => {
+                let b = ProgressBar::new(batches as u64).with_style(self.style.clone());
+                b.set_prefix(format!("phase {p} epoch {epoch}"));
+                b.set_position(done as u64);
+                self.bar = Some(b);
+            }
+            Event::Step { batch, loss } => {
+                if let Some(b) = &self.bar {
+                    b.set_position(batch as u64);
+                    b.set_message(format!("loss {loss:.4}"));
+                }
+            }
+            Event::Validating => {
+                if let Some(b) = &self.bar {
+                    b.set_message("validating".to_owned());
+                }
+            }
+            Event::EpochFinished(r) => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                println!(
+                    "phase {} epoch {:>3}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.1} img/s, {:.1} s",
+                    r.phase,
+                    r.epoch,
+                    r.train_loss,
+                    r.train_accuracy,
+                    r.val_loss,
+                    r.val_accuracy,
+                    r.images_per_second,
+                    r.seconds
+                );
+            }
+            Event::Exported(path) => eprintln!("exported {}", path.display()),
+        }
+    }
+
+    /// Leaves a bar that is still open (an error or an interrupt) as it is.
+    fn abandon(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.abandon();
+        }
+    }
+}
+
+/// Prints how the run ended; an interrupted run exits with status 130.
+fn report_outcome(outcome: Outcome, out: &Path) {
+    match outcome {
         Outcome::Finished(summary) => {
             if let Some((loss, epoch)) = summary.best {
                 println!(
@@ -305,7 +310,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("image cache: train {train}; val {val}");
             }
             println!("model: {}", summary.model.display());
-            Ok(())
         }
         Outcome::Interrupted {
             checkpoint,
@@ -317,7 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "stopped in phase {phase}, epoch {epoch} after {step_in_epoch} batches; checkpoint {}\n\
                  continue with: xfer finetune --out {} --resume",
                 checkpoint.display(),
-                args.out.display()
+                out.display()
             );
             std::process::exit(130);
         }

@@ -3,8 +3,11 @@
 pub mod convert;
 pub mod data;
 pub mod embed;
+pub mod evaluate;
+pub mod export;
 pub mod extract;
 pub mod finetune;
 pub mod head;
+pub mod predict;
 pub mod store;
 pub mod train_graph;

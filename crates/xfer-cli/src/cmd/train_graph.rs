@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use xfer_autodiff::{HeadSpec, Loss, Trainable, TrainingGraphBuilder};
-use xfer_runtime::{ModelManifest, SessionOptions};
+use xfer_runtime::ModelManifest;
 
-use super::convert::parse_size;
+use crate::args::{RuntimeArgs, parse_size};
 
 /// Arguments of `xfer train-graph`.
 #[derive(Debug, clap::Args)]
@@ -31,17 +31,17 @@ pub struct Args {
     #[arg(long, default_value = "bce")]
     pub loss: Loss,
     /// Input size `HxW` the graphs are built for (default: the manifest's image_size).
-    #[arg(long, value_name = "HxW")]
-    pub size: Option<String>,
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub size: Option<[u32; 2]>,
     /// Seed of the head's Glorot-uniform initialization.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use this ONNX file instead of the manifest's graph.
     #[arg(long, value_name = "FILE")]
     pub onnx: Option<PathBuf>,
-    /// ONNX Runtime library (else ORT_DYLIB_PATH, else .ort/).
-    #[arg(long, value_name = "FILE")]
-    pub ort_lib: Option<PathBuf>,
+    /// How the shape probe runs.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Output folder: training.onnx, eval.onnx, params.safetensors, graph.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -62,16 +62,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             manifest.onnx_path(&args.model)
         }
     };
-    let [h, w] = match &args.size {
-        Some(s) => parse_size(s)?,
-        None => manifest.image_size,
-    };
+    let [h, w] = args.size.unwrap_or(manifest.image_size);
     let forward =
         xfer_onnx::read_model(&source).with_context(|| format!("reading {}", source.display()))?;
-    let session = SessionOptions {
-        ort_lib: args.ort_lib.clone(),
-        ..Default::default()
-    };
+    let session = args.runtime.session_options();
     let graphs = TrainingGraphBuilder::new(forward)
         .features(&manifest.output)
         .head(args.head.clone())

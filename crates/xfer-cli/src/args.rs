@@ -1,0 +1,80 @@
+//! Argument types shared by several subcommands: how a model runs, image sizes.
+
+use std::path::PathBuf;
+
+use xfer_runtime::{Device, SessionOptions};
+
+/// How a model runs: the ONNX Runtime library, the execution provider and its threads.
+/// Every subcommand that runs a model flattens this in, so the flags are the same everywhere.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ up from here).
+    #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Execution provider: cpu, cuda or tensorrt.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Fall back to the CPU (with a warning) when the device is unavailable.
+    #[arg(long)]
+    pub allow_cpu_fallback: bool,
+    /// Threads inside one ONNX Runtime operator (1 makes runs bit-reproducible) [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl RuntimeArgs {
+    /// The session options these flags ask for.
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            ort_lib: self.ort_lib.clone(),
+            device: self.device,
+            allow_cpu_fallback: self.allow_cpu_fallback,
+            intra_threads: self.threads,
+            disable_optimizations: false,
+        }
+    }
+}
+
+/// How images are fed to an exported model: batch size and decoder threads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Image decoding threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub decode_threads: Option<usize>,
+}
+
+/// Parses an image size `HxW` (or one number for a square), as a clap value parser.
+pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
+    let parse = |v: &str| -> Result<u32, String> {
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "`{s}` is not a size; write HxW with positive numbers, e.g. 150x150"
+            )),
+        }
+    };
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok([parse(h)?, parse(w)?]),
+        None => {
+            let n = parse(s)?;
+            Ok([n, n])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("150x150").expect("size"), [150, 150]);
+        assert_eq!(parse_size("131X97").expect("size"), [131, 97]);
+        assert_eq!(parse_size("224").expect("size"), [224, 224]);
+        assert!(parse_size("0x3").is_err());
+        assert!(parse_size("ax3").is_err());
+    }
+}
