@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ndarray::{ArrayD, IxDyn};
-use xfer_autodiff::{GraphSpec, dropout_mask, load_params};
+use xfer_autodiff::{GraphSpec, load_params};
 use xfer_runtime::{InputTensor, Model, OutputTensor, SessionOptions};
 
 fn main() {
@@ -58,23 +58,7 @@ fn real_main() -> Result<(), String> {
     });
     let labels_f = ArrayD::from_shape_fn(IxDyn(&[batch]), |i| (i[0] % 2) as f32);
     let labels_i = ArrayD::from_shape_fn(IxDyn(&[batch]), |i| (i[0] % 2) as i64);
-    let masks: Vec<(String, ArrayD<f32>)> = spec
-        .dropout_masks
-        .iter()
-        .map(|m| {
-            let shape: Vec<usize> = m
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { batch } else { d as usize })
-                .collect();
-            let n = shape.iter().product();
-            (
-                m.name.clone(),
-                ArrayD::from_shape_vec(IxDyn(&shape), dropout_mask(1, 0, m.stream, n, m.rate))
-                    .expect("mask"),
-            )
-        })
-        .collect();
+    let masks = spec.dropout_feeds(1, 0, batch).map_err(|e| e.to_string())?;
     let arrays: Vec<ArrayD<f32>> = params
         .iter()
         .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()).expect("param"))

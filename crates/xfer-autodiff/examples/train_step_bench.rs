@@ -16,7 +16,6 @@ use std::time::Instant;
 use ndarray::{ArrayD, IxDyn};
 use xfer_autodiff::{
     Adam, HeadSpec, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
-    dropout_mask,
 };
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
@@ -85,23 +84,7 @@ fn forward_part(model: &xfer_onnx::ModelProto, output: &str) -> xfer_onnx::Model
 
 /// The dropout masks of a training graph for one step (seed 1), batch dimension filled in.
 fn dropout_masks(tg: &TrainingGraphs, batch: usize, step: u64) -> Vec<(String, ArrayD<f32>)> {
-    tg.spec
-        .dropout_masks
-        .iter()
-        .map(|m| {
-            let shape: Vec<usize> = m
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { batch } else { d as usize })
-                .collect();
-            let n = shape.iter().product();
-            let mask = dropout_mask(1, step, m.stream, n, m.rate);
-            (
-                m.name.clone(),
-                ArrayD::from_shape_vec(IxDyn(&shape), mask).expect("mask shape"),
-            )
-        })
-        .collect()
+    tg.spec.dropout_feeds(1, step, batch).expect("mask shape")
 }
 
 /// The parameters' current values as arrays to feed.

@@ -1,17 +1,21 @@
-//! Training graphs: forward + head + loss + backward, and the eval graph.
+//! Training graphs: forward + head + loss + backward, and the eval graph; and the lower-level
+//! [`vjp_model`]. `build` is a sequence of named steps: read the forward model, select the
+//! parameters, rewrite the training forward (dropout masks, folded BatchNorm, head), probe the
+//! shapes, declare the inputs, emit loss and backward, describe the result.
 
 use std::collections::{HashMap, HashSet};
 
-use ndarray::{ArrayD, IxDyn};
-use xfer_onnx::{
-    DataType, Dim, GraphBuilder, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto,
-    ValueInfoProto, attr, type_proto,
-};
-use xfer_runtime::{InputTensor, Model, SessionOptions};
+use xfer_onnx::{DataType, Dim, GraphBuilder, GraphProto, ModelProto, TensorProto, ValueInfoProto};
+use xfer_runtime::SessionOptions;
 
-use crate::emit::Emit;
+use crate::emit::{Emit, unsupported, zero_fill};
+use crate::fold::{ValueShapes, fuse_conv_bn};
+use crate::loss::{build_eval, emit_loss};
+use crate::probe::{data_inputs, probe, probe_input_shapes, unshaped_output, values_of};
 use crate::random::{DROPOUT_MASK_RULE, glorot_uniform};
+use crate::select::{is_float_initializer, parameter_candidates, select};
 use crate::spec::{GraphSpec, HeadSpec, Loss, MaskSpec, Parameter, TensorSpec, Trainable};
+use crate::vjp::{input, output};
 use crate::{Error, PROBE_BATCH, Result, engine};
 
 /// Name of the head's kernel parameter (`[features, units]`, like Keras).
@@ -156,61 +160,6 @@ impl TrainingGraphBuilder {
     }
 }
 
-fn is_float_initializer(graph: &GraphProto, name: &str) -> bool {
-    graph
-        .initializer(name)
-        .is_some_and(|t| t.data_type == DataType::Float as i32)
-}
-
-/// Float initializers used as parameters (weights, biases, BatchNorm scale/offset), in order of first use.
-fn parameter_candidates(graph: &GraphProto) -> Vec<String> {
-    let producers: HashMap<&str, &str> = graph
-        .node
-        .iter()
-        .flat_map(|n| {
-            n.output
-                .iter()
-                .map(move |o| (o.as_str(), n.op_type.as_str()))
-        })
-        .collect();
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for n in &graph.node {
-        for (i, v) in n.input.iter().enumerate() {
-            let position = match n.op_type.as_str() {
-                "Conv" | "ConvTranspose" | "BatchNormalization" | "Gemm" => i == 1 || i == 2,
-                "MatMul" => true,
-                "PRelu" => i == 1,
-                "Add" => n.input.iter().any(|o| {
-                    matches!(
-                        producers.get(o.as_str()),
-                        Some(&("MatMul" | "Conv" | "Gemm"))
-                    )
-                }),
-                _ => false,
-            };
-            if position && is_float_initializer(graph, v) && seen.insert(v.clone()) {
-                out.push(v.clone());
-            }
-        }
-    }
-    out
-}
-
-/// The Keras layer a parameter belongs to: its name up to the last `.`.
-fn layer_of(param: &str) -> &str {
-    param.rsplit_once('.').map_or(param, |(l, _)| l)
-}
-
-fn data_inputs(graph: &GraphProto) -> Vec<&ValueInfoProto> {
-    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    graph
-        .input
-        .iter()
-        .filter(|v| !inits.contains(v.name.as_str()))
-        .collect()
-}
-
 fn check_opset(model: &ModelProto) -> Result<()> {
     let opset = model.opset();
     if !(13..=xfer_onnx::DEFAULT_OPSET).contains(&opset) {
@@ -222,125 +171,16 @@ fn check_opset(model: &ModelProto) -> Result<()> {
     Ok(())
 }
 
-/// Concrete probe shapes of the graph's data inputs.
-fn probe_input_shapes(
-    graph: &GraphProto,
-    example_shape: Option<&[i64]>,
-) -> Result<Vec<(String, Vec<i64>)>> {
-    let inputs = data_inputs(graph);
-    let mut out = Vec::new();
-    for v in &inputs {
-        let dims = v
-            .dims()
-            .ok_or_else(|| Error::Graph(format!("input `{}` declares no shape", v.name)))?;
-        let mut shape = Vec::with_capacity(dims.len());
-        for (i, d) in dims.iter().enumerate() {
-            let value = match (d, i) {
-                (Dim::Fixed(n), _) if *n > 0 => *n,
-                (_, 0) => PROBE_BATCH,
-                _ => match example_shape {
-                    Some(ex) if inputs.len() == 1 && ex.len() + 1 == dims.len() => ex[i - 1],
-                    _ => {
-                        return Err(Error::Graph(format!(
-                            "input `{}` has a symbolic dimension {i} ({d:?}); give the example shape (e.g. --input-size)",
-                            v.name
-                        )));
-                    }
-                },
-            };
-            shape.push(value);
-        }
-        if let Some(ex) = example_shape
-            && inputs.len() == 1
-            && ex.len() + 1 == shape.len()
-            && ex != &shape[1..]
-        {
-            return Err(Error::Graph(format!(
-                "input `{}` is fixed at {:?}, which contradicts the example shape {ex:?}",
-                v.name,
-                &shape[1..]
-            )));
-        }
-        out.push((v.name.clone(), shape));
-    }
-    Ok(out)
+/// The model's graph, checked for a supported opset.
+fn forward_graph(model: &ModelProto) -> Result<GraphProto> {
+    check_opset(model)?;
+    model
+        .graph
+        .clone()
+        .ok_or_else(|| Error::Graph("the model has no graph".to_owned()))
 }
 
-fn untyped_float_output(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.to_owned(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: None,
-            })),
-            denotation: String::new(),
-        }),
-        doc_string: String::new(),
-    }
-}
-
-/// Runs the forward graph once (zeros at the probe shapes) and returns the shapes of `values`.
-fn probe(
-    graph: &GraphProto,
-    opset: i64,
-    inputs: &[(String, Vec<i64>)],
-    values: &[String],
-    session: &SessionOptions,
-) -> Result<HashMap<String, Vec<i64>>> {
-    let mut shapes: HashMap<String, Vec<i64>> = inputs.iter().cloned().collect();
-    for t in &graph.initializer {
-        shapes.insert(t.name.clone(), t.dims.clone());
-    }
-    let wanted: Vec<&String> = {
-        let mut seen = HashSet::new();
-        values
-            .iter()
-            .filter(|v| !v.is_empty() && !shapes.contains_key(*v) && seen.insert(v.as_str()))
-            .collect()
-    };
-    if wanted.is_empty() {
-        return Ok(shapes);
-    }
-    let mut g = graph.clone();
-    g.output = wanted.iter().map(|v| untyped_float_output(v)).collect();
-    let mut model = ModelProto::with_graph(g, opset);
-    model.producer_name = "xfer-autodiff-probe".to_owned();
-    let bytes = xfer_onnx::write_model_bytes(&model);
-    let mut session_model =
-        Model::from_bytes(&bytes, "shape probe", session).map_err(Error::Probe)?;
-    let arrays: Vec<(String, ArrayD<f32>)> = inputs
-        .iter()
-        .map(|(n, s)| {
-            let dims: Vec<usize> = s.iter().map(|&d| d.max(0) as usize).collect();
-            (n.clone(), ArrayD::<f32>::zeros(IxDyn(&dims)))
-        })
-        .collect();
-    let feeds: Vec<(&str, InputTensor<'_>)> = arrays
-        .iter()
-        .map(|(n, a)| (n.as_str(), InputTensor::F32(a.view())))
-        .collect();
-    let outputs = session_model.run(&feeds).map_err(Error::Probe)?;
-    for (name, t) in outputs {
-        let dims: Vec<i64> = match &t {
-            xfer_runtime::OutputTensor::F32(a) => a.shape().iter().map(|&d| d as i64).collect(),
-            xfer_runtime::OutputTensor::I64(a) => a.shape().iter().map(|&d| d as i64).collect(),
-        };
-        shapes.insert(name, dims);
-    }
-    Ok(shapes)
-}
-
-/// Values whose shapes the backward pass of `order` needs.
-fn values_of(nodes: &[NodeProto], order: &[usize]) -> Vec<String> {
-    let mut v = Vec::new();
-    for &i in order {
-        v.extend(nodes[i].input.iter().cloned());
-        v.extend(nodes[i].output.iter().take(1).cloned());
-    }
-    v
-}
-
+/// Dims of a value shaped `shape` at the probe batch, with the batch dimension `batch`.
 fn declared(shape: &[i64], batch: &Dim) -> Vec<Dim> {
     shape
         .iter()
@@ -349,6 +189,7 @@ fn declared(shape: &[i64], batch: &Dim) -> Vec<Dim> {
         .collect()
 }
 
+/// A probe shape as written in `graph.json` (`-1` for the batch).
 fn spec_shape(shape: &[i64]) -> Vec<i64> {
     shape
         .iter()
@@ -357,16 +198,23 @@ fn spec_shape(shape: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-fn add_maxpool_indices(b: &mut GraphBuilder, order: &[usize]) {
+/// Gives each MaxPool among `order` an Indices output (its backward scatters through them).
+fn add_maxpool_indices(b: &mut GraphBuilder, order: &[usize]) -> Result<()> {
     for &i in order {
-        if b.graph().node[i].op_type == "MaxPool" && b.graph().node[i].output.len() < 2 {
-            let name = b.unique(&format!("{}_indices", b.graph().node[i].output[0]));
+        let Some(node) = b.graph().node.get(i) else {
+            continue;
+        };
+        if node.op_type == "MaxPool" && node.output.len() < 2 {
+            let hint = format!("{}_indices", output(node, 0)?);
+            let name = b.unique(&hint);
             b.graph_mut().node[i].output.push(name);
         }
     }
+    Ok(())
 }
 
-fn reserve(b: &mut GraphBuilder, name: &str) -> Result<()> {
+/// Claims `name` for the training graph; an error when the forward graph already uses it.
+pub(crate) fn reserve(b: &mut GraphBuilder, name: &str) -> Result<()> {
     if b.unique(name) != name {
         return Err(Error::Graph(format!(
             "the forward graph already has a value named `{name}`, which the training graph needs for itself"
@@ -406,11 +254,7 @@ pub fn vjp_model(
     example_shape: Option<&[i64]>,
     session: &SessionOptions,
 ) -> Result<ModelProto> {
-    check_opset(forward)?;
-    let graph = forward
-        .graph
-        .clone()
-        .ok_or_else(|| Error::Graph("the model has no graph".to_owned()))?;
+    let graph = forward_graph(forward)?;
     let inputs = probe_input_shapes(&graph, example_shape)?;
     let input_names: HashSet<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
     for w in wrt {
@@ -434,7 +278,7 @@ pub fn vjp_model(
 
     let mut b = GraphBuilder::from_graph(graph.clone());
     b.graph_mut().output.clear();
-    add_maxpool_indices(&mut b, &order);
+    add_maxpool_indices(&mut b, &order)?;
     let mut statics: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
     for w in wrt {
         if !input_names.contains(w) {
@@ -444,28 +288,23 @@ pub fn vjp_model(
     }
     let seed = format!("{output}_grad");
     reserve(&mut b, &seed)?;
-    let batch = Dim::Named("batch".to_owned());
-    b.input(&seed, &declared(&out_shape, &batch));
-    let grad_names: Vec<String> = wrt.iter().map(|w| format!("{w}_grad")).collect();
+    b.input(
+        &seed,
+        &declared(&out_shape, &Dim::Named("batch".to_owned())),
+    );
+    let wanted: Vec<String> = wrt.iter().map(|s| (*s).to_owned()).collect();
+    let grad_names: Vec<String> = wanted.iter().map(|w| format!("{w}_grad")).collect();
     for n in &grad_names {
         reserve(&mut b, n)?;
     }
     let nodes = b.graph().node.clone();
     let mut e = Emit::new(b, shapes);
     e.static_values = statics;
-    let wanted: Vec<String> = wrt.iter().map(|s| (*s).to_owned()).collect();
-    let grads = engine::sweep(
-        &mut e,
-        &nodes,
-        &order,
-        &req,
-        &[(output.to_owned(), seed)],
-        &wanted,
-    )?;
-    e.b.output(output, &[]);
-    if let Some(o) = e.b.graph_mut().output.last_mut() {
-        *o = untyped_float_output(output);
-    }
+    let seeds = [(output.to_owned(), seed)];
+    let grads = engine::sweep(&mut e, &nodes, &order, &req, &seeds, &wanted)?;
+    e.b.graph_mut()
+        .output
+        .push(unshaped_output(output, DataType::Float));
     for (w, name) in wanted.iter().zip(&grad_names) {
         emit_grad_output(&mut e, w, name, grads.get(w).cloned().flatten())?;
     }
@@ -482,172 +321,68 @@ fn emit_grad_output(e: &mut Emit, value: &str, name: &str, grad: Option<String>)
         }
         None => {
             let shape = e.shape_of(value);
-            e.b.node_named(
-                "ConstantOfShape",
-                &[&shape],
-                &[name],
-                vec![attr::tensor(
-                    "value",
-                    TensorProto::from_f32("value", &[1], &[0.0]),
-                )],
-            );
+            e.b.node_named("ConstantOfShape", &[&shape], &[name], vec![zero_fill()]);
         }
     }
-    e.b.graph_mut().output.push(untyped_float_output(name));
+    e.b.graph_mut()
+        .output
+        .push(unshaped_output(name, DataType::Float));
     Ok(())
 }
 
-/// Rewrites `Conv -> BatchNormalization` pairs that train (the conv weight, the BN scale or
-/// offset is trainable) into standard ops that fold the BatchNorm into the convolution at run
-/// time: `a = scale * inv_std; W' = W * a; b = B - mean * a; y = Conv(x, W', b)`. Same values
-/// as the pair, one full-size pass instead of three, and the generic gradients of Mul, Sub,
-/// Reshape and Conv give exactly the BatchNorm gradients (dscale = inv_std * (sum(W * dW') -
-/// mean * dB)). Only pairs where the conv has no bias, its output feeds only the BN, and the
-/// statistics are initializers. Returns the shapes of the new values.
-fn fuse_conv_bn(
-    b: &mut GraphBuilder,
-    trained: &HashSet<String>,
-) -> Result<Vec<(String, Vec<i64>)>> {
-    let mut new_shapes = Vec::new();
-    let mut uses: HashMap<String, usize> = HashMap::new();
-    for n in &b.graph().node {
-        for i in &n.input {
-            *uses.entry(i.clone()).or_default() += 1;
-        }
-    }
-    for o in &b.graph().output {
-        *uses.entry(o.name.clone()).or_default() += 1;
-    }
-    let mut bi = 0;
-    while bi < b.graph().node.len() {
-        let bn = b.graph().node[bi].clone();
-        bi += 1;
-        if bn.op_type != "BatchNormalization"
-            || bn.input.len() < 5
-            || bn.output.len() != 1
-            || bn.attr_int("training_mode", 0) != 0
-        {
-            continue;
-        }
-        let Some(ci) = b
-            .graph()
-            .node
-            .iter()
-            .position(|n| n.op_type == "Conv" && n.output.first() == Some(&bn.input[0]))
-        else {
-            continue;
-        };
-        let conv = b.graph().node[ci].clone();
-        let (x, w) = (conv.input[0].clone(), conv.input[1].clone());
-        let has_bias = conv.input.get(2).is_some_and(|s| !s.is_empty());
-        let (scale, offset, mean, var) = (&bn.input[1], &bn.input[2], &bn.input[3], &bn.input[4]);
-        let trains = trained.contains(&w) || trained.contains(scale) || trained.contains(offset);
-        let w_dims = b.graph().initializer(&w).map(|t| t.dims.clone());
-        let var_values = b.graph().initializer(var).map(TensorProto::to_f32);
-        let mean_is_const = b.graph().initializer(mean).is_some();
-        let (Some(w_dims), Some(Ok(var_values))) = (w_dims, var_values) else {
-            continue;
-        };
-        if !trains
-            || has_bias
-            || !mean_is_const
-            || uses.get(&conv.output[0]).copied().unwrap_or(0) != 1
-            || w_dims.len() != 4
-        {
-            continue;
-        }
-        let c = w_dims[0];
-        let eps = f64::from(bn.attr_float("epsilon", 1e-5));
-        let inv: Vec<f32> = var_values
-            .iter()
-            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
-            .collect();
-        let base = bn.output[0].clone();
-        let inv_std = b.constant_f32(&format!("{base}.fold_inv_std"), &[c], &inv);
-        let shape4 = b.constant_i64(&format!("{base}.fold_shape"), &[4], &[c, 1, 1, 1]);
-        let names: Vec<String> = [
-            "fold_a",
-            "fold_a4",
-            "fold_kernel",
-            "fold_mean_a",
-            "fold_bias",
-        ]
-        .iter()
-        .map(|s| b.unique(&format!("{base}.{s}")))
-        .collect();
-        let mk = |op: &str,
-                  inputs: &[&str],
-                  out: &str,
-                  attribute: Vec<xfer_onnx::AttributeProto>| NodeProto {
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![out.to_owned()],
-            name: format!("{out}_node"),
-            op_type: op.to_owned(),
-            attribute,
-            ..Default::default()
-        };
-        let mut fused_conv = conv.clone();
-        fused_conv.input = vec![x, names[2].clone(), names[4].clone()];
-        fused_conv.output = vec![base.clone()];
-        fused_conv.name = format!("{}_folded", bn.name);
-        let replacement = vec![
-            mk("Mul", &[scale, &inv_std], &names[0], vec![]),
-            mk("Reshape", &[&names[0], &shape4], &names[1], vec![]),
-            mk("Mul", &[&w, &names[1]], &names[2], vec![]),
-            mk("Mul", &[mean, &names[0]], &names[3], vec![]),
-            mk("Sub", &[offset, &names[3]], &names[4], vec![]),
-            fused_conv,
-        ];
-        new_shapes.extend([
-            (inv_std.clone(), vec![c]),
-            (names[0].clone(), vec![c]),
-            (names[1].clone(), vec![c, 1, 1, 1]),
-            (names[2].clone(), w_dims.clone()),
-            (names[3].clone(), vec![c]),
-            (names[4].clone(), vec![c]),
-        ]);
-        let nodes = &mut b.graph_mut().node;
-        let bn_pos = bi - 1;
-        let added = replacement.len();
-        nodes.splice(bn_pos..bn_pos + 1, replacement);
-        nodes.remove(ci);
-        bi = bn_pos + added - 1;
-    }
-    Ok(new_shapes)
+/// The forward model as the training graph sees it.
+struct Forward {
+    graph: GraphProto,
+    opset: i64,
+    /// Probe shapes of the data inputs (exactly one).
+    inputs: Vec<(String, Vec<i64>)>,
+    /// The data input's name.
+    data: String,
+    /// The data input's probe shape.
+    data_shape: Vec<i64>,
+    /// The batch dimension of the data input (fixed, or named `batch`).
+    batch: Dim,
+    /// The value the head is attached to.
+    features: String,
 }
 
-struct ForwardDropout {
-    index: usize,
-    input: String,
-    output: String,
-    rate: f32,
+impl Forward {
+    fn read(cfg: &TrainingGraphBuilder) -> Result<Self> {
+        let graph = forward_graph(&cfg.forward)?;
+        let inputs = probe_input_shapes(&graph, cfg.example_shape.as_deref())?;
+        let [(data, data_shape)] = inputs.as_slice() else {
+            return Err(Error::Graph(format!(
+                "a training graph needs exactly one data input; this model has {}: {:?}",
+                inputs.len(),
+                inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            )));
+        };
+        let (data, data_shape) = (data.clone(), data_shape.clone());
+        let batch = match data_inputs(&graph)
+            .first()
+            .and_then(|v| v.dims())
+            .and_then(|d| d.first().cloned())
+        {
+            Some(Dim::Fixed(n)) if n > 0 => Dim::Fixed(n),
+            _ => Dim::Named("batch".to_owned()),
+        };
+        let features = features_of(&graph, cfg.features.as_deref())?;
+        Ok(Forward {
+            opset: cfg.forward.opset(),
+            graph,
+            inputs,
+            data,
+            data_shape,
+            batch,
+            features,
+        })
+    }
 }
 
-fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
-    check_opset(&cfg.forward)?;
-    let graph = cfg
-        .forward
-        .graph
-        .clone()
-        .ok_or_else(|| Error::Graph("the model has no graph".to_owned()))?;
-    let inputs = probe_input_shapes(&graph, cfg.example_shape.as_deref())?;
-    let [(data_name, data_shape)] = inputs.as_slice() else {
-        return Err(Error::Graph(format!(
-            "a training graph needs exactly one data input; this model has {}: {:?}",
-            inputs.len(),
-            inputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-        )));
-    };
-    let batch = match data_inputs(&graph)
-        .first()
-        .and_then(|v| v.dims())
-        .and_then(|d| d.first().cloned())
-    {
-        Some(Dim::Fixed(n)) if n > 0 => Dim::Fixed(n),
-        _ => Dim::Named("batch".to_owned()),
-    };
-    let features = match &cfg.features {
-        Some(f) => f.clone(),
+/// The feature output: the one named, or the graph's first output; a node must produce it.
+fn features_of(graph: &GraphProto, named: Option<&str>) -> Result<String> {
+    let features = match named {
+        Some(f) => f.to_owned(),
         None => graph
             .output
             .first()
@@ -661,202 +396,296 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
             "no node produces the feature output `{features}`"
         )));
     }
+    Ok(features)
+}
 
-    // Parameters and the trainable selection.
-    let candidates = parameter_candidates(&graph);
-    let dense = match cfg.head {
-        HeadSpec::Dense { units, dropout } => Some((units, dropout)),
-        HeadSpec::Existing => None,
-    };
-    let head_params: Vec<String> = if dense.is_some() {
-        for n in [HEAD_KERNEL, HEAD_BIAS] {
-            if graph.initializer(n).is_some() {
-                return Err(Error::Graph(format!(
-                    "the forward graph already has an initializer `{n}`"
-                )));
+/// The parameters and the trainable selection.
+struct Selection {
+    /// Backbone parameters, in order of first use.
+    candidates: Vec<String>,
+    /// The Dense head's units and dropout rate (None: [`HeadSpec::Existing`]).
+    dense: Option<(usize, f32)>,
+    /// The head's parameters (empty without a Dense head).
+    head_params: Vec<String>,
+    /// The trained parameters, in the training graph's input order.
+    trained: Vec<String>,
+    trained_set: HashSet<String>,
+}
+
+impl Selection {
+    fn new(graph: &GraphProto, head: &HeadSpec, trainable: &Trainable) -> Result<Self> {
+        let candidates = parameter_candidates(graph);
+        let dense = match *head {
+            HeadSpec::Dense { units, dropout } => Some((units, dropout)),
+            HeadSpec::Existing => None,
+        };
+        let head_params: Vec<String> = if dense.is_some() {
+            for n in [HEAD_KERNEL, HEAD_BIAS] {
+                if graph.initializer(n).is_some() {
+                    return Err(Error::Graph(format!(
+                        "the forward graph already has an initializer `{n}`"
+                    )));
+                }
             }
+            vec![HEAD_KERNEL.to_owned(), HEAD_BIAS.to_owned()]
+        } else {
+            Vec::new()
+        };
+        let trained: Vec<String> = select(trainable, &candidates, &head_params)?;
+        if trained.is_empty() {
+            return Err(Error::Selection(
+                "nothing is trainable with this head and selection".to_owned(),
+            ));
         }
-        vec![HEAD_KERNEL.to_owned(), HEAD_BIAS.to_owned()]
-    } else {
-        Vec::new()
-    };
-    let trained: Vec<String> = select(&cfg.trainable, &candidates, &head_params)?;
-    if trained.is_empty() {
-        return Err(Error::Selection(
-            "nothing is trainable with this head and selection".to_owned(),
-        ));
+        let trained_set = trained.iter().cloned().collect();
+        Ok(Selection {
+            candidates,
+            dense,
+            head_params,
+            trained,
+            trained_set,
+        })
     }
-    let trained_set: HashSet<String> = trained.iter().cloned().collect();
+}
 
-    // The training forward: Dropout -> Mul(mask), head, loss.
-    let mut b = GraphBuilder::from_graph(graph.clone());
-    b.graph_mut().output.clear();
+/// A Dropout node of the forward graph, replaced by `Mul(input, mask)` in the training graph.
+struct ForwardDropout {
+    index: usize,
+    input: String,
+    output: String,
+    rate: f32,
+    /// The mask input that replaces it.
+    mask: String,
+}
+
+/// The forward's Dropout nodes (their rates must be constants, their mask outputs unused).
+fn forward_dropouts(graph: &GraphProto) -> Result<Vec<ForwardDropout>> {
     let mut dropouts = Vec::new();
     for (index, n) in graph.node.iter().enumerate() {
-        if n.op_type == "Dropout" {
-            if n.output.len() > 1 && !n.output[1].is_empty() {
-                return Err(crate::emit::unsupported(
-                    n,
-                    "Dropout's mask output is used; xfer feeds masks as inputs",
-                ));
-            }
-            let rate = match n.input.get(1).filter(|s| !s.is_empty()) {
-                Some(r) => graph
-                    .initializer(r)
-                    .and_then(|t| t.to_f32().ok())
-                    .and_then(|v| v.first().copied())
-                    .ok_or_else(|| {
-                        crate::emit::unsupported(
-                            n,
-                            "the dropout ratio must be a constant initializer",
-                        )
-                    })?,
-                None => 0.5,
-            };
-            dropouts.push(ForwardDropout {
-                index,
-                input: n.input[0].clone(),
-                output: n.output[0].clone(),
-                rate,
-            });
+        if n.op_type != "Dropout" {
+            continue;
         }
+        if n.output.get(1).is_some_and(|m| !m.is_empty()) {
+            return Err(unsupported(
+                n,
+                "Dropout's mask output is used; xfer feeds masks as inputs",
+            ));
+        }
+        let rate = match n.input.get(1).filter(|s| !s.is_empty()) {
+            Some(r) => graph
+                .initializer(r)
+                .and_then(|t| t.to_f32().ok())
+                .and_then(|v| v.first().copied())
+                .ok_or_else(|| {
+                    unsupported(n, "the dropout ratio must be a constant initializer")
+                })?,
+            None => 0.5,
+        };
+        dropouts.push(ForwardDropout {
+            index,
+            input: input(n, 0)?.to_owned(),
+            output: output(n, 0)?.to_owned(),
+            rate,
+            mask: String::new(),
+        });
     }
-    let original_values: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().cloned())
-        .chain(graph.input.iter().map(|v| v.name.clone()))
-        .collect();
-    let mut mask_names = Vec::new();
-    for d in &dropouts {
-        let mask = b.unique(&format!("{}_mask", d.output));
+    Ok(dropouts)
+}
+
+/// Replaces each Dropout by `Mul(input, <output>_mask)`; records the mask names.
+fn mask_dropouts(b: &mut GraphBuilder, dropouts: &mut [ForwardDropout]) {
+    for d in dropouts {
+        d.mask = b.unique(&format!("{}_mask", d.output));
         let node = &mut b.graph_mut().node[d.index];
         node.op_type = "Mul".to_owned();
         node.attribute.clear();
-        node.input = vec![d.input.clone(), mask.clone()];
+        node.input = vec![d.input.clone(), d.mask.clone()];
         node.output.truncate(1);
-        mask_names.push(mask);
     }
-    let folded_shapes = if cfg.fold_batch_norm {
-        fuse_conv_bn(&mut b, &trained_set)?
-    } else {
-        Vec::new()
-    };
-    let forward_len = b.graph().node.len();
-    for n in ["logits", "loss", "labels"] {
-        reserve(&mut b, n)?;
-    }
-    for p in &trained {
-        reserve(&mut b, &format!("{p}_grad"))?;
-    }
-    let mut head_mask = None;
-    let logits = "logits".to_owned();
-    if let Some((_, rate)) = dense {
-        let mut h = features.clone();
-        if rate > 0.0 {
-            reserve(&mut b, HEAD_MASK)?;
-            let out = b.unique("head.dropout");
-            b.node_named("Mul", &[&features, HEAD_MASK], &[&out], vec![]);
-            head_mask = Some((HEAD_MASK.to_owned(), rate));
-            h = out;
-        }
-        let mm = b.unique("head.matmul");
-        b.node_named("MatMul", &[&h, HEAD_KERNEL], &[&mm], vec![]);
-        b.node_named("Add", &[&mm, HEAD_BIAS], &[&logits], vec![]);
-    } else {
-        b.node_named("Identity", &[&features], &[&logits], vec![]);
-    }
+}
 
-    // What needs a backward pass.
-    let nodes = b.graph().node.clone();
-    let req = engine::requires_grad(&nodes, &trained_set);
-    let needed = engine::reaches(&nodes, &[&logits]);
-    let order = engine::backward_nodes(&nodes, &req, &needed)?;
-    let forward_order: Vec<usize> = order.iter().copied().filter(|&i| i < forward_len).collect();
-    let mut want: Vec<String> = values_of(&nodes, &forward_order)
-        .into_iter()
-        .filter(|v| original_values.contains(v))
-        .collect();
-    want.push(features.clone());
-    want.extend(dropouts.iter().map(|d| d.input.clone()));
-    let mut shapes = probe(&graph, cfg.forward.opset(), &inputs, &want, &cfg.session)?;
-    shapes.extend(folded_shapes);
+/// The head's values in the training graph.
+struct Head {
+    logits: String,
+    /// `features * mask` (a Dense head with dropout).
+    dropout: Option<String>,
+    /// `input @ head.kernel` (a Dense head).
+    matmul: Option<String>,
+    /// The head's mask input and its rate.
+    mask: Option<(String, f32)>,
+}
+
+/// Appends the head to the training forward: `logits = [features * mask] @ kernel + bias`, or
+/// `Identity(features)`.
+fn append_head(b: &mut GraphBuilder, features: &str, dense: Option<(usize, f32)>) -> Result<Head> {
+    let mut head = Head {
+        logits: "logits".to_owned(),
+        dropout: None,
+        matmul: None,
+        mask: None,
+    };
+    let Some((_, rate)) = dense else {
+        b.node_named("Identity", &[features], &[&head.logits], vec![]);
+        return Ok(head);
+    };
+    let mut h = features.to_owned();
+    if rate > 0.0 {
+        reserve(b, HEAD_MASK)?;
+        let out = b.unique("head.dropout");
+        b.node_named("Mul", &[features, HEAD_MASK], &[&out], vec![]);
+        head.mask = Some((HEAD_MASK.to_owned(), rate));
+        head.dropout = Some(out.clone());
+        h = out;
+    }
+    let mm = b.unique("head.matmul");
+    b.node_named("MatMul", &[&h, HEAD_KERNEL], &[&mm], vec![]);
+    b.node_named("Add", &[&mm, HEAD_BIAS], &[&head.logits], vec![]);
+    head.matmul = Some(mm);
+    Ok(head)
+}
+
+/// Which nodes of the training forward need a backward pass.
+struct Plan {
+    req: HashSet<String>,
+    /// Indices of the nodes with a backward pass, in graph order.
+    order: Vec<usize>,
+    /// The part of `order` in the forward graph (before the head).
+    forward_order: Vec<usize>,
+}
+
+impl Plan {
+    fn new(
+        b: &GraphBuilder,
+        trained: &HashSet<String>,
+        logits: &str,
+        forward_len: usize,
+    ) -> Result<Self> {
+        let nodes = &b.graph().node;
+        let req = engine::requires_grad(nodes, trained);
+        let needed = engine::reaches(nodes, &[logits]);
+        let order = engine::backward_nodes(nodes, &req, &needed)?;
+        let forward_order = order.iter().copied().filter(|&i| i < forward_len).collect();
+        Ok(Plan {
+            req,
+            order,
+            forward_order,
+        })
+    }
+}
+
+/// Feature width and logit count of the head.
+#[derive(Clone, Copy)]
+struct HeadDims {
+    /// Features per example.
+    dim: i64,
+    /// Logits per example.
+    units: i64,
+}
+
+/// Checks the feature shape against the head and loss; records the shapes of the dropout masks
+/// and of the head's values (under the names they have in the graph).
+fn head_dims(
+    shapes: &mut HashMap<String, Vec<i64>>,
+    fwd: &Forward,
+    dense: Option<(usize, f32)>,
+    loss: Loss,
+    dropouts: &[ForwardDropout],
+    head: &Head,
+) -> Result<HeadDims> {
+    let features = &fwd.features;
     let feat_shape = shapes
-        .get(&features)
+        .get(features)
         .cloned()
         .ok_or_else(|| Error::Graph(format!("could not measure the shape of `{features}`")))?;
-    for (d, m) in dropouts.iter().zip(&mask_names) {
+    for d in dropouts {
         if let Some(s) = shapes.get(&d.input).cloned() {
             shapes.insert(d.output.clone(), s.clone());
-            shapes.insert(m.clone(), s);
+            shapes.insert(d.mask.clone(), s);
         }
     }
     let units = match dense {
         Some((units, _)) => units as i64,
         None => *feat_shape.last().unwrap_or(&0),
     };
-    if feat_shape.len() != 2 {
+    let [_, dim] = feat_shape[..] else {
         return Err(Error::Graph(format!(
             "`{features}` has shape {feat_shape:?}; the head needs [batch, features] (use the pooled output)"
         )));
-    }
-    let dim = feat_shape[1];
-    if cfg.loss == Loss::BinaryCrossEntropyWithLogits && units != 1 {
+    };
+    if loss == Loss::BinaryCrossEntropyWithLogits && units != 1 {
         return Err(Error::Graph(format!(
             "binary cross-entropy needs one logit per example; the logits have {units} (use dense:1 or --loss softmax)"
         )));
     }
     let pb = PROBE_BATCH;
-    shapes.insert(logits.clone(), vec![pb, units]);
-    let mut head_values: HashMap<String, Vec<f32>> = HashMap::new();
+    shapes.insert(head.logits.clone(), vec![pb, units]);
     if dense.is_some() {
         shapes.insert(HEAD_KERNEL.to_owned(), vec![dim, units]);
         shapes.insert(HEAD_BIAS.to_owned(), vec![units]);
-        shapes.insert("head.matmul".to_owned(), vec![pb, units]);
-        shapes.insert("head.dropout".to_owned(), vec![pb, dim]);
-        shapes.insert(HEAD_MASK.to_owned(), vec![pb, dim]);
-        head_values.insert(
-            HEAD_KERNEL.to_owned(),
-            glorot_uniform(dim as usize, units as usize, cfg.seed),
-        );
-        head_values.insert(HEAD_BIAS.to_owned(), vec![0.0; units as usize]);
     }
+    for (value, shape) in [
+        (&head.matmul, vec![pb, units]),
+        (&head.dropout, vec![pb, dim]),
+    ] {
+        if let Some(v) = value {
+            shapes.insert(v.clone(), shape);
+        }
+    }
+    if let Some((mask, _)) = &head.mask {
+        shapes.insert(mask.clone(), vec![pb, dim]);
+    }
+    Ok(HeadDims { dim, units })
+}
 
-    // Inputs: data (already there), labels, masks, parameters.
-    add_maxpool_indices(&mut b, &forward_order);
-    {
-        let g = b.graph_mut();
-        if let Some(v) = g.input.iter_mut().find(|v| &v.name == data_name) {
-            *v = ValueInfoProto::tensor(
-                data_name.clone(),
-                DataType::Float,
-                &declared(data_shape, &batch),
-            );
-        }
+/// Initial values of the head's parameters: Glorot-uniform kernel, zero bias.
+fn head_values(dense: bool, d: HeadDims, seed: u64) -> HashMap<String, Vec<f32>> {
+    let mut values = HashMap::new();
+    if dense {
+        values.insert(
+            HEAD_KERNEL.to_owned(),
+            glorot_uniform(d.dim as usize, d.units as usize, seed),
+        );
+        values.insert(HEAD_BIAS.to_owned(), vec![0.0; d.units as usize]);
     }
-    let labels_spec = match cfg.loss {
-        Loss::BinaryCrossEntropyWithLogits => {
-            b.input_typed("labels", DataType::Float, std::slice::from_ref(&batch));
-            "float32"
-        }
-        Loss::SoftmaxCrossEntropy => {
-            b.input_typed("labels", DataType::Int64, std::slice::from_ref(&batch));
-            "int64"
-        }
+    values
+}
+
+/// Declares the data, labels and mask inputs; returns the labels' dtype and the mask specs.
+fn declare_data_inputs(
+    b: &mut GraphBuilder,
+    fwd: &Forward,
+    loss: Loss,
+    dropouts: &[ForwardDropout],
+    head: &Head,
+    shapes: &HashMap<String, Vec<i64>>,
+    dim: i64,
+) -> (&'static str, Vec<MaskSpec>) {
+    let batch = &fwd.batch;
+    if let Some(v) = b.graph_mut().input.iter_mut().find(|v| v.name == fwd.data) {
+        *v = ValueInfoProto::tensor(
+            fwd.data.clone(),
+            DataType::Float,
+            &declared(&fwd.data_shape, batch),
+        );
+    }
+    let (labels_type, labels_spec) = match loss {
+        Loss::BinaryCrossEntropyWithLogits => (DataType::Float, "float32"),
+        Loss::SoftmaxCrossEntropy => (DataType::Int64, "int64"),
     };
+    b.input_typed("labels", labels_type, std::slice::from_ref(batch));
     let mut masks = Vec::new();
-    for (k, (d, m)) in dropouts.iter().zip(&mask_names).enumerate() {
-        let s = shapes.get(m).cloned().unwrap_or_default();
-        b.input(m, &declared(&s, &batch));
+    for (k, d) in dropouts.iter().enumerate() {
+        let s = shapes.get(&d.mask).cloned().unwrap_or_default();
+        b.input(&d.mask, &declared(&s, batch));
         masks.push(MaskSpec {
-            name: m.clone(),
+            name: d.mask.clone(),
             shape: spec_shape(&s),
             rate: d.rate,
             stream: k as u64 + 1,
         });
     }
-    if let Some((name, rate)) = &head_mask {
-        b.input(name, &declared(&[pb, dim], &batch));
+    if let Some((name, rate)) = &head.mask {
+        b.input(name, &declared(&[PROBE_BATCH, dim], batch));
         masks.push(MaskSpec {
             name: name.clone(),
             shape: vec![-1, dim],
@@ -864,8 +693,19 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
             stream: 0,
         });
     }
+    (labels_spec, masks)
+}
+
+/// Makes the trained parameters graph inputs (backbone initializers move; the head's are new)
+/// and the untrained head parameters initializers; returns the trained parameters' values.
+fn declare_parameters(
+    b: &mut GraphBuilder,
+    sel: &Selection,
+    head_values: &HashMap<String, Vec<f32>>,
+    shapes: &HashMap<String, Vec<i64>>,
+) -> Result<Vec<Parameter>> {
     let mut params = Vec::new();
-    for p in &trained {
+    for p in &sel.trained {
         if let Some(values) = head_values.get(p) {
             let shape = shapes.get(p).cloned().unwrap_or_default();
             b.input(p, &shape.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>());
@@ -875,35 +715,40 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
                 data: values.clone(),
             });
         } else {
-            params.push(initializer_to_input(&mut b, p)?);
+            params.push(initializer_to_input(b, p)?);
         }
     }
-    for p in &head_params {
-        if !trained_set.contains(p) {
+    for p in &sel.head_params {
+        if !sel.trained_set.contains(p)
+            && let Some(values) = head_values.get(p)
+        {
             let shape = shapes.get(p).cloned().unwrap_or_default();
-            b.initializer(TensorProto::from_f32(p.clone(), &shape, &head_values[p]));
+            b.initializer(TensorProto::from_f32(p.clone(), &shape, values));
         }
     }
+    Ok(params)
+}
 
-    // Loss and its gradient with respect to the logits.
-    let nodes = b.graph().node.clone();
-    let mut e = Emit::new(b, shapes);
-    e.static_values = graph.initializer.iter().map(|t| t.name.clone()).collect();
-    e.static_values.extend(head_params.iter().cloned());
-    let dlogits = emit_loss(&mut e, cfg.loss, &logits, units)?;
-    let grads = engine::sweep(
-        &mut e,
-        &nodes,
-        &order,
-        &req,
-        &[(logits.clone(), dlogits)],
-        &trained,
-    )?;
+/// Emits the loss, the backward sweep from the logits to the trained parameters, and the
+/// training graph's outputs; returns the training model.
+fn emit_training(
+    mut e: Emit,
+    plan: &Plan,
+    sel: &Selection,
+    fwd: &Forward,
+    loss: Loss,
+    logits: &str,
+    units: i64,
+) -> Result<ModelProto> {
+    let nodes = e.b.graph().node.clone();
+    let dlogits = emit_loss(&mut e, loss, logits, units)?;
+    let seeds = [(logits.to_owned(), dlogits)];
+    let grads = engine::sweep(&mut e, &nodes, &plan.order, &plan.req, &seeds, &sel.trained)?;
     e.b.graph_mut()
         .output
         .push(ValueInfoProto::tensor("loss", DataType::Float, &[]));
-    e.b.output(&logits, &[batch.clone(), Dim::Fixed(units)]);
-    for p in &trained {
+    e.b.output(logits, &[fwd.batch.clone(), Dim::Fixed(units)]);
+    for p in &sel.trained {
         emit_grad_output(
             &mut e,
             p,
@@ -914,63 +759,56 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
     let mut training = ModelProto::with_graph(e.b.build(), xfer_onnx::DEFAULT_OPSET);
     training.producer_name = "xfer-autodiff".to_owned();
     training.set_metadata("xfer.graph", "training");
-    training.set_metadata("xfer.loss", &cfg.loss.to_string());
+    training.set_metadata("xfer.loss", &loss.to_string());
+    Ok(training)
+}
 
-    let eval = build_eval(
-        &graph,
-        &features,
-        dense.is_some(),
-        &head_values,
-        dim,
-        units,
-        &batch,
-    )?;
+/// A float32 tensor in [`GraphSpec`].
+fn float_spec(name: &str, shape: Vec<i64>) -> TensorSpec {
+    TensorSpec {
+        name: name.to_owned(),
+        dtype: "float32".to_owned(),
+        shape,
+    }
+}
 
-    let spec = GraphSpec {
-        data_input: TensorSpec {
-            name: data_name.clone(),
-            dtype: "float32".to_owned(),
-            shape: spec_shape(data_shape),
-        },
+/// The description written as `graph.json`.
+fn graph_spec(
+    cfg: &TrainingGraphBuilder,
+    fwd: &Forward,
+    frozen_parameters: usize,
+    labels_dtype: &str,
+    dropout_masks: Vec<MaskSpec>,
+    params: &[Parameter],
+    units: i64,
+) -> GraphSpec {
+    let param_shape = |p: &Parameter| p.shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    let logits = float_spec("logits", vec![-1, units]);
+    GraphSpec {
+        data_input: float_spec(&fwd.data, spec_shape(&fwd.data_shape)),
         labels: TensorSpec {
             name: "labels".to_owned(),
-            dtype: labels_spec.to_owned(),
+            dtype: labels_dtype.to_owned(),
             shape: vec![-1],
         },
-        dropout_masks: masks,
+        dropout_masks,
         parameters: params
             .iter()
-            .map(|p| TensorSpec {
-                name: p.name.clone(),
-                dtype: "float32".to_owned(),
-                shape: p.shape.iter().map(|&d| d as i64).collect(),
-            })
+            .map(|p| float_spec(&p.name, param_shape(p)))
             .collect(),
-        frozen_parameters: candidates.len() + head_params.len() - params.len(),
-        training_outputs: std::iter::once(TensorSpec {
-            name: "loss".to_owned(),
-            dtype: "float32".to_owned(),
-            shape: vec![],
-        })
-        .chain(std::iter::once(TensorSpec {
-            name: logits.clone(),
-            dtype: "float32".to_owned(),
-            shape: vec![-1, units],
-        }))
-        .chain(params.iter().map(|p| TensorSpec {
-            name: format!("{}_grad", p.name),
-            dtype: "float32".to_owned(),
-            shape: p.shape.iter().map(|&d| d as i64).collect(),
-        }))
-        .collect(),
-        eval_outputs: vec![TensorSpec {
-            name: logits,
-            dtype: "float32".to_owned(),
-            shape: vec![-1, units],
-        }],
+        frozen_parameters,
+        training_outputs: [float_spec("loss", vec![]), logits.clone()]
+            .into_iter()
+            .chain(
+                params
+                    .iter()
+                    .map(|p| float_spec(&format!("{}_grad", p.name), param_shape(p))),
+            )
+            .collect(),
+        eval_outputs: vec![logits],
         loss: cfg.loss,
         head: cfg.head.clone(),
-        features,
+        features: fwd.features.clone(),
         dropout_mask_rule: DROPOUT_MASK_RULE.to_owned(),
         notes: vec![
             "loss is the mean over the batch; gradients are of that mean".to_owned(),
@@ -981,142 +819,134 @@ fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
             "eval.onnx holds every parameter as an initializer (initial values as written)"
                 .to_owned(),
         ],
+    }
+}
+
+/// Claims the names the training graph adds: `logits`, `loss`, `labels`, `<param>_grad`.
+fn reserve_training_names(b: &mut GraphBuilder, trained: &[String]) -> Result<()> {
+    for n in ["logits", "loss", "labels"] {
+        reserve(b, n)?;
+    }
+    for p in trained {
+        reserve(b, &format!("{p}_grad"))?;
+    }
+    Ok(())
+}
+
+/// The training forward being built.
+struct TrainingForward {
+    b: GraphBuilder,
+    dropouts: Vec<ForwardDropout>,
+    head: Head,
+    /// Shapes of the values that folding Conv+BN pairs adds.
+    folded_shapes: ValueShapes,
+    /// Number of nodes before the head.
+    forward_len: usize,
+}
+
+/// The training forward: Dropout -> Mul(mask), folded Conv+BN pairs, the head.
+fn training_forward(
+    cfg: &TrainingGraphBuilder,
+    fwd: &Forward,
+    sel: &Selection,
+) -> Result<TrainingForward> {
+    let mut b = GraphBuilder::from_graph(fwd.graph.clone());
+    b.graph_mut().output.clear();
+    let mut dropouts = forward_dropouts(&fwd.graph)?;
+    mask_dropouts(&mut b, &mut dropouts);
+    let folded_shapes = if cfg.fold_batch_norm {
+        fuse_conv_bn(&mut b, &sel.trained_set)?
+    } else {
+        Vec::new()
     };
+    let forward_len = b.graph().node.len();
+    reserve_training_names(&mut b, &sel.trained)?;
+    let head = append_head(&mut b, &fwd.features, sel.dense)?;
+    Ok(TrainingForward {
+        b,
+        dropouts,
+        head,
+        folded_shapes,
+        forward_len,
+    })
+}
+
+/// Every value the forward graph defines (node outputs and graph inputs).
+fn forward_values(graph: &GraphProto) -> HashSet<String> {
+    graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .chain(graph.input.iter().map(|v| v.name.clone()))
+        .collect()
+}
+
+/// Measures the shapes the backward pass needs (those of forward values, the features, the
+/// dropout inputs), plus those of the folded values.
+fn measure(
+    cfg: &TrainingGraphBuilder,
+    fwd: &Forward,
+    plan: &Plan,
+    nodes: &[xfer_onnx::NodeProto],
+    dropouts: &[ForwardDropout],
+    folded_shapes: ValueShapes,
+) -> Result<HashMap<String, Vec<i64>>> {
+    let original_values = forward_values(&fwd.graph);
+    let mut want: Vec<String> = values_of(nodes, &plan.forward_order)
+        .into_iter()
+        .filter(|v| original_values.contains(v))
+        .collect();
+    want.push(fwd.features.clone());
+    want.extend(dropouts.iter().map(|d| d.input.clone()));
+    let mut shapes = probe(&fwd.graph, fwd.opset, &fwd.inputs, &want, &cfg.session)?;
+    shapes.extend(folded_shapes);
+    Ok(shapes)
+}
+
+fn build(cfg: TrainingGraphBuilder) -> Result<TrainingGraphs> {
+    let fwd = Forward::read(&cfg)?;
+    let sel = Selection::new(&fwd.graph, &cfg.head, &cfg.trainable)?;
+    let TrainingForward {
+        mut b,
+        dropouts,
+        head,
+        folded_shapes,
+        forward_len,
+    } = training_forward(&cfg, &fwd, &sel)?;
+    let plan = Plan::new(&b, &sel.trained_set, &head.logits, forward_len)?;
+    let mut shapes = measure(&cfg, &fwd, &plan, &b.graph().node, &dropouts, folded_shapes)?;
+    let dims = head_dims(&mut shapes, &fwd, sel.dense, cfg.loss, &dropouts, &head)?;
+    let head_values = head_values(sel.dense.is_some(), dims, cfg.seed);
+
+    add_maxpool_indices(&mut b, &plan.forward_order)?;
+    let (labels_dtype, masks) =
+        declare_data_inputs(&mut b, &fwd, cfg.loss, &dropouts, &head, &shapes, dims.dim);
+    let params = declare_parameters(&mut b, &sel, &head_values, &shapes)?;
+
+    let mut e = Emit::new(b, shapes);
+    e.static_values = fwd
+        .graph
+        .initializer
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    e.static_values.extend(sel.head_params.iter().cloned());
+    let training = emit_training(e, &plan, &sel, &fwd, cfg.loss, &head.logits, dims.units)?;
+    let eval = build_eval(
+        &fwd.graph,
+        &fwd.features,
+        sel.dense.is_some(),
+        &head_values,
+        dims.dim,
+        dims.units,
+        &fwd.batch,
+    )?;
+    let frozen = sel.candidates.len() + sel.head_params.len() - params.len();
+    let spec = graph_spec(&cfg, &fwd, frozen, labels_dtype, masks, &params, dims.units);
     Ok(TrainingGraphs {
         training,
         eval,
         params,
         spec,
     })
-}
-
-fn select(trainable: &Trainable, candidates: &[String], head: &[String]) -> Result<Vec<String>> {
-    Ok(match trainable {
-        Trainable::All => candidates.iter().chain(head).cloned().collect(),
-        Trainable::Head => head.to_vec(),
-        Trainable::From(layer) => {
-            let Some(start) = candidates.iter().position(|c| layer_of(c) == layer) else {
-                let mut layers: Vec<&str> = Vec::new();
-                for c in candidates {
-                    if layers.last() != Some(&layer_of(c)) {
-                        layers.push(layer_of(c));
-                    }
-                }
-                let shown: Vec<&str> = layers.iter().take(12).copied().collect();
-                return Err(Error::Selection(format!(
-                    "no layer `{layer}` among the {} layers with parameters (first ones: {}{})",
-                    layers.len(),
-                    shown.join(", "),
-                    if layers.len() > 12 { ", ..." } else { "" }
-                )));
-            };
-            candidates[start..].iter().chain(head).cloned().collect()
-        }
-        Trainable::Names(names) => {
-            let all: Vec<&String> = candidates.iter().chain(head).collect();
-            for n in names {
-                if !all.contains(&n) {
-                    return Err(Error::Selection(format!(
-                        "`{n}` is not a parameter (expected an initializer used as a weight, bias or BatchNorm scale/offset, or head.kernel/head.bias)"
-                    )));
-                }
-            }
-            all.into_iter()
-                .filter(|c| names.contains(*c))
-                .cloned()
-                .collect()
-        }
-    })
-}
-
-/// Emits the loss (output `loss`) and returns the gradient of the loss with respect to `logits`.
-fn emit_loss(e: &mut Emit, loss: Loss, logits: &str, units: i64) -> Result<String> {
-    match loss {
-        Loss::BinaryCrossEntropyWithLogits => {
-            // loss_i = max(z, 0) - z*y + log(1 + exp(-|z|)); dL/dz = (sigmoid(z) - y) / N
-            let z = e.reshape(logits, &[-1]);
-            let relu = e.op("Relu", &[&z], vec![]);
-            let zy = e.op("Mul", &[&z, "labels"], vec![]);
-            let abs = e.op("Abs", &[&z], vec![]);
-            let neg = e.op("Neg", &[&abs], vec![]);
-            let sp = e.op("Softplus", &[&neg], vec![]);
-            let d = e.op("Sub", &[&relu, &zy], vec![]);
-            let per = e.op("Add", &[&d, &sp], vec![]);
-            e.b.node_named(
-                "ReduceMean",
-                &[&per],
-                &["loss"],
-                vec![attr::int("keepdims", 0)],
-            );
-            let sig = e.op("Sigmoid", &[&z], vec![]);
-            let diff = e.op("Sub", &[&sig, "labels"], vec![]);
-            let n = e.op("Size", &[&z], vec![]);
-            let nf = e.cast_f32(&n);
-            let dz = e.op("Div", &[&diff, &nf], vec![]);
-            Ok(e.reshape(&dz, &[-1, 1]))
-        }
-        Loss::SoftmaxCrossEntropy => {
-            // loss = -mean(log_softmax(z)[label]); dL/dz = (softmax(z) - onehot) / N
-            let logp = e.op("LogSoftmax", &[logits], vec![attr::int("axis", 1)]);
-            let axis1 = e.i64s(&[1]);
-            let lab = e.op("Unsqueeze", &["labels", &axis1], vec![]);
-            let picked = e.op("GatherElements", &[&logp, &lab], vec![attr::int("axis", 1)]);
-            let mean = e.op("ReduceMean", &[&picked], vec![attr::int("keepdims", 0)]);
-            e.b.node_named("Neg", &[&mean], &["loss"], vec![]);
-            let p = e.op("Exp", &[&logp], vec![]);
-            let classes: Vec<i64> = (0..units).collect();
-            let cls = e.b.constant_i64("classes", &[1, units], &classes);
-            let eq = e.op("Equal", &[&cls, &lab], vec![]);
-            let onehot = e.cast_f32(&eq);
-            let d = e.op("Sub", &[&p, &onehot], vec![]);
-            let n = e.op("Size", &["labels"], vec![]);
-            let nf = e.cast_f32(&n);
-            Ok(e.op("Div", &[&d, &nf], vec![]))
-        }
-    }
-}
-
-fn build_eval(
-    graph: &GraphProto,
-    features: &str,
-    dense: bool,
-    head_values: &HashMap<String, Vec<f32>>,
-    dim: i64,
-    units: i64,
-    batch: &Dim,
-) -> Result<ModelProto> {
-    let mut g = graph.clone();
-    for n in &mut g.node {
-        if n.op_type == "Dropout" {
-            n.op_type = "Identity".to_owned();
-            n.attribute.clear();
-            n.input.truncate(1);
-            n.output.truncate(1);
-        }
-    }
-    g.output.clear();
-    let mut b = GraphBuilder::from_graph(g);
-    reserve(&mut b, "logits")?;
-    if dense {
-        b.initializer(TensorProto::from_f32(
-            HEAD_KERNEL,
-            &[dim, units],
-            &head_values[HEAD_KERNEL],
-        ));
-        b.initializer(TensorProto::from_f32(
-            HEAD_BIAS,
-            &[units],
-            &head_values[HEAD_BIAS],
-        ));
-        let mm = b.unique("head.matmul");
-        b.node_named("MatMul", &[features, HEAD_KERNEL], &[&mm], vec![]);
-        b.node_named("Add", &[&mm, HEAD_BIAS], &["logits"], vec![]);
-    } else {
-        b.node_named("Identity", &[features], &["logits"], vec![]);
-    }
-    b.output("logits", &[batch.clone(), Dim::Fixed(units)]);
-    let mut model = ModelProto::with_graph(b.build(), xfer_onnx::DEFAULT_OPSET);
-    model.producer_name = "xfer-autodiff".to_owned();
-    model.set_metadata("xfer.graph", "eval");
-    Ok(model)
 }

@@ -188,6 +188,11 @@ impl Emit {
     }
 }
 
+/// The `value` attribute of a `ConstantOfShape` that fills with float zeros.
+pub(crate) fn zero_fill() -> AttributeProto {
+    attr::tensor("value", TensorProto::from_f32("value", &[1], &[0.0]))
+}
+
 /// A node's name for messages (its first output when unnamed).
 pub(crate) fn node_label(node: &NodeProto) -> String {
     if node.name.is_empty() {

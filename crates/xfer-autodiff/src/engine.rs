@@ -1,4 +1,7 @@
 //! Which nodes need a backward pass, and the reverse sweep that emits it.
+//!
+//! Which inputs receive and which outputs carry a gradient comes from the VJP rule table
+//! ([`crate::vjp::RULES`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -6,34 +9,13 @@ use xfer_onnx::NodeProto;
 
 use crate::Result;
 use crate::emit::{Emit, unsupported};
+use crate::vjp::{self, Rule};
 
-/// Ops whose outputs never carry a gradient.
-const NON_DIFFERENTIABLE: &[&str] = &[
-    "Shape",
-    "Size",
-    "ArgMax",
-    "ArgMin",
-    "Equal",
-    "Greater",
-    "GreaterOrEqual",
-    "Less",
-    "LessOrEqual",
-    "Not",
-    "And",
-    "Or",
-    "NonZero",
-    "ConstantOfShape",
-    "Constant",
-    "Range",
-];
-
-/// Input positions through which a gradient flows, for a supported op.
-fn differentiable_input(op: &str, i: usize) -> bool {
-    match op {
-        "BatchNormalization" => i <= 2,
-        "Clip" | "Reshape" | "Dropout" | "MaxPool" | "ReduceMean" => i == 0,
-        _ => true,
-    }
+/// Whether input `i` of `node` is a value in `req` through which a gradient flows.
+fn flows_from(node: &NodeProto, i: usize, value: &str, req: &HashSet<String>) -> bool {
+    !value.is_empty()
+        && req.contains(value)
+        && vjp::flow(&node.op_type).is_some_and(|(inputs, _)| inputs.contains(i))
 }
 
 /// Values that depend on `sources` through differentiable paths, and the nodes that are not
@@ -41,21 +23,19 @@ fn differentiable_input(op: &str, i: usize) -> bool {
 pub(crate) fn requires_grad(nodes: &[NodeProto], sources: &HashSet<String>) -> HashSet<String> {
     let mut req = sources.clone();
     for n in nodes {
-        if NON_DIFFERENTIABLE.contains(&n.op_type.as_str()) {
+        let Some((_, outputs)) = vjp::flow(&n.op_type) else {
             continue;
-        }
-        let hit =
-            n.input.iter().enumerate().any(|(i, v)| {
-                !v.is_empty() && req.contains(v) && differentiable_input(&n.op_type, i)
-            });
+        };
+        let hit = n
+            .input
+            .iter()
+            .enumerate()
+            .any(|(i, v)| flows_from(n, i, v, &req));
         if hit {
-            // Only the first output of MaxPool (Indices) and Dropout (mask) carries a gradient.
-            let outs = if matches!(n.op_type.as_str(), "MaxPool" | "Dropout") {
-                1
-            } else {
-                n.output.len()
-            };
-            for o in n.output.iter().take(outs).filter(|o| !o.is_empty()) {
+            // Only the outputs the rule names carry a gradient: for MaxPool and Dropout only
+            // output 0 (Y), not output 1 (MaxPool's Indices, Dropout's mask).
+            let carrying = outputs.count(n.output.len());
+            for o in n.output.iter().take(carrying).filter(|o| !o.is_empty()) {
                 req.insert(o.clone());
             }
         }
@@ -86,12 +66,12 @@ pub(crate) fn backward_nodes(
             .iter()
             .any(|o| req.contains(o) && needed.contains(o))
         {
-            if !crate::SUPPORTED_OPS.contains(&n.op_type.as_str()) {
+            if !matches!(vjp::rule(&n.op_type), Some(Rule::Differentiable { .. })) {
                 return Err(unsupported(
                     n,
                     format!(
                         "this op lies between a trainable parameter and the loss but has no gradient; supported: {}",
-                        crate::SUPPORTED_OPS.join(", ")
+                        vjp::SUPPORTED_OPS.join(", ")
                     ),
                 ));
             }
@@ -99,6 +79,37 @@ pub(crate) fn backward_nodes(
         }
     }
     Ok(idx)
+}
+
+/// Gradient contributions collected during the sweep, by value.
+#[derive(Default)]
+struct Contributions(HashMap<String, Vec<String>>);
+
+impl Contributions {
+    fn add(&mut self, value: &str, grad: String) {
+        self.0.entry(value.to_owned()).or_default().push(grad);
+    }
+
+    /// The total gradient of `value` (one Sum node when it has several parts), kept as the
+    /// value's only part in case the value is also wanted.
+    fn total(&mut self, e: &mut Emit, value: &str) -> Option<String> {
+        match self.0.remove(value) {
+            Some(parts) if !parts.is_empty() => {
+                let total = e.sum(&parts);
+                self.0.insert(value.to_owned(), vec![total.clone()]);
+                Some(total)
+            }
+            _ => None,
+        }
+    }
+
+    /// The total gradient of `value`, without recording it.
+    fn final_total(&self, e: &mut Emit, value: &str) -> Option<String> {
+        match self.0.get(value) {
+            Some(parts) if !parts.is_empty() => Some(e.sum(parts)),
+            _ => None,
+        }
+    }
 }
 
 /// The reverse sweep: seeds are (value, gradient value) pairs; returns the total gradient of
@@ -111,57 +122,68 @@ pub(crate) fn sweep(
     seeds: &[(String, String)],
     wanted: &[String],
 ) -> Result<HashMap<String, Option<String>>> {
-    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    let mut grads = Contributions::default();
     for (v, g) in seeds {
-        grads.entry(v.clone()).or_default().push(g.clone());
+        grads.add(v, g.clone());
     }
-    for &i in order.iter().rev() {
-        let node = &nodes[i];
-        let mut gy = Vec::with_capacity(node.output.len());
-        let mut any = false;
-        for o in &node.output {
-            let g = match grads.remove(o) {
-                Some(parts) if !parts.is_empty() => {
-                    let total = e.sum(&parts);
-                    any = true;
-                    // Keep the total in case the value is also wanted.
-                    grads.insert(o.clone(), vec![total.clone()]);
-                    Some(total)
-                }
-                _ => None,
-            };
-            gy.push(g);
-        }
-        if !any {
+    for node in order.iter().rev().filter_map(|&i| nodes.get(i)) {
+        let gy: Vec<Option<String>> = node.output.iter().map(|o| grads.total(e, o)).collect();
+        if gy.iter().all(Option::is_none) {
             continue;
         }
         let need: Vec<bool> = node
             .input
             .iter()
             .enumerate()
-            .map(|(k, v)| {
-                !v.is_empty() && req.contains(v) && differentiable_input(&node.op_type, k)
-            })
+            .map(|(k, v)| flows_from(node, k, v, req))
             .collect();
         if !need.iter().any(|&b| b) {
             continue;
         }
-        let gx = crate::vjp::vjp(e, node, &gy, &need)?;
-        for (k, g) in gx.into_iter().enumerate() {
+        let gx = vjp::vjp(e, node, &gy, &need)?;
+        for ((g, input), needed) in gx.into_iter().zip(&node.input).zip(&need) {
             if let Some(g) = g
-                && need[k]
+                && *needed
             {
-                grads.entry(node.input[k].clone()).or_default().push(g);
+                grads.add(input, g);
             }
         }
     }
-    let mut out = HashMap::new();
-    for w in wanted {
-        let total = match grads.get(w) {
-            Some(parts) if !parts.is_empty() => Some(e.sum(parts)),
-            _ => None,
-        };
-        out.insert(w.clone(), total);
+    Ok(wanted
+        .iter()
+        .map(|w| (w.clone(), grads.final_total(e, w)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: op.to_owned(),
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: outputs.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
     }
-    Ok(out)
+
+    #[test]
+    fn maxpool_indices_and_dropout_mask_carry_no_gradient() {
+        // What the comment in `requires_grad` says: output 0 (Y) carries a gradient, output 1
+        // (MaxPool's Indices, Dropout's mask) does not; Reshape's shape input receives none.
+        let nodes = [
+            node("MaxPool", &["x"], &["pooled", "indices"]),
+            node("Dropout", &["pooled", "ratio"], &["dropped", "mask"]),
+            node("Reshape", &["shape_src", "dropped"], &["r"]),
+            node("Shape", &["dropped"], &["s"]),
+        ];
+        let req = requires_grad(&nodes, &HashSet::from(["x".to_owned()]));
+        for v in ["x", "pooled", "dropped"] {
+            assert!(req.contains(v), "{v} requires a gradient");
+        }
+        for v in ["indices", "mask", "r", "s"] {
+            assert!(!req.contains(v), "{v} carries no gradient");
+        }
+    }
 }

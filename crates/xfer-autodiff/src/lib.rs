@@ -27,9 +27,13 @@
 mod builder;
 mod emit;
 mod engine;
+mod fold;
 mod io;
+mod loss;
 mod optim;
+mod probe;
 mod random;
+mod select;
 mod spec;
 mod vjp;
 
@@ -42,33 +46,8 @@ pub use spec::{GraphSpec, HeadSpec, Loss, MaskSpec, Parameter, TensorSpec, Train
 /// Batch size of the forward run that measures intermediate shapes.
 pub const PROBE_BATCH: i64 = 2;
 
-/// Ops this crate can differentiate.
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Conv",
-    "Div",
-    "Dropout",
-    "Flatten",
-    "Gemm",
-    "GlobalAveragePool",
-    "Identity",
-    "LogSoftmax",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "ReduceMean",
-    "Relu",
-    "Reshape",
-    "Sigmoid",
-    "Softmax",
-    "Sub",
-    "Tanh",
-    "Transpose",
-];
+/// Ops this crate can differentiate: the differentiable rows of the VJP rule table.
+pub const SUPPORTED_OPS: &[&str] = vjp::SUPPORTED_OPS;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +61,16 @@ pub enum Error {
         op_type: String,
         /// Why, and what to do.
         reason: String,
+    },
+    /// A node lacks an input, output or attribute value that its op requires.
+    #[error("node `{node}` ({op_type}) is malformed: it has no {expected}")]
+    MalformedNode {
+        /// Node name (or its first output when unnamed).
+        node: String,
+        /// Operator type.
+        op_type: String,
+        /// What the op expects and the node lacks (e.g. `input 1`).
+        expected: String,
     },
     /// The forward graph is not what the builder needs (inputs, outputs, opset, shapes).
     #[error("forward graph: {0}")]

@@ -4,7 +4,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
+
+use crate::random::dropout_mask;
+use crate::{Error, Result};
 
 /// The head appended to the backbone's feature output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +174,24 @@ pub struct MaskSpec {
     pub stream: u64,
 }
 
+impl MaskSpec {
+    /// The mask for training step `step` of a run seeded `seed`, at batch size `batch`
+    /// ([`crate::dropout_mask`] over this mask's shape, `-1` replaced by `batch`).
+    pub fn values(&self, seed: u64, step: u64, batch: usize) -> Result<ArrayD<f32>> {
+        let shape: Vec<usize> = self
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(batch))
+            .collect();
+        let len = shape.iter().product();
+        ArrayD::from_shape_vec(
+            IxDyn(&shape),
+            dropout_mask(seed, step, self.stream, len, self.rate),
+        )
+        .map_err(|e| Error::Graph(format!("dropout mask `{}`: {e}", self.name)))
+    }
+}
+
 /// The description written as `graph.json`: what to feed and what comes out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GraphSpec {
@@ -197,4 +219,70 @@ pub struct GraphSpec {
     pub dropout_mask_rule: String,
     /// Notes for users of the graphs.
     pub notes: Vec<String>,
+}
+
+impl GraphSpec {
+    /// The dropout mask feeds of the training graph for one step: (input name, mask), in input
+    /// order. Every caller (trainer, benchmarks, tests) builds its masks here.
+    pub fn dropout_feeds(
+        &self,
+        seed: u64,
+        step: u64,
+        batch: usize,
+    ) -> Result<Vec<(String, ArrayD<f32>)>> {
+        self.dropout_masks
+            .iter()
+            .map(|m| Ok((m.name.clone(), m.values(seed, step, batch)?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_feeds_fill_the_batch_and_follow_the_mask_rule() {
+        let mask = |name: &str, shape: Vec<i64>, rate: f32, stream: u64| MaskSpec {
+            name: name.to_owned(),
+            shape,
+            rate,
+            stream,
+        };
+        let spec = GraphSpec {
+            data_input: TensorSpec {
+                name: "x".to_owned(),
+                dtype: "float32".to_owned(),
+                shape: vec![-1, 4],
+            },
+            labels: TensorSpec {
+                name: "labels".to_owned(),
+                dtype: "float32".to_owned(),
+                shape: vec![-1],
+            },
+            dropout_masks: vec![
+                mask("a", vec![-1, 3, 2], 0.5, 1),
+                mask("b", vec![-1, 5], 0.2, 0),
+            ],
+            parameters: vec![],
+            frozen_parameters: 0,
+            training_outputs: vec![],
+            eval_outputs: vec![],
+            loss: Loss::BinaryCrossEntropyWithLogits,
+            head: HeadSpec::Existing,
+            features: "x".to_owned(),
+            dropout_mask_rule: String::new(),
+            notes: vec![],
+        };
+        let feeds = spec.dropout_feeds(9, 4, 7).expect("feeds");
+        assert_eq!(feeds.len(), 2);
+        assert_eq!(feeds[0].0, "a");
+        assert_eq!(feeds[0].1.shape(), &[7, 3, 2]);
+        let flat: Vec<f32> = feeds[0].1.iter().copied().collect();
+        assert_eq!(flat, dropout_mask(9, 4, 1, 42, 0.5));
+        assert_eq!(feeds[1].0, "b");
+        assert_eq!(feeds[1].1.shape(), &[7, 5]);
+        let flat: Vec<f32> = feeds[1].1.iter().copied().collect();
+        assert_eq!(flat, dropout_mask(9, 4, 0, 35, 0.2));
+    }
 }

@@ -608,3 +608,27 @@ fn unsupported_op_on_the_path_is_named() {
     let msg = err.to_string();
     assert!(msg.contains("Erf") && msg.contains("y"), "{msg}");
 }
+
+#[test]
+fn reshape_to_a_computed_shape_probes_the_int64_shape_value() {
+    // PyTorch's flatten: Reshape(x, Concat(Slice(Shape(x), 0, 1), [-1])). The shape probe needs
+    // the shape of the int64 `target`; it used to declare every probed value as float, which
+    // ONNX Runtime rejects ("Type (tensor(int64)) of output arg (target) ... does not match").
+    let mut c = Case::new();
+    let mut rng = Rng(26);
+    c.input("x", rng.array(&[2, 3, 4], -1.0, 1.0), true);
+    c.g.initializer(TensorProto::from_i64("zero", &[1], &[0]));
+    c.g.initializer(TensorProto::from_i64("one", &[1], &[1]));
+    c.g.initializer(TensorProto::from_i64("minus_one", &[1], &[-1]));
+    c.node("Mul", &["x", "x"], &["sq"], vec![])
+        .node("Shape", &["x"], &["shape"], vec![])
+        .node("Slice", &["shape", "zero", "one"], &["batch"], vec![])
+        .node(
+            "Concat",
+            &["batch", "minus_one"],
+            &["target"],
+            vec![attr::int("axis", 0)],
+        )
+        .node("Reshape", &["sq", "target"], &["y"], vec![]);
+    c.check(&mut rng);
+}

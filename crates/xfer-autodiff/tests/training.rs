@@ -10,7 +10,6 @@ use common::{Rng, assert_close, run, sample_indices, session};
 use ndarray::{ArrayD, IxDyn};
 use xfer_autodiff::{
     Adam, HeadSpec, Loss, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
-    dropout_mask,
 };
 use xfer_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, attr};
 
@@ -193,23 +192,7 @@ fn fd_check(
 }
 
 fn masks_for(tg: &TrainingGraphs, n: usize, seed: u64, step_no: u64) -> Vec<(String, ArrayD<f32>)> {
-    tg.spec
-        .dropout_masks
-        .iter()
-        .map(|m| {
-            let shape: Vec<usize> = m
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { n } else { d as usize })
-                .collect();
-            let len = shape.iter().product();
-            let data = dropout_mask(seed, step_no, m.stream, len, m.rate);
-            (
-                m.name.clone(),
-                ArrayD::from_shape_vec(IxDyn(&shape), data).expect("mask"),
-            )
-        })
-        .collect()
+    tg.spec.dropout_feeds(seed, step_no, n).expect("mask")
 }
 
 #[test]
@@ -493,4 +476,127 @@ fn folding_batch_norm_into_convs_keeps_loss_and_gradients() {
             "{name}: max diff {diff} (scale {scale})"
         );
     }
+}
+
+/// The model with value `from` renamed `to` everywhere.
+fn rename_value(mut model: ModelProto, from: &str, to: &str) -> ModelProto {
+    let graph = model.graph.as_mut().expect("graph");
+    for n in &mut graph.node {
+        for v in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if v == from {
+                *v = to.to_owned();
+            }
+        }
+    }
+    model
+}
+
+#[test]
+fn forward_values_named_like_head_values_do_not_confuse_the_head() {
+    // The forward graph already has values `head.matmul` and `head.dropout`, so the head's own
+    // values are `head.matmul_1` and `head.dropout_1`. Their shapes used to be registered under
+    // the literal names (overwriting the forward values' shapes), and the build failed with
+    // "the shape of `head.dropout_1` is unknown (internal: not probed)".
+    let build = |model: ModelProto| {
+        TrainingGraphBuilder::new(model)
+            .head(HeadSpec::Dense {
+                units: 1,
+                dropout: 0.3,
+            })
+            .trainable(Trainable::All)
+            .seed(3)
+            .build()
+    };
+    let plain = build(tiny_cnn(8)).expect("plain training graph");
+    let clashing = rename_value(
+        rename_value(tiny_cnn(8), "r2", "head.matmul"),
+        "gap",
+        "head.dropout",
+    );
+    let clashing = build(clashing).expect("training graph despite the name clash");
+    let mut rng = Rng(81);
+    let x = image_batch(&mut rng, 3);
+    let labels = ArrayD::from_shape_vec(IxDyn(&[3]), vec![1.0f32, 0.0, 1.0]).expect("labels");
+    let mut results = Vec::new();
+    for tg in [&plain, &clashing] {
+        let masks = masks_for(tg, 3, 5, 0);
+        let mut s = session(&tg.training);
+        results.push(step(
+            &mut s,
+            tg,
+            &tg.params,
+            &x,
+            Some(&labels),
+            None,
+            &masks,
+        ));
+    }
+    assert_close("loss", results[1].loss, results[0].loss, 1e-6, 1e-6);
+    assert_eq!(results[0].grads.len(), results[1].grads.len());
+    for (name, g) in &results[0].grads {
+        let other = &results[1].grads[name];
+        for (j, (&a, &b)) in g.iter().zip(other.iter()).enumerate() {
+            assert_close(
+                &format!("{name}[{j}]"),
+                f64::from(b),
+                f64::from(a),
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_conv_without_its_weight_is_a_typed_error_not_a_panic() {
+    // Folding Conv+BN used to index `conv.input[1]` and panic on this malformed Conv.
+    let mut model = tiny_cnn(9);
+    let graph = model.graph.as_mut().expect("graph");
+    let conv = graph
+        .node
+        .iter_mut()
+        .find(|n| n.output == ["c1"])
+        .expect("conv c1");
+    conv.input.truncate(1);
+    let err = TrainingGraphBuilder::new(model)
+        .trainable(Trainable::All)
+        .build()
+        .expect_err("malformed conv");
+    match &err {
+        xfer_autodiff::Error::MalformedNode {
+            node,
+            op_type,
+            expected,
+        } => {
+            assert_eq!(op_type, "Conv");
+            assert_eq!(node, "Conv_c1");
+            assert_eq!(expected, "input 1");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn a_dropout_without_input_is_a_typed_error_not_a_panic() {
+    // Rewriting Dropout nodes used to index `node.input[0]` and panic.
+    let mut model = tiny_cnn(10);
+    let graph = model.graph.as_mut().expect("graph");
+    graph.node.push(xfer_onnx::NodeProto {
+        name: "bad_dropout".to_owned(),
+        op_type: "Dropout".to_owned(),
+        output: vec!["dropped".to_owned()],
+        ..Default::default()
+    });
+    let err = TrainingGraphBuilder::new(model)
+        .build()
+        .expect_err("malformed dropout");
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, xfer_autodiff::Error::MalformedNode { op_type, .. } if op_type == "Dropout"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("bad_dropout") && msg.contains("input 0"),
+        "{msg}"
+    );
 }
