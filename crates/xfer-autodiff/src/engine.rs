@@ -158,15 +158,7 @@ pub(crate) fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-        NodeProto {
-            op_type: op.to_owned(),
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: outputs.iter().map(|s| (*s).to_owned()).collect(),
-            ..Default::default()
-        }
-    }
+    use crate::vjp::tests::node;
 
     #[test]
     fn maxpool_indices_and_dropout_mask_carry_no_gradient() {

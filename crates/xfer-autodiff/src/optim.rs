@@ -130,6 +130,51 @@ fn read_iterations(state: &[NamedTensor]) -> Result<u64> {
         })
 }
 
+/// An optimizer's step count and its per-parameter slots, with the slots' checkpoint names.
+#[derive(Debug, Clone)]
+struct State<const N: usize> {
+    iterations: u64,
+    names: [&'static str; N],
+    slots: [Slots; N],
+}
+
+impl<const N: usize> State<N> {
+    fn new(names: [&'static str; N]) -> Self {
+        State {
+            iterations: 0,
+            names,
+            slots: std::array::from_fn(|_| Slots::default()),
+        }
+    }
+
+    /// `optimizer.iterations`, then each slot's tensors (`<param>.<slot name>`).
+    fn export(&self) -> Vec<NamedTensor> {
+        let mut out = vec![iterations_tensor(self.iterations)];
+        for (slots, name) in self.slots.iter().zip(self.names) {
+            slots.export(name, &mut out);
+        }
+        out
+    }
+
+    /// Restores the step count and, when `with_slots`, the slots of `params` from `state`.
+    fn import(
+        &mut self,
+        params: &[Parameter],
+        state: &[NamedTensor],
+        with_slots: bool,
+    ) -> Result<()> {
+        self.iterations = read_iterations(state)?;
+        for (slots, name) in self.slots.iter_mut().zip(self.names) {
+            *slots = if with_slots {
+                Slots::import(params, name, state)?
+            } else {
+                Slots::default()
+            };
+        }
+        Ok(())
+    }
+}
+
 /// Adam exactly as Keras 3 updates (`keras/src/optimizers/adam.py`, float32 arithmetic):
 /// `alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)`; `m += (g - m)(1 - b1)`; `v += (g² - v)(1 - b2)`;
 /// `p -= m * alpha / (sqrt(v) + eps)`.
@@ -143,9 +188,8 @@ pub struct Adam {
     pub beta_2: f32,
     /// Added to sqrt(v).
     pub epsilon: f32,
-    iterations: u64,
-    m: Slots,
-    v: Slots,
+    /// Step count and the first (`adam_m`) and second (`adam_v`) moments.
+    state: State<2>,
 }
 
 impl Adam {
@@ -156,9 +200,7 @@ impl Adam {
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-7,
-            iterations: 0,
-            m: Slots::default(),
-            v: Slots::default(),
+            state: State::new(["adam_m", "adam_v"]),
         }
     }
 }
@@ -166,9 +208,10 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [Parameter], grads: &[&[f32]]) -> Result<()> {
         check(params, grads)?;
-        self.m.ensure(params)?;
-        self.v.ensure(params)?;
-        let local_step = (self.iterations + 1) as f32;
+        let [m, v] = &mut self.state.slots;
+        m.ensure(params)?;
+        v.ensure(params)?;
+        let local_step = (self.state.iterations + 1) as f32;
         let b1_power = self.beta_1.powf(local_step);
         let b2_power = self.beta_2.powf(local_step);
         let alpha = self.learning_rate * (1.0 - b2_power).sqrt() / (1.0 - b1_power);
@@ -176,12 +219,7 @@ impl Optimizer for Adam {
         params
             .par_iter_mut()
             .zip(grads.par_iter())
-            .zip(
-                self.m
-                    .values
-                    .par_iter_mut()
-                    .zip(self.v.values.par_iter_mut()),
-            )
+            .zip(m.values.par_iter_mut().zip(v.values.par_iter_mut()))
             .for_each(|((p, g), (m, v))| {
                 for i in 0..p.data.len() {
                     let gi = g[i];
@@ -190,12 +228,12 @@ impl Optimizer for Adam {
                     p.data[i] -= (m[i] * alpha) / (v[i].sqrt() + b_eps);
                 }
             });
-        self.iterations += 1;
+        self.state.iterations += 1;
         Ok(())
     }
 
     fn iterations(&self) -> u64 {
-        self.iterations
+        self.state.iterations
     }
 
     fn set_learning_rate(&mut self, lr: f32) {
@@ -203,17 +241,11 @@ impl Optimizer for Adam {
     }
 
     fn state(&self) -> Vec<NamedTensor> {
-        let mut out = vec![iterations_tensor(self.iterations)];
-        self.m.export("adam_m", &mut out);
-        self.v.export("adam_v", &mut out);
-        out
+        self.state.export()
     }
 
     fn load_state(&mut self, params: &[Parameter], state: &[NamedTensor]) -> Result<()> {
-        self.iterations = read_iterations(state)?;
-        self.m = Slots::import(params, "adam_m", state)?;
-        self.v = Slots::import(params, "adam_v", state)?;
-        Ok(())
+        self.state.import(params, state, true)
     }
 }
 
@@ -228,8 +260,8 @@ pub struct Sgd {
     pub momentum: f32,
     /// Nesterov momentum.
     pub nesterov: bool,
-    iterations: u64,
-    m: Slots,
+    /// Step count and the momentum (`sgd_momentum`).
+    state: State<1>,
 }
 
 impl Sgd {
@@ -239,8 +271,7 @@ impl Sgd {
             learning_rate,
             momentum,
             nesterov: false,
-            iterations: 0,
-            m: Slots::default(),
+            state: State::new(["sgd_momentum"]),
         }
     }
 }
@@ -259,11 +290,12 @@ impl Optimizer for Sgd {
                     }
                 });
         } else {
-            self.m.ensure(params)?;
+            let [m] = &mut self.state.slots;
+            m.ensure(params)?;
             params
                 .par_iter_mut()
                 .zip(grads.par_iter())
-                .zip(self.m.values.par_iter_mut())
+                .zip(m.values.par_iter_mut())
                 .for_each(|((p, g), m)| {
                     for i in 0..p.data.len() {
                         m[i] = m[i] * mom - g[i] * lr;
@@ -275,12 +307,12 @@ impl Optimizer for Sgd {
                     }
                 });
         }
-        self.iterations += 1;
+        self.state.iterations += 1;
         Ok(())
     }
 
     fn iterations(&self) -> u64 {
-        self.iterations
+        self.state.iterations
     }
 
     fn set_learning_rate(&mut self, lr: f32) {
@@ -288,18 +320,10 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> Vec<NamedTensor> {
-        let mut out = vec![iterations_tensor(self.iterations)];
-        self.m.export("sgd_momentum", &mut out);
-        out
+        self.state.export()
     }
 
     fn load_state(&mut self, params: &[Parameter], state: &[NamedTensor]) -> Result<()> {
-        self.iterations = read_iterations(state)?;
-        self.m = if self.momentum == 0.0 {
-            Slots::default()
-        } else {
-            Slots::import(params, "sgd_momentum", state)?
-        };
-        Ok(())
+        self.state.import(params, state, self.momentum != 0.0)
     }
 }

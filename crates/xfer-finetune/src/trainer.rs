@@ -844,27 +844,13 @@ impl PhaseRun<'_> {
                 InputTensor::I64(labels_i64.view())
             }
         };
-        let mut masks = Vec::with_capacity(spec.dropout_masks.len());
-        for m in &spec.dropout_masks {
-            let shape: Vec<usize> = m
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { n } else { d as usize })
-                .collect();
-            let len = shape.iter().product();
-            let data =
-                xfer_autodiff::dropout_mask(self.config.seed, global_step, m.stream, len, m.rate);
-            masks.push((
-                m.name.as_str(),
-                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(shape_err)?,
-            ));
-        }
+        let masks = spec.dropout_feeds(self.config.seed, global_step, n)?;
         let pixels = batch.pixels.view().into_dyn();
         let mut feeds: Vec<(&str, InputTensor<'_>)> =
             vec![(spec.data_input.name.as_str(), InputTensor::F32(pixels))];
         feeds.push((spec.labels.name.as_str(), labels));
         for (name, mask) in &masks {
-            feeds.push((name, InputTensor::F32(mask.view())));
+            feeds.push((name.as_str(), InputTensor::F32(mask.view())));
         }
         for p in params.iter() {
             let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;

@@ -164,33 +164,22 @@ pub(crate) fn flow(op: &str) -> Option<(Inputs, Outputs)> {
     }
 }
 
-const fn differentiable_count() -> usize {
-    let mut n = 0;
-    let mut i = 0;
+/// The differentiable ops' names (at the front, in table order) and how many there are.
+const DIFFERENTIABLE: ([&str; RULES.len()], usize) = {
+    let mut names = [""; RULES.len()];
+    let (mut i, mut n) = (0, 0);
     while i < RULES.len() {
         if matches!(RULES[i].1, Rule::Differentiable { .. }) {
+            names[n] = RULES[i].0;
             n += 1;
         }
         i += 1;
     }
-    n
-}
-
-const DIFFERENTIABLE: [&str; differentiable_count()] = {
-    let mut names = [""; differentiable_count()];
-    let (mut i, mut k) = (0, 0);
-    while i < RULES.len() {
-        if matches!(RULES[i].1, Rule::Differentiable { .. }) {
-            names[k] = RULES[i].0;
-            k += 1;
-        }
-        i += 1;
-    }
-    names
+    (names, n)
 };
 
 /// Ops this crate can differentiate (the differentiable rows of [`RULES`], sorted).
-pub(crate) const SUPPORTED_OPS: &[&str] = &DIFFERENTIABLE;
+pub(crate) const SUPPORTED_OPS: &[&str] = DIFFERENTIABLE.0.split_at(DIFFERENTIABLE.1).0;
 
 /// The backward of one node: the node, the gradient of its first output, and which inputs need one.
 pub(crate) struct Vjp<'a> {
@@ -297,4 +286,4 @@ pub(crate) fn vjp(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,8 @@ use xfer_onnx::{GraphBuilder, NodeProto};
 use super::*;
 use crate::Error;
 
-fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+/// A node named `<op>_node` (lowercase op).
+pub(crate) fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     NodeProto {
         name: format!("{}_node", op.to_ascii_lowercase()),
         op_type: op.to_owned(),
