@@ -90,6 +90,7 @@ impl Case {
                 denotation: String::new(),
             }),
             doc_string: String::new(),
+            ..Default::default()
         }];
         let forward = ModelProto::with_graph(graph, 17);
         let wrt: Vec<&str> = self.wrt.iter().map(String::as_str).collect();

@@ -52,6 +52,7 @@ impl ValueInfoProto {
                 denotation: String::new(),
             }),
             doc_string: String::new(),
+            ..Default::default()
         }
     }
 

@@ -1,8 +1,12 @@
-//! ONNX for xfer: the protobuf messages as hand-written `prost` structs,
-//! reading and writing `.onnx` files, tensor helpers and a small graph builder.
+//! ONNX for xfer: the protobuf messages, reading and writing `.onnx` files,
+//! tensor helpers and a small graph builder.
 //!
-//! Only the parts of `onnx.proto` xfer needs are declared; unknown fields of
-//! files written by other tools are skipped when reading.
+//! The messages are generated at build time from the vendored
+//! `proto/onnx.proto3` (ONNX 1.17) by `prost-build` with the pure-Rust
+//! compiler `protox`, so the whole schema is declared: reading a user's model
+//! and writing it back keeps every field (functions, sparse initializers,
+//! training info, metadata, ...). xfer itself writes IR 9 / opset 17, which the
+//! newer schema is a superset of.
 
 mod builder;
 mod io;
@@ -11,11 +15,10 @@ mod tensor;
 
 pub use builder::{Dim, GraphBuilder, attr};
 pub use io::{read_model, read_model_bytes, write_file_atomic, write_model, write_model_bytes};
-pub use proto::{
-    AttributeProto, AttributeType, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-    tensor_shape_proto, type_proto,
-};
+/// Every message, enum and nested module of `onnx.proto3` (`ModelProto`,
+/// `FunctionProto`, `type_proto`, ...), plus the [`AttributeType`] and
+/// [`DataType`] enums at the top level.
+pub use proto::*;
 
 /// ONNX IR version written by xfer (ONNX 1.15 and later).
 pub const IR_VERSION: i64 = 9;
