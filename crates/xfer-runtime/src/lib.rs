@@ -3,14 +3,23 @@
 //!
 //! The library is loaded at run time (`ort`'s `load-dynamic`), from the first
 //! of: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, or `.ort/` in the
-//! working directory or one of its ancestors (where `just setup` puts it).
+//! working directory or one of its ancestors (where `just setup` puts it); for a GPU
+//! device `.ort-gpu/` first (where `just setup-gpu` puts onnxruntime-gpu and the CUDA
+//! libraries, which are preloaded by absolute path before the provider is registered).
 
+mod gpu;
 mod library;
 mod manifest;
+mod native;
 mod session;
 
-pub use library::{LIBRARY_FILE_NAME, find_library, init, loaded_library};
+pub use gpu::{
+    DoctorReport, Driver, GPU_LIBRARY_DIR, Home, LibraryStatus, NeededLibrary, TRT_LIB_DIR_ENV,
+    doctor, driver, locate_libraries, needed_libraries,
+};
+pub use library::{LIBRARY_FILE_NAME, find_library, init, init_for, loaded_library};
 pub use manifest::{Backbone, MANIFEST_FILE_NAME, ModelManifest, ModelSource, fingerprint};
+pub use native::{DriverInfo, Gpu};
 pub use session::{Device, InputTensor, Model, OutputTensor, SessionOptions};
 
 /// Errors of the runtime layer.

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::{Error, Result};
+use crate::gpu::GPU_LIBRARY_DIR;
+use crate::{Device, Error, Result};
 
 /// File name of the library `just setup` unpacks into `.ort/`.
 pub const LIBRARY_FILE_NAME: &str = "libonnxruntime.so.1.31.1";
@@ -21,10 +22,11 @@ pub fn loaded_library() -> Option<&'static Path> {
     LOADED.get().map(PathBuf::as_path)
 }
 
-/// Finds the ONNX Runtime library: `explicit`, then `ORT_DYLIB_PATH`, then
+/// Finds the ONNX Runtime library for `device`: `explicit`, then `ORT_DYLIB_PATH`, then
 /// `.ort/` in the working directory and its ancestors, then next to the
-/// running executable's ancestors.
-pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
+/// running executable's ancestors. For a GPU device `.ort-gpu/` (where `just setup-gpu`
+/// puts onnxruntime-gpu) comes before `.ort/` in each of those folders.
+pub fn find_library(explicit: Option<&Path>, device: Device) -> Result<PathBuf> {
     let mut searched = Vec::new();
     if let Some(path) = explicit {
         if path.is_file() {
@@ -53,12 +55,18 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
+    let folders: &[&str] = match device {
+        Device::Cpu => &[".ort"],
+        Device::Cuda | Device::TensorRt => &[GPU_LIBRARY_DIR, ".ort"],
+    };
     for root in roots {
-        let dir = root.join(".ort");
-        if let Some(found) = library_in(&dir) {
-            return Ok(found);
+        for folder in folders {
+            let dir = root.join(folder);
+            if let Some(found) = library_in(&dir) {
+                return Ok(found);
+            }
+            searched.push(format!("{}/", dir.display()));
         }
-        searched.push(format!("{}/", dir.display()));
     }
     Err(Error::LibraryNotFound { searched })
 }
@@ -86,6 +94,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 /// Loads ONNX Runtime once per process (later calls with the same or no path
 /// are no-ops) and returns the path it was loaded from.
 pub fn init(explicit: Option<&Path>) -> Result<&'static Path> {
+    init_for(explicit, Device::Cpu)
+}
+
+/// [`init`], searching for the library `device` needs (see [`find_library`]).
+pub fn init_for(explicit: Option<&Path>, device: Device) -> Result<&'static Path> {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(loaded) = LOADED.get() {
@@ -100,7 +113,7 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Path> {
         }
         return Ok(loaded.as_path());
     }
-    let path = find_library(explicit)?;
+    let path = find_library(explicit, device)?;
     let builder = ort::init_from(&path).map_err(|e| Error::LibraryLoad {
         path: path.display().to_string(),
         reason: e.to_string(),

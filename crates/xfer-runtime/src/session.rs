@@ -60,6 +60,8 @@ pub struct SessionOptions {
     pub intra_threads: Option<usize>,
     /// Disable ONNX Runtime's graph optimizations (for debugging).
     pub disable_optimizations: bool,
+    /// Folder of TensorRT 10's libraries (`--trt-lib-dir`), for `Device::TensorRt`.
+    pub trt_lib_dir: Option<PathBuf>,
 }
 
 /// A tensor handed to [`Model::run`].
@@ -136,7 +138,7 @@ impl Model {
 
     /// Builds a session from ONNX bytes already in memory; `name` is used in messages.
     pub fn from_bytes(bytes: &[u8], name: &str, options: &SessionOptions) -> Result<Self> {
-        crate::init(options.ort_lib.as_deref())?;
+        crate::init_for(options.ort_lib.as_deref(), options.device)?;
         let env = crate::library::environment().ok_or_else(|| Error::LibraryLoad {
             path: String::new(),
             reason: "ONNX Runtime environment missing after init".to_owned(),
@@ -259,7 +261,7 @@ fn register_device(
 ) -> Result<(Builder, Device)> {
     match options.device {
         Device::Cpu => Ok((builder, Device::Cpu)),
-        device => match register_gpu(builder, device) {
+        device => match register_gpu(builder, device, options) {
             Ok(b) => Ok((b, device)),
             Err((b, reason)) => {
                 if options.allow_cpu_fallback {
@@ -287,10 +289,36 @@ fn register_device(
     }
 }
 
+/// Whether this build can register `device`'s execution provider (its cargo feature).
+pub(crate) fn built_with(device: Device) -> bool {
+    match device {
+        Device::Cpu => true,
+        Device::Cuda => cfg!(feature = "cuda"),
+        Device::TensorRt => cfg!(feature = "tensorrt"),
+    }
+}
+
+/// The providers registered for `device`, in priority order: TensorRT hands what it cannot
+/// run to CUDA (when built in) before the CPU.
+#[cfg(any(feature = "cuda", feature = "tensorrt"))]
+fn dispatches(device: Device) -> Vec<ort::ep::ExecutionProviderDispatch> {
+    let mut eps = Vec::new();
+    #[cfg(feature = "tensorrt")]
+    if device == Device::TensorRt {
+        eps.push(ort::ep::TensorRT::default().build().error_on_failure());
+    }
+    #[cfg(feature = "cuda")]
+    if device != Device::Cpu {
+        eps.push(ort::ep::CUDA::default().build().error_on_failure());
+    }
+    eps
+}
+
 #[allow(unused_mut, unused_variables)]
 fn register_gpu(
     mut builder: Builder,
     device: Device,
+    options: &SessionOptions,
 ) -> std::result::Result<Builder, (Option<Box<Builder>>, String)> {
     let feature = match device {
         Device::Cuda => "cuda",
@@ -298,24 +326,25 @@ fn register_gpu(
         Device::Cpu => return Ok(builder),
     };
     #[cfg(any(feature = "cuda", feature = "tensorrt"))]
-    {
-        let dispatch = match device {
-            #[cfg(feature = "cuda")]
-            Device::Cuda => Some(ort::ep::CUDA::default().build().error_on_failure()),
-            #[cfg(feature = "tensorrt")]
-            Device::TensorRt => Some(ort::ep::TensorRT::default().build().error_on_failure()),
-            _ => None,
-        };
-        if let Some(dispatch) = dispatch {
-            return builder.with_execution_providers([dispatch]).map_err(|e| {
+    if built_with(device) {
+        let ort_lib = crate::loaded_library().unwrap_or(Path::new(""));
+        if let Err(e) = crate::gpu::prepare(device, ort_lib, options.trt_lib_dir.as_deref()) {
+            let reason = match e {
+                Error::DeviceUnavailable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            return Err((Some(Box::new(builder)), reason));
+        }
+        return builder
+            .with_execution_providers(dispatches(device))
+            .map_err(|e| {
                 (
                     None,
                     format!(
-                        "ONNX Runtime could not start it ({e}); install the onnxruntime-gpu library (`just setup-gpu`) and the CUDA/cuDNN libraries it needs"
+                        "ONNX Runtime could not start it ({e}); `xfer doctor --device {device}` checks what it needs"
                     ),
                 )
             });
-        }
     }
     Err((
         Some(Box::new(builder)),

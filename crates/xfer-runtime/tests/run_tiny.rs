@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use xfer_onnx::{Dim, GraphBuilder, attr};
-use xfer_runtime::{Device, Model, SessionOptions};
+use xfer_runtime::{Model, SessionOptions};
 
 fn tiny_model() -> Vec<u8> {
     let mut g = GraphBuilder::new("tiny");
@@ -79,6 +79,7 @@ fn missing_model_file_says_what_to_run() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_feature_names_the_feature() {
+    use xfer_runtime::Device;
     let opts = SessionOptions {
         device: Device::Cuda,
         ..Default::default()
