@@ -77,7 +77,9 @@ predict +IMAGES: build
 bench: setup fetch-data py-env extract
     scripts/bench.sh
 
-# Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
-test: setup fetch-data py-env extract
-    XFER_REQUIRE_DEMO=1 cargo test --workspace --release --locked
+# Run every test: Rust (unit, integration, the real model and data, the GPU setup without a GPU:
+# fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration) and the Python client tests.
+test: setup fetch-data fetch-gpu py-env extract
+    XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 cargo test --workspace --release --locked
+    XFER_REQUIRE_GPU_LIBS=1 cargo test --release --locked -p xfer-runtime --features cuda,tensorrt --test gpu_libraries
     XFER_REQUIRE_DEMO=1 {{venv}}/bin/pytest -q tests/python

@@ -48,6 +48,8 @@ enum Command {
     TrainGraph(cmd::train_graph::Args),
     /// Train a new head on augmented images, then fine-tune the backbone.
     Finetune(cmd::finetune::Args),
+    /// Check what a device needs: ONNX Runtime, the provider's libraries, the driver, the GPU.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::TrainGraph(args) => cmd::train_graph::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

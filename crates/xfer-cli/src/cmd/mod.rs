@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod data;
+pub mod doctor;
 pub mod embed;
 pub mod evaluate;
 pub mod export;
