@@ -100,6 +100,17 @@ fn doctor_cuda_finds_every_library_of_the_fetch_and_says_what_is_missing() {
     if !cfg!(feature = "cuda") {
         assert!(out.contains("built without the `cuda` feature"), "{out}");
     }
+    // With --allow-cpu-fallback the same report exits 0: commands would run on the CPU.
+    let fallback = xfer(&["doctor", "--device", "cuda", "--allow-cpu-fallback"]);
+    assert!(fallback.status.success(), "{}", stderr(&fallback));
+    assert_eq!(stdout(&fallback), out);
+    if !ready {
+        assert!(
+            stderr(&fallback).contains("run on the CPU"),
+            "{}",
+            stderr(&fallback)
+        );
+    }
 }
 
 #[test]
