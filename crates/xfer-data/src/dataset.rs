@@ -318,37 +318,41 @@ fn walk(
     }
 }
 
-/// Splits one CSV line into fields (RFC 4180 quoting with `"` and `""`).
-fn csv_fields(line: &str) -> std::result::Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut in_quotes = false;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    field.push('"');
-                    chars.next();
-                } else {
-                    in_quotes = false;
-                }
-            } else {
-                field.push(c);
-            }
-        } else if c == '"' {
-            in_quotes = true;
-        } else if c == ',' {
-            fields.push(std::mem::take(&mut field));
-        } else {
-            field.push(c);
+/// One record of a CSV manifest: the 1-based line it starts on, and its fields.
+type ManifestRecord = (usize, Vec<String>);
+
+/// The records of a CSV manifest, read with the `csv` crate (RFC 4180: a quoted field may
+/// hold commas, quotes written `""` and line breaks); blank records are dropped.
+fn csv_records(csv: &Path, text: &str) -> Result<Vec<ManifestRecord>> {
+    let bad = |line: u64, reason: String| DataError::Manifest {
+        path: csv.to_path_buf(),
+        line: usize::try_from(line).unwrap_or(usize::MAX),
+        reason,
+    };
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut records = Vec::new();
+    let mut last_line = 1;
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(last_line, ::csv::Position::line);
+            bad(line, e.to_string())
+        })?;
+        last_line = record.position().map_or(last_line, ::csv::Position::line);
+        if record.iter().all(|field| field.trim().is_empty()) {
+            continue;
         }
+        let fields = record.iter().map(str::to_owned).collect();
+        records.push((usize::try_from(last_line).unwrap_or(usize::MAX), fields));
     }
-    if in_quotes {
-        return Err("unterminated quoted field".into());
+    // Quotes come in pairs (`"…"`, `""`): an odd count is a field that never closes, which
+    // the csv crate would read to the end of the file.
+    if text.matches('"').count() % 2 == 1 {
+        return Err(bad(last_line, "unterminated quoted field".into()));
     }
-    fields.push(field);
-    Ok(fields)
+    Ok(records)
 }
 
 fn open_manifest(csv: &Path) -> Result<Dataset> {
@@ -356,25 +360,19 @@ fn open_manifest(csv: &Path) -> Result<Dataset> {
     let base = csv.parent().unwrap_or(Path::new("."));
     let mut rows: Vec<(String, PathBuf, String)> = Vec::new();
     let mut seen = BTreeMap::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line_no = index + 1;
-        let line = raw.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (line_no, fields) in csv_records(csv, &text)? {
         let bad = |reason: String| DataError::Manifest {
             path: csv.to_path_buf(),
             line: line_no,
             reason,
         };
-        let fields = csv_fields(line).map_err(bad)?;
-        if fields.len() != 2 {
+        let [path_text, label] = fields.as_slice() else {
             return Err(bad(format!(
                 "expected 2 fields `path,label`, found {}",
                 fields.len()
             )));
-        }
-        let (path_text, label) = (fields[0].trim(), fields[1].trim());
+        };
+        let (path_text, label) = (path_text.trim(), label.trim());
         if rows.is_empty()
             && seen.is_empty()
             && path_text.eq_ignore_ascii_case("path")
@@ -434,10 +432,11 @@ mod tests {
 
     #[test]
     fn csv_quoting() {
+        let csv = Path::new("t.csv");
         assert_eq!(
-            csv_fields(r#""a,b.jpg","c""at""#).expect("parses"),
+            csv_records(csv, r#""a,b.jpg","c""at""#).expect("parses")[0].1,
             vec!["a,b.jpg".to_string(), "c\"at".to_string()]
         );
-        assert!(csv_fields(r#""open,cat"#).is_err());
+        assert!(csv_records(csv, r#""open,cat"#).is_err());
     }
 }

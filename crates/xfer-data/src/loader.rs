@@ -7,6 +7,10 @@
 //!
 //! With a [`ResizedImageCache`] in [`LoaderConfig::cache`], the resized pre-augmentation
 //! image of each example is kept across loaders (epochs), so later epochs only augment.
+//!
+//! With a [`SkipHook`] in [`LoaderConfig::skip`], each file is read and hashed, then the hook
+//! decides whether to decode it; the ones it skips (e.g. already embedded with this content)
+//! are reported in [`Batch::cached`] without being decoded.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,6 +89,33 @@ pub struct LoaderConfig {
     /// the file: files changed during a run are not re-read while cached. Batches are
     /// bit-identical with and without a cache.
     pub cache: Option<Arc<ResizedImageCache>>,
+    /// Decides after reading and hashing a file, before decoding it, whether to skip it
+    /// (reported in [`Batch::cached`]); `None` decodes every file. Needs `hash_contents`.
+    pub skip: Option<SkipHook>,
+}
+
+/// A predicate on `(example, blake3 hex of its file bytes)`: `true` skips decoding it.
+#[derive(Clone)]
+pub struct SkipHook(Arc<SkipFn>);
+
+type SkipFn = dyn Fn(&Example, &str) -> bool + Send + Sync;
+
+impl SkipHook {
+    /// Wraps a predicate on `(example, content hash)`.
+    pub fn new(skip: impl Fn(&Example, &str) -> bool + Send + Sync + 'static) -> Self {
+        SkipHook(Arc::new(skip))
+    }
+
+    /// Whether `example`, whose file bytes hash to `hash`, is skipped.
+    pub fn skips(&self, example: &Example, hash: &str) -> bool {
+        (self.0)(example, hash)
+    }
+}
+
+impl fmt::Debug for SkipHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SkipHook(..)")
+    }
 }
 
 impl LoaderConfig {
@@ -104,6 +135,7 @@ impl LoaderConfig {
             threads: None,
             hash_contents: true,
             cache: None,
+            skip: None,
         }
     }
 
@@ -137,6 +169,12 @@ impl LoaderConfig {
         if let Some(cache) = &self.cache {
             cache.check_matches(self.height, self.width, self.resize, self.jpeg_scaling)?;
         }
+        if self.skip.is_some() && !self.hash_contents {
+            return Err(DataError::InvalidArgument {
+                what: "loader skip hook",
+                reason: "it needs each file's hash; turn `hash_contents` on".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -153,6 +191,8 @@ pub struct Batch {
     pub content_hashes: Vec<String>,
     /// The examples of this batch that could not be loaded, with the reason.
     pub failures: Vec<(Example, DataError)>,
+    /// The examples the [`SkipHook`] skipped, with their content hash (not decoded).
+    pub cached: Vec<(Example, String)>,
 }
 
 /// A file skipped by a run.
@@ -168,11 +208,25 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
+impl SkippedFile {
+    /// The record of `example` failing with `error`.
+    pub fn new(example: &Example, error: &DataError) -> Self {
+        SkippedFile {
+            id: example.id.clone(),
+            path: example.path.clone(),
+            kind: error.kind(),
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// What a run loaded and skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadSummary {
     /// Images loaded.
     pub loaded: usize,
+    /// Images the [`SkipHook`] skipped (read and hashed, not decoded).
+    pub cached: usize,
     /// Files skipped, with reasons.
     pub skipped: Vec<SkippedFile>,
 }
@@ -181,6 +235,7 @@ impl LoadSummary {
     /// Counts the images and failures of a batch.
     pub fn record(&mut self, batch: &Batch) {
         self.loaded += batch.examples.len();
+        self.cached += batch.cached.len();
         for (example, error) in &batch.failures {
             self.record_failure(example, error);
         }
@@ -188,12 +243,7 @@ impl LoadSummary {
 
     /// Counts one failure.
     pub fn record_failure(&mut self, example: &Example, error: &DataError) {
-        self.skipped.push(SkippedFile {
-            id: example.id.clone(),
-            path: example.path.clone(),
-            kind: error.kind(),
-            reason: error.to_string(),
-        });
+        self.skipped.push(SkippedFile::new(example, error));
     }
 
     /// Skipped files per category.
@@ -214,6 +264,9 @@ impl fmt::Display for LoadSummary {
             self.loaded,
             self.skipped.len()
         )?;
+        if self.cached > 0 {
+            write!(f, ", cached {}", self.cached)?;
+        }
         let kinds = self.skipped_by_kind();
         if !kinds.is_empty() {
             let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
@@ -232,11 +285,35 @@ pub fn example_key(id: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// A loaded image (shared with the cache when it came from or went into it) and its hash.
-type Loaded = Result<(Arc<Array3<f32>>, String)>;
+/// What became of one example: its image (shared with the cache when it came from or went
+/// into it) or the [`SkipHook`]'s skip, each with the content hash (empty when not hashed).
+enum Item {
+    Image(Arc<Array3<f32>>, String),
+    Skipped(String),
+}
+
+type Loaded = Result<Item>;
+
+/// The hash of `bytes` when the config asks for it, else empty.
+fn hash_if_asked(bytes: &[u8], config: &LoaderConfig) -> String {
+    if config.hash_contents {
+        blake3::hash(bytes).to_hex().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Whether the config's skip hook skips `example` with `hash`.
+fn skipped(example: &Example, hash: &str, config: &LoaderConfig) -> bool {
+    config
+        .skip
+        .as_ref()
+        .is_some_and(|hook| hook.skips(example, hash))
+}
 
 /// The resized, pre-augmentation image of `example` and its hash (empty when not hashed):
-/// from the cache when it holds it, else read, decoded and resized (and then cached).
+/// from the cache when it holds it, else read, hashed, offered to the skip hook, decoded and
+/// resized (and then cached).
 fn load_resized(example: &Example, config: &LoaderConfig) -> Loaded {
     if let Some(cache) = &config.cache
         && let Some(hit) = cache.get(&example.path, config.hash_contents)
@@ -245,14 +322,16 @@ fn load_resized(example: &Example, config: &LoaderConfig) -> Loaded {
             (true, Some(h)) => h.clone(),
             _ => String::new(),
         };
-        return Ok((hit.pixels.clone(), hash));
+        if skipped(example, &hash, config) {
+            return Ok(Item::Skipped(hash));
+        }
+        return Ok(Item::Image(hit.pixels.clone(), hash));
     }
     let bytes = read_image_file(&example.path)?;
-    let hash = if config.hash_contents {
-        blake3::hash(&bytes).to_hex().to_string()
-    } else {
-        String::new()
-    };
+    let hash = hash_if_asked(&bytes, config);
+    if skipped(example, &hash, config) {
+        return Ok(Item::Skipped(hash));
+    }
     let image = Arc::new(load_image_bytes_with_scaling(
         &bytes,
         &example.path,
@@ -265,36 +344,39 @@ fn load_resized(example: &Example, config: &LoaderConfig) -> Loaded {
         let stored_hash = config.hash_contents.then(|| hash.clone());
         cache.insert(&example.path, image.clone(), stored_hash);
     }
-    Ok((image, hash))
+    Ok(Item::Image(image, hash))
 }
 
 fn load_one(example: &Example, config: &LoaderConfig) -> Loaded {
-    let (image, hash) = load_resized(example, config)?;
-    let image = match &config.augmentation {
-        Some(aug) => {
-            Arc::new(aug.apply(&image, config.seed, config.epoch, example_key(&example.id)))
+    match (load_resized(example, config)?, &config.augmentation) {
+        (Item::Image(image, hash), Some(aug)) => {
+            let key = example_key(&example.id);
+            let image = aug.apply(&image, config.seed, config.epoch, key);
+            Ok(Item::Image(Arc::new(image), hash))
         }
-        None => image,
-    };
-    Ok((image, hash))
+        (item, _) => Ok(item),
+    }
 }
 
 fn assemble(examples: &[Example], results: Vec<Loaded>, config: &LoaderConfig) -> Batch {
     let (h, w) = (config.height as usize, config.width as usize);
-    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let ok = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Item::Image(..))))
+        .count();
     let mut pixels = Array4::<f32>::zeros((ok, 3, h, w));
     let mut kept = Vec::with_capacity(ok);
     let mut hashes = Vec::with_capacity(ok);
     let mut failures = Vec::new();
-    let mut slot = 0;
+    let mut cached = Vec::new();
     for (example, result) in examples.iter().zip(results) {
         match result {
-            Ok((image, hash)) => {
-                pixels.index_axis_mut(Axis(0), slot).assign(&*image);
-                slot += 1;
+            Ok(Item::Image(image, hash)) => {
+                pixels.index_axis_mut(Axis(0), kept.len()).assign(&*image);
                 kept.push(example.clone());
                 hashes.push(hash);
             }
+            Ok(Item::Skipped(hash)) => cached.push((example.clone(), hash)),
             Err(err) => failures.push((example.clone(), err)),
         }
     }
@@ -303,6 +385,7 @@ fn assemble(examples: &[Example], results: Vec<Loaded>, config: &LoaderConfig) -
         pixels,
         content_hashes: hashes,
         failures,
+        cached,
     }
 }
 

@@ -173,3 +173,49 @@ fn csv_manifest_errors_name_the_line() {
         Err(DataError::InvalidDataset { .. })
     ));
 }
+
+#[test]
+fn csv_manifest_quoted_fields_hold_commas_and_line_breaks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let png = tiny_png();
+    common::write(&root.join("tabby, grey.png"), &png);
+    common::write(&root.join("two\nlines.png"), &png);
+    common::write(&root.join("plain.png"), &png);
+    let csv = root.join("list.csv");
+    common::write(
+        &csv,
+        b"path,label\n\"tabby, grey.png\",\"cat, indoor\"\n\"two\nlines.png\",dog\nplain.png,dog\n",
+    );
+    let ds = Dataset::open(&csv).expect("quoted comma and line break");
+    assert_eq!(ds.classes(), ["cat, indoor", "dog"]);
+    let listed: Vec<(&str, u32)> = ds
+        .examples()
+        .iter()
+        .map(|e| (e.id.as_str(), e.label))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("plain.png", 1),
+            ("tabby, grey.png", 0),
+            ("two\nlines.png", 1)
+        ]
+    );
+    for e in ds.examples() {
+        load_image(&e.path, 4, 4).expect("manifest path resolves");
+    }
+    // Line numbers count the line break inside the quoted field: the duplicate is on line 5.
+    common::write(
+        &csv,
+        b"path,label\n\"two\nlines.png\",dog\nplain.png,dog\nplain.png,cat\n",
+    );
+    let err = Dataset::open(&csv).expect_err("duplicate");
+    assert!(
+        matches!(err, DataError::Manifest { line: 5, .. }),
+        "{err:?}"
+    );
+    common::write(&csv, b"plain.png,dog\n\"open.png,cat\n");
+    let err = Dataset::open(&csv).expect_err("unterminated quote");
+    assert!(err.to_string().contains("unterminated"), "{err}");
+}

@@ -191,3 +191,73 @@ fn dropping_a_loader_early_does_not_hang() {
     assert_eq!(first.examples.len() + first.failures.len(), 1);
     drop(loader);
 }
+
+#[test]
+fn the_skip_hook_sees_each_hash_before_decoding_and_skipped_files_are_reported_as_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ds = fixture(dir.path());
+    let examples = xfer_data::seeded_order(ds.examples(), 3);
+    let hash_of = |e: &Example| {
+        blake3::hash(&std::fs::read(&e.path).expect("read"))
+            .to_hex()
+            .to_string()
+    };
+    // "Already stored": every readable cat and the undecodable `dog/text.jpg`, by their
+    // hashes (the empty file cannot be read, so it fails before any hash).
+    let known: std::collections::HashMap<String, String> = examples
+        .iter()
+        .filter(|e| (e.id.starts_with("cat/") && e.id != "cat/empty.png") || e.id == "dog/text.jpg")
+        .map(|e| (e.id.clone(), hash_of(e)))
+        .collect();
+    let known = std::sync::Arc::new(known);
+    let hook_known = std::sync::Arc::clone(&known);
+    let mut config = LoaderConfig::new(16, 20, 4);
+    config.threads = Some(2);
+    config.skip = Some(xfer_data::SkipHook::new(move |e, hash| {
+        hook_known.get(&e.id).is_some_and(|h| h == hash)
+    }));
+    let mut loader = BatchLoader::start(examples.clone(), config.clone()).expect("start");
+    let (mut decoded, mut cached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in loader.by_ref() {
+        let batch = batch.expect("skip policy");
+        assert_eq!(batch.pixels.dim().0, batch.examples.len());
+        for (i, e) in batch.examples.iter().enumerate() {
+            let expected = load_image(&e.path, 16, 20).expect("reload");
+            assert_eq!(batch.pixels.index_axis(Axis(0), i), expected, "{}", e.id);
+        }
+        decoded.extend(batch.examples.iter().map(|e| e.id.clone()));
+        for (e, hash) in &batch.cached {
+            assert_eq!(hash, &hash_of(e), "{}", e.id);
+        }
+        cached.extend(batch.cached.iter().map(|(e, _)| e.id.clone()));
+        failed.extend(batch.failures.iter().map(|(e, _)| e.id.clone()));
+    }
+    let mut want_cached: Vec<String> = known.keys().cloned().collect();
+    want_cached.sort();
+    cached.sort();
+    // `dog/text.jpg` is skipped by its hash, so it is never decoded and never fails.
+    assert_eq!(cached, want_cached);
+    assert!(cached.contains(&"dog/text.jpg".to_owned()));
+    assert!(decoded.iter().all(|id| id.starts_with("dog/")));
+    failed.sort();
+    assert_eq!(failed, ["cat/empty.png", "dog/cut.jpg"]);
+    assert_eq!(decoded.len() + cached.len() + failed.len(), examples.len());
+    assert_eq!(loader.summary().cached, cached.len());
+    assert_eq!(loader.summary().loaded, decoded.len());
+
+    // A changed file is not skipped: its hash no longer matches.
+    let cat = examples
+        .iter()
+        .find(|e| e.id == "cat/000.png")
+        .expect("cat/000");
+    common::write(&cat.path, &common::png(&common::noise_image(5, 5, 12_345)));
+    let batch = load_batch(std::slice::from_ref(cat), &config).expect("load");
+    assert_eq!((batch.examples.len(), batch.cached.len()), (1, 0));
+
+    // The hook needs the hashes.
+    config.hash_contents = false;
+    assert!(matches!(
+        BatchLoader::start(examples, config),
+        Err(DataError::InvalidArgument { .. })
+    ));
+}
