@@ -1,31 +1,36 @@
 //! The extract pipeline: a backbone over a dataset into the store, cached and resumable.
 //!
-//! Three stages overlap, joined by bounded channels so memory is bounded by
-//! the queue depth, not by the dataset size:
+//! [`extract`] is a short list of named steps:
 //!
-//! 1. **read + decode** (a producer thread driving a rayon pool): each file is
-//!    read once; its blake3 is compared with the store; a file whose
-//!    `(id, content_hash, model)` is already stored is counted as cached and
-//!    not decoded; the others are decoded and resized (xfer-data) into NCHW
-//!    batches of `batch_size`.
-//! 2. **inference** (the calling thread): ONNX Runtime on each batch.
-//! 3. **write** (a writer thread): [`EmbeddingWriter`] appends record batches
-//!    and renames each part file when complete.
-//!
-//! xfer-data's `BatchLoader` decodes every file it is given; the cache check
-//! has to sit between reading and decoding, so this module drives xfer-data's
-//! read/decode functions itself.
+//! 1. [`select_examples`]: the split assignment, the shard and the limit pick the images;
+//! 2. `StorePlan::against`: what the store holds decides which images are cached, which
+//!    are re-embedded (changed bytes) and which keep their embedding under a new split
+//!    (`--retag`);
+//! 3. `embed_batches`: three stages overlap, joined by bounded channels so memory is
+//!    bounded by the queue depth, not by the dataset size:
+//!    * **read + decode**: xfer-data's [`BatchLoader`] reads each file once and hashes it;
+//!      its [`SkipHook`] counts a file whose `(id, content_hash, model)` is already stored
+//!      as cached without decoding it; the others are decoded and resized on its rayon pool;
+//!    * **inference** (the calling thread): the decoded images are regrouped into batches of
+//!      exactly `batch_size` and run through ONNX Runtime;
+//!    * **write** (a writer thread): [`EmbeddingWriter`] appends record batches and renames
+//!      each part file when complete;
+//! 4. `finish`: the counts are checked against the rows written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Sender, bounded};
 use ndarray::{Array2, Array3, Array4, Axis};
-use rayon::prelude::*;
-use xfer_data::{Dataset, Example, OnError, ResizeMethod, SkippedFile, SplitSpec};
+use xfer_data::{
+    Batch, BatchLoader, Dataset, Example, LoaderConfig, OnError, ResizeMethod, SkipHook,
+    SkippedFile,
+};
 use xfer_runtime::{Backbone, Device, ModelManifest, SessionOptions};
 
 use crate::reader::StoreReader;
@@ -33,124 +38,8 @@ use crate::schema::{StoreMetadata, content_hash};
 use crate::writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 use crate::{Error, Result};
 
-/// The demo split assignment: 70/15/15 of the whole dataset's seeded order.
-pub const DEMO_SPLITS: &str = "train=train[:70%],val=train[70%:85%],test=train[85%:]";
-/// The demo seed of the split order.
-pub const DEFAULT_SEED: u64 = 1337;
-
-/// Which split each example is tagged with: `name=SPEC,name=SPEC,...` or one `SPEC`.
-///
-/// Each `SPEC` is an xfer-data split (`train[:70%]`, `train[70%:85%]`,
-/// `train[-10%:]`, unions with `+`) over the seeded order of the whole
-/// dataset; `name` is the tag stored in the `split` column. A single `SPEC`
-/// without `name=` is tagged with its own name (`train[:40%]` → `train`).
-/// The named splits must not overlap; examples in none of them are not
-/// extracted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SplitAssignment {
-    text: String,
-    parts: Vec<(String, SplitSpec)>,
-}
-
-impl SplitAssignment {
-    /// Parses `train=train[:70%],val=train[70%:85%],test=train[85%:]` or a single spec.
-    pub fn parse(text: &str) -> Result<Self> {
-        let bad = |reason: String| Error::Spec {
-            what: "--split",
-            spec: text.to_owned(),
-            reason: format!(
-                "{reason}; expected `name=SPEC,...` like `{DEMO_SPLITS}`, or one SPEC like `train[:80%]`"
-            ),
-        };
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            return Err(bad("empty".to_owned()));
-        }
-        let mut parts: Vec<(String, SplitSpec)> = Vec::new();
-        if !trimmed.contains('=') {
-            let spec = SplitSpec::parse(trimmed).map_err(|e| bad(e.to_string()))?;
-            parts.push((spec.name().to_owned(), spec));
-        } else {
-            for item in trimmed.split(',') {
-                let (name, spec) = item
-                    .split_once('=')
-                    .ok_or_else(|| bad(format!("`{}` has no `name=`", item.trim())))?;
-                let name = name.trim();
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
-                    return Err(bad(format!(
-                        "split name `{name}` must be letters, digits, `_` or `-`"
-                    )));
-                }
-                if parts.iter().any(|(n, _)| n == name) {
-                    return Err(bad(format!("split `{name}` is named twice")));
-                }
-                let spec = SplitSpec::parse(spec).map_err(|e| bad(e.to_string()))?;
-                parts.push((name.to_owned(), spec));
-            }
-        }
-        Ok(SplitAssignment {
-            text: trimmed.to_owned(),
-            parts,
-        })
-    }
-
-    /// The split names, in the order given.
-    pub fn names(&self) -> Vec<&str> {
-        self.parts.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    /// Tags examples with their split, in the seeded order of the whole dataset.
-    ///
-    /// An error if two splits share an example.
-    pub fn assign(&self, examples: &[Example], seed: u64) -> Result<Vec<(Example, String)>> {
-        let mut tag: HashMap<&str, &str> = HashMap::new();
-        let mut chosen: Vec<Vec<Example>> = Vec::with_capacity(self.parts.len());
-        for (_, spec) in &self.parts {
-            chosen.push(xfer_data::split_examples(examples, spec, seed)?);
-        }
-        for ((name, _), list) in self.parts.iter().zip(&chosen) {
-            for e in list {
-                if let Some(other) = tag.insert(e.id.as_str(), name.as_str())
-                    && other != name
-                {
-                    return Err(Error::Spec {
-                        what: "--split",
-                        spec: self.text.clone(),
-                        reason: format!(
-                            "splits `{other}` and `{name}` overlap (both hold `{}`); make the slices disjoint",
-                            e.id
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(xfer_data::seeded_order(examples, seed)
-            .into_iter()
-            .filter_map(|e| {
-                tag.get(e.id.as_str())
-                    .map(|t| (*t).to_owned())
-                    .map(|t| (e, t))
-            })
-            .collect())
-    }
-}
-
-impl std::str::FromStr for SplitAssignment {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        SplitAssignment::parse(s)
-    }
-}
-
-impl fmt::Display for SplitAssignment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
+/// The split type, its defaults and its syntax live in xfer-data, shared by every workflow.
+pub use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
 
 /// `--shard I/N`: this process extracts the examples whose id hashes to `I` modulo `N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +122,9 @@ pub struct ExtractConfig {
     pub resize: ResizeMethod,
     /// Move stored rows whose split changed to their new split (copying the embedding) instead of refusing.
     pub retag: bool,
+    /// Set (e.g. by a ctrl-c handler) to stop after the batch in flight: the rows embedded
+    /// so far are written, and `extract` returns [`Error::Cancelled`]; a rerun resumes.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl ExtractConfig {
@@ -255,7 +147,14 @@ impl ExtractConfig {
             limit: None,
             resize: ResizeMethod::Bilinear,
             retag: false,
+            cancel: None,
         })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
     }
 }
 
@@ -388,23 +287,6 @@ impl fmt::Display for ExtractSummary {
     }
 }
 
-enum Msg {
-    Cached(usize),
-    Skipped(Vec<SkippedFile>),
-    Batch {
-        records: Vec<EmbeddingRecord>,
-        pixels: Array4<f32>,
-        changed: usize,
-    },
-    Failed(xfer_data::DataError),
-}
-
-enum Item {
-    Cached,
-    Decoded(EmbeddingRecord, Array3<f32>, bool),
-    Failed(Example, xfer_data::DataError),
-}
-
 /// Runs the backbone over the selected images that are not yet stored; `progress` is called on
 /// the calling thread after every step.
 pub fn extract(
@@ -421,283 +303,141 @@ pub fn extract(
     }
     let manifest = ModelManifest::read(&config.model_dir)?;
     let dataset = Dataset::open(&config.data)?;
-    let classes = dataset.classes().to_vec();
-    let meta = StoreMetadata::from_manifest(&manifest, classes.clone());
-
-    // Which images, tagged with which split.
-    let assigned = config.splits.assign(dataset.examples(), config.seed)?;
     let mut summary = ExtractSummary {
         model_name: manifest.name.clone(),
         fingerprint: manifest.fingerprint.clone(),
         dataset_examples: dataset.len(),
-        not_in_split: dataset.len() - assigned.len(),
         ..Default::default()
     };
-    let mut selected: Vec<(Example, String)> = match config.shard {
-        Some(shard) => {
-            let before = assigned.len();
-            let kept: Vec<_> = assigned
-                .into_iter()
-                .filter(|(e, _)| shard.contains(&e.id))
-                .collect();
-            summary.other_shards = before - kept.len();
-            kept
-        }
-        None => assigned,
+    let selected = select_examples(config, &dataset, &mut summary)?;
+    let store = StoreReader::open_or_empty(&config.store)?;
+    let plan = StorePlan::against(&store, config, &manifest, dataset.classes(), selected)?;
+    let mut state = ExtractProgress {
+        total: plan.to_embed.len(),
+        ..Default::default()
     };
+    progress(&state);
+    let meta = StoreMetadata::from_manifest(&manifest, dataset.classes().to_vec());
+    let mut writer = EmbeddingWriter::create(&config.store, meta, &writer_options(config))?;
+    summary.retagged = plan.write_retagged(&store, &manifest.fingerprint, &mut writer)?;
+    if summary.retagged > 0 {
+        state.done += summary.retagged;
+        state.total += summary.retagged;
+        progress(&state);
+    }
+    let run = Run {
+        config,
+        manifest: &manifest,
+        summary: &mut summary,
+        state: &mut state,
+        progress,
+    };
+    let written = run.embed_batches(plan, writer)?;
+    finish(summary, &state, written, start)
+}
+
+/// The examples this run looks at, tagged with their split, in seeded order: the split
+/// assignment, then this shard, then `limit`; `summary` gets the counts left out and per split.
+pub fn select_examples(
+    config: &ExtractConfig,
+    dataset: &Dataset,
+    summary: &mut ExtractSummary,
+) -> Result<Vec<(Example, String)>> {
+    let mut selected = config.splits.assign(dataset.examples(), config.seed)?;
+    summary.not_in_split = dataset.len() - selected.len();
+    if let Some(shard) = config.shard {
+        let before = selected.len();
+        selected.retain(|(e, _)| shard.contains(&e.id));
+        summary.other_shards = before - selected.len();
+    }
     if let Some(limit) = config.limit
         && selected.len() > limit
     {
-        // A sample across all splits, independent of the seed: the lowest id hashes.
         summary.over_limit = selected.len() - limit;
-        let mut keyed: Vec<(u64, (Example, String))> = selected
-            .into_iter()
-            .map(|s| (xfer_data::example_key(&s.0.id), s))
-            .collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.id.cmp(&b.1.0.id)));
-        keyed.truncate(limit);
-        selected = keyed.into_iter().map(|(_, s)| s).collect();
+        selected = lowest_id_hashes(selected, limit);
     }
     for (_, s) in &selected {
         *summary.per_split.entry(s.clone()).or_default() += 1;
     }
+    Ok(selected)
+}
 
-    // What the store already holds.
-    let store = StoreReader::open_or_empty(&config.store)?;
-    let others: Vec<(String, String)> = store
-        .models()
+/// A sample across all splits, independent of the seed: the `limit` lowest id hashes.
+fn lowest_id_hashes(selected: Vec<(Example, String)>, limit: usize) -> Vec<(Example, String)> {
+    let mut keyed: Vec<(u64, (Example, String))> = selected
         .into_iter()
-        .filter(|(fp, _)| *fp != manifest.fingerprint)
+        .map(|s| (xfer_data::example_key(&s.0.id), s))
         .collect();
-    if !others.is_empty() && !config.allow_mixed_models {
-        return Err(Error::MixedModels {
-            store: config.store.display().to_string(),
-            existing: others
-                .iter()
-                .map(|(fp, name)| format!("{fp} ({name})"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            requested: format!("{} ({})", manifest.fingerprint, manifest.name),
-        });
-    }
-    if let Some(existing) = store.model_metadata(&manifest.fingerprint)?
-        && (existing.classes != classes || existing.feature_dim != manifest.feature_dim)
-    {
-        return Err(Error::Inconsistent {
-            store: config.store.display().to_string(),
-            reason: format!(
-                "its rows of model {} have classes {:?} (dim {}) but the dataset {} has classes {:?} (dim {}); extract into another --store",
-                manifest.name,
-                existing.classes,
-                existing.feature_dim,
-                config.data.display(),
-                classes,
-                manifest.feature_dim
-            ),
-        });
-    }
-    let mut stored: HashMap<String, (String, String)> = HashMap::new();
-    for k in store.stored_keys()? {
-        if k.live && k.model == manifest.fingerprint {
-            stored.insert(k.id, (k.content_hash, k.split));
-        }
-    }
-    // Images stored under another split than the assignment gives now (a different
-    // --split/--seed, or files added to the dataset moved a boundary).
-    let moved: Vec<usize> = (0..selected.len())
-        .filter(
-            |&i| matches!(stored.get(&selected[i].0.id), Some((_, old)) if *old != selected[i].1),
-        )
-        .collect();
-    if !moved.is_empty() && !config.retag {
-        let examples: Vec<String> = moved
-            .iter()
-            .take(3)
-            .map(|&i| {
-                let (e, s) = &selected[i];
-                let old = stored.get(&e.id).map(|(_, o)| o.as_str()).unwrap_or("");
-                format!("{} (stored `{old}`, now `{s}`)", e.id)
-            })
-            .collect();
-        return Err(Error::Inconsistent {
-            store: config.store.display().to_string(),
-            reason: format!(
-                "{} image(s) are stored under another split than --split {} --seed {} gives now, e.g. {}; use the --split and --seed the store was made with, pass --retag to move the stored rows to the new splits (no re-embedding), or use another --store",
-                moved.len(),
-                config.splits,
-                config.seed,
-                examples.join(", ")
-            ),
-        });
-    }
-    // Unchanged moved images get a new row with the stored embedding; changed ones are re-embedded.
-    let mut retag: HashMap<String, EmbeddingRecord> = HashMap::new();
-    for &i in &moved {
-        let (e, split) = &selected[i];
-        let Ok(bytes) = xfer_data::read_image_file(&e.path) else {
-            continue;
-        };
-        let hash = content_hash(&bytes);
-        if stored.get(&e.id).map(|(h, _)| h) == Some(&hash) {
-            retag.insert(
-                e.id.clone(),
-                EmbeddingRecord {
-                    id: e.id.clone(),
-                    label: i32::try_from(e.label).unwrap_or(i32::MAX),
-                    split: split.clone(),
-                    content_hash: hash,
-                },
-            );
-        }
-    }
-    selected.retain(|(e, _)| !retag.contains_key(&e.id));
-    let stored_hash: Arc<HashMap<String, String>> = Arc::new(
-        stored
-            .into_iter()
-            .map(|(id, (hash, _))| (id, hash))
-            .collect(),
-    );
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.id.cmp(&b.1.0.id)));
+    keyed.truncate(limit);
+    keyed.into_iter().map(|(_, s)| s).collect()
+}
 
-    let mut state = ExtractProgress {
-        total: selected.len(),
-        ..Default::default()
-    };
-    progress(&state);
-
-    // Stage 1: read, hash, decode.
-    let pool = {
-        let mut b = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("xfer-decode-{i}"));
-        if let Some(n) = config.decode_threads {
-            b = b.num_threads(n.max(1));
-        }
-        b.build().map_err(|e| Error::Io {
-            op: "start decoder pool",
-            path: String::new(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-    };
-    let depth = config.queue_depth.max(1);
-    let (batch_tx, batch_rx) = bounded::<Msg>(depth);
-    let batch_size = config.batch_size;
-    let [height, width] = manifest.image_size;
-    let resize = config.resize;
-    let on_error = config.on_error;
-    let hashes = Arc::clone(&stored_hash);
-    let producer = std::thread::Builder::new()
-        .name("xfer-extract-decode".into())
-        .spawn(move || {
-            let mut pending: Vec<(EmbeddingRecord, Array3<f32>, bool)> = Vec::new();
-            let send_batches =
-                |pending: &mut Vec<(EmbeddingRecord, Array3<f32>, bool)>, all: bool| -> bool {
-                    while pending.len() >= batch_size || (all && !pending.is_empty()) {
-                        let take = pending.len().min(batch_size);
-                        let items: Vec<_> = pending.drain(..take).collect();
-                        let mut pixels =
-                            Array4::<f32>::zeros((take, 3, height as usize, width as usize));
-                        let mut records = Vec::with_capacity(take);
-                        let mut changed = 0;
-                        for (i, (rec, img, was_changed)) in items.into_iter().enumerate() {
-                            pixels.index_axis_mut(Axis(0), i).assign(&img);
-                            records.push(rec);
-                            changed += usize::from(was_changed);
-                        }
-                        if batch_tx
-                            .send(Msg::Batch {
-                                records,
-                                pixels,
-                                changed,
-                            })
-                            .is_err()
-                        {
-                            return false;
-                        }
-                    }
-                    true
-                };
-            for chunk in selected.chunks(batch_size) {
-                let items: Vec<Item> = pool.install(|| {
-                    chunk
-                        .par_iter()
-                        .map(|(e, split)| {
-                            let bytes = match xfer_data::read_image_file(&e.path) {
-                                Ok(b) => b,
-                                Err(err) => return Item::Failed(e.clone(), err),
-                            };
-                            let hash = content_hash(&bytes);
-                            let known = hashes.get(&e.id);
-                            if known == Some(&hash) {
-                                return Item::Cached;
-                            }
-                            match xfer_data::load_image_bytes_with(
-                                &bytes, &e.path, height, width, resize,
-                            ) {
-                                Ok(img) => Item::Decoded(
-                                    EmbeddingRecord {
-                                        id: e.id.clone(),
-                                        label: i32::try_from(e.label).unwrap_or(i32::MAX),
-                                        split: split.clone(),
-                                        content_hash: hash,
-                                    },
-                                    img,
-                                    known.is_some(),
-                                ),
-                                Err(err) => Item::Failed(e.clone(), err),
-                            }
-                        })
-                        .collect()
-                });
-                let mut cached = 0;
-                let mut skipped = Vec::new();
-                for item in items {
-                    match item {
-                        Item::Cached => cached += 1,
-                        Item::Decoded(rec, img, changed) => pending.push((rec, img, changed)),
-                        Item::Failed(e, err) => {
-                            if on_error == OnError::Fail {
-                                let _ = batch_tx.send(Msg::Failed(err));
-                                return;
-                            }
-                            skipped.push(SkippedFile {
-                                id: e.id.clone(),
-                                path: e.path.clone(),
-                                kind: err.kind(),
-                                reason: err.to_string(),
-                            });
-                        }
-                    }
-                }
-                if cached > 0 && batch_tx.send(Msg::Cached(cached)).is_err() {
-                    return;
-                }
-                if !skipped.is_empty() && batch_tx.send(Msg::Skipped(skipped)).is_err() {
-                    return;
-                }
-                if !send_batches(&mut pending, false) {
-                    return;
-                }
-            }
-            send_batches(&mut pending, true);
-        })
-        .map_err(|e| Error::Io {
-            op: "start decoder thread",
-            path: String::new(),
-            source: e,
-        })?;
-
-    // Stage 3: the writer.
-    let (write_tx, write_rx) = bounded::<(Vec<EmbeddingRecord>, Array2<f32>)>(depth);
-    let writer_options = WriterOptions {
+fn writer_options(config: &ExtractConfig) -> WriterOptions {
+    WriterOptions {
         rows_per_part: config.rows_per_part,
         tag: config.shard.map(|s| format!("s{}of{}", s.index, s.count)),
         ..Default::default()
-    };
-    let mut writer = EmbeddingWriter::create(&config.store, meta, &writer_options)?;
-    if !retag.is_empty() {
-        let ids: std::collections::HashSet<String> = retag.keys().cloned().collect();
-        let (keys, features) = store.load_rows(&manifest.fingerprint, &ids)?;
+    }
+}
+
+/// The selected images measured against what the store holds for this model.
+struct StorePlan {
+    /// Images to read: embedded unless their stored hash matches (then counted as cached).
+    to_embed: Vec<(Example, String)>,
+    /// Content hash of every live stored row of this model, by id.
+    stored_hash: HashMap<String, String>,
+    /// Unchanged images stored under another split: a new row with the stored embedding.
+    retag: HashMap<String, EmbeddingRecord>,
+}
+
+impl StorePlan {
+    /// Refuses a store of other models (unless allowed) or other classes, and images stored
+    /// under another split (unless `retag`); plans the rest.
+    fn against(
+        store: &StoreReader,
+        config: &ExtractConfig,
+        manifest: &ModelManifest,
+        classes: &[String],
+        mut selected: Vec<(Example, String)>,
+    ) -> Result<StorePlan> {
+        check_models(store, config, manifest)?;
+        check_classes(store, config, manifest, classes)?;
+        let stored = stored_rows(store, &manifest.fingerprint)?;
+        let moved: Vec<&(Example, String)> = selected
+            .iter()
+            .filter(|(e, split)| matches!(stored.get(&e.id), Some((_, old)) if old != split))
+            .collect();
+        if !moved.is_empty() && !config.retag {
+            return Err(refuse_moved(config, &moved, &stored));
+        }
+        let retag = unchanged_moved(&moved, &stored)?;
+        selected.retain(|(e, _)| !retag.contains_key(&e.id));
+        Ok(StorePlan {
+            to_embed: selected,
+            stored_hash: stored
+                .into_iter()
+                .map(|(id, (hash, _))| (id, hash))
+                .collect(),
+            retag,
+        })
+    }
+
+    /// Writes the retagged rows (stored embeddings under their new split); their count.
+    fn write_retagged(
+        &self,
+        store: &StoreReader,
+        fingerprint: &str,
+        writer: &mut EmbeddingWriter,
+    ) -> Result<usize> {
+        if self.retag.is_empty() {
+            return Ok(0);
+        }
+        let ids: HashSet<String> = self.retag.keys().cloned().collect();
+        let (keys, features) = store.load_rows(fingerprint, &ids)?;
         let records: Vec<EmbeddingRecord> = keys
             .iter()
-            .filter_map(|k| retag.get(&k.id).cloned())
+            .filter_map(|k| self.retag.get(&k.id).cloned())
             .collect();
         if records.len() != keys.len() {
             return Err(Error::InvalidRows {
@@ -706,12 +446,382 @@ pub fn extract(
             });
         }
         writer.append(&records, features.view())?;
-        summary.retagged = records.len();
-        state.done += records.len();
-        state.total += records.len();
-        progress(&state);
+        Ok(records.len())
     }
-    let writer_thread = std::thread::Builder::new()
+}
+
+fn check_models(
+    store: &StoreReader,
+    config: &ExtractConfig,
+    manifest: &ModelManifest,
+) -> Result<()> {
+    let others: Vec<(String, String)> = store
+        .models()
+        .into_iter()
+        .filter(|(fp, _)| *fp != manifest.fingerprint)
+        .collect();
+    if others.is_empty() || config.allow_mixed_models {
+        return Ok(());
+    }
+    Err(Error::MixedModels {
+        store: config.store.display().to_string(),
+        existing: others
+            .iter()
+            .map(|(fp, name)| format!("{fp} ({name})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        requested: format!("{} ({})", manifest.fingerprint, manifest.name),
+    })
+}
+
+fn check_classes(
+    store: &StoreReader,
+    config: &ExtractConfig,
+    manifest: &ModelManifest,
+    classes: &[String],
+) -> Result<()> {
+    let Some(existing) = store.model_metadata(&manifest.fingerprint)? else {
+        return Ok(());
+    };
+    if existing.classes == classes && existing.feature_dim == manifest.feature_dim {
+        return Ok(());
+    }
+    Err(Error::Inconsistent {
+        store: config.store.display().to_string(),
+        reason: format!(
+            "its rows of model {} have classes {:?} (dim {}) but the dataset {} has classes {:?} (dim {}); extract into another --store",
+            manifest.name,
+            existing.classes,
+            existing.feature_dim,
+            config.data.display(),
+            classes,
+            manifest.feature_dim
+        ),
+    })
+}
+
+/// `(content_hash, split)` of every live stored row of model `fingerprint`, by id.
+fn stored_rows(
+    store: &StoreReader,
+    fingerprint: &str,
+) -> Result<HashMap<String, (String, String)>> {
+    Ok(store
+        .stored_keys()?
+        .into_iter()
+        .filter(|k| k.live && k.model == fingerprint)
+        .map(|k| (k.id, (k.content_hash, k.split)))
+        .collect())
+}
+
+/// The error for images stored under another split than the assignment gives now (a
+/// different `--split`/`--seed`, or files added to the dataset moved a boundary).
+fn refuse_moved(
+    config: &ExtractConfig,
+    moved: &[&(Example, String)],
+    stored: &HashMap<String, (String, String)>,
+) -> Error {
+    let examples: Vec<String> = moved
+        .iter()
+        .take(3)
+        .map(|(e, s)| {
+            let old = stored.get(&e.id).map(|(_, o)| o.as_str()).unwrap_or("");
+            format!("{} (stored `{old}`, now `{s}`)", e.id)
+        })
+        .collect();
+    Error::Inconsistent {
+        store: config.store.display().to_string(),
+        reason: format!(
+            "{} image(s) are stored under another split than --split {} --seed {} gives now, e.g. {}; use the --split and --seed the store was made with, pass --retag to move the stored rows to the new splits (no re-embedding), or use another --store",
+            moved.len(),
+            config.splits,
+            config.seed,
+            examples.join(", ")
+        ),
+    }
+}
+
+/// The moved images whose bytes are unchanged: a new row with the stored embedding each
+/// (changed or unreadable ones are left to be re-embedded or skipped).
+fn unchanged_moved(
+    moved: &[&(Example, String)],
+    stored: &HashMap<String, (String, String)>,
+) -> Result<HashMap<String, EmbeddingRecord>> {
+    let mut retag = HashMap::new();
+    for (e, split) in moved {
+        let Ok(bytes) = xfer_data::read_image_file(&e.path) else {
+            continue;
+        };
+        let hash = content_hash(&bytes);
+        if stored.get(&e.id).map(|(h, _)| h) == Some(&hash) {
+            let record = EmbeddingRecord::for_example(e, split, hash)?;
+            retag.insert(e.id.clone(), record);
+        }
+    }
+    Ok(retag)
+}
+
+/// Rows handed to the writer thread.
+type Rows = (Vec<EmbeddingRecord>, Array2<f32>);
+
+/// The state of one run's embedding stage, borrowed from [`extract`].
+struct Run<'a> {
+    config: &'a ExtractConfig,
+    manifest: &'a ModelManifest,
+    summary: &'a mut ExtractSummary,
+    state: &'a mut ExtractProgress,
+    progress: &'a mut dyn FnMut(&ExtractProgress),
+}
+
+impl Run<'_> {
+    /// Read + decode (the loader), inference (this thread) and writing (a writer thread),
+    /// overlapped; the writer's summary once every row is written.
+    fn embed_batches(mut self, plan: StorePlan, writer: EmbeddingWriter) -> Result<WriteSummary> {
+        let splits: HashMap<String, String> = plan
+            .to_embed
+            .iter()
+            .map(|(e, s)| (e.id.clone(), s.clone()))
+            .collect();
+        let stored = Arc::new(plan.stored_hash);
+        let examples = plan.to_embed.into_iter().map(|(e, _)| e).collect();
+        let loader = start_loader(self.config, self.manifest, examples, Arc::clone(&stored))?;
+        let (write_tx, writer_thread) = spawn_writer(writer, self.config.queue_depth.max(1))?;
+        let outcome = self.infer(loader, &splits, &stored, &write_tx);
+        drop(write_tx);
+        let written = writer_thread.join().map_err(writer_panicked)?;
+        let cancelled = outcome?;
+        let written = written?;
+        if cancelled {
+            return Err(Error::Cancelled {
+                stored: written.rows,
+            });
+        }
+        Ok(written)
+    }
+
+    /// Embeds the loader's images and hands the rows to the writer; `Ok(true)` when cancelled.
+    fn infer(
+        &mut self,
+        loader: BatchLoader,
+        splits: &HashMap<String, String>,
+        stored: &HashMap<String, String>,
+        write_tx: &Sender<Rows>,
+    ) -> Result<bool> {
+        let mut embedder = Embedder::new(self.config, self.manifest);
+        let mut rebatch = Rebatch::new(self.config.batch_size);
+        for batch in loader {
+            if self.config.cancelled() {
+                return Ok(true);
+            }
+            let batch = batch?;
+            self.count_not_decoded(&batch);
+            let records = decoded_records(&batch, splits, stored)?;
+            for ready in rebatch.push(records, batch.pixels) {
+                if !self.embed(&mut embedder, ready, write_tx)? {
+                    return Ok(false);
+                }
+            }
+            (self.progress)(self.state);
+        }
+        if let Some(ready) = rebatch.finish() {
+            self.embed(&mut embedder, ready, write_tx)?;
+        }
+        Ok(false)
+    }
+
+    /// Counts the batch's cached and skipped images.
+    fn count_not_decoded(&mut self, batch: &Batch) {
+        self.state.cached += batch.cached.len();
+        self.state.skipped += batch.failures.len();
+        self.state.done += batch.cached.len() + batch.failures.len();
+        self.summary.skipped.extend(
+            batch
+                .failures
+                .iter()
+                .map(|(e, err)| SkippedFile::new(e, err)),
+        );
+    }
+
+    /// Embeds one batch and sends it to the writer; `false` when the writer has stopped
+    /// (its error is reported when it is joined).
+    fn embed(
+        &mut self,
+        embedder: &mut Embedder<'_>,
+        ready: Ready,
+        write_tx: &Sender<Rows>,
+    ) -> Result<bool> {
+        let features = embedder.embed(ready.pixels.view(), self.summary)?;
+        let n = ready.records.len();
+        if write_tx.send((ready.records, features)).is_err() {
+            return Ok(false);
+        }
+        self.state.embedded += n;
+        self.state.done += n;
+        self.summary.changed += ready.changed;
+        (self.progress)(self.state);
+        Ok(true)
+    }
+}
+
+/// The loader over `examples`: it skips (as cached) the files whose hash is stored.
+fn start_loader(
+    config: &ExtractConfig,
+    manifest: &ModelManifest,
+    examples: Vec<Example>,
+    stored: Arc<HashMap<String, String>>,
+) -> Result<BatchLoader> {
+    let [height, width] = manifest.image_size;
+    let mut loader = LoaderConfig::new(height, width, config.batch_size);
+    loader.queue_depth = config.queue_depth.max(1);
+    loader.resize = config.resize;
+    loader.on_error = config.on_error;
+    loader.threads = config.decode_threads;
+    loader.skip = Some(SkipHook::new(move |e, hash| {
+        stored.get(&e.id).is_some_and(|h| h == hash)
+    }));
+    Ok(BatchLoader::start(examples, loader)?)
+}
+
+/// The records of a batch's decoded images, each flagged when its id was stored with other
+/// bytes (a changed image).
+fn decoded_records(
+    batch: &Batch,
+    splits: &HashMap<String, String>,
+    stored: &HashMap<String, String>,
+) -> Result<Vec<(EmbeddingRecord, bool)>> {
+    batch
+        .examples
+        .iter()
+        .zip(&batch.content_hashes)
+        .map(|(e, hash)| {
+            let split = splits.get(&e.id).map_or("", String::as_str);
+            let record = EmbeddingRecord::for_example(e, split, hash.clone())?;
+            Ok((record, stored.contains_key(&e.id)))
+        })
+        .collect()
+}
+
+/// The backbone, loaded on the first batch (a fully cached run never starts a session).
+struct Embedder<'a> {
+    config: &'a ExtractConfig,
+    manifest: &'a ModelManifest,
+    backbone: Option<Backbone>,
+}
+
+impl<'a> Embedder<'a> {
+    fn new(config: &'a ExtractConfig, manifest: &'a ModelManifest) -> Self {
+        Embedder {
+            config,
+            manifest,
+            backbone: None,
+        }
+    }
+
+    fn embed(
+        &mut self,
+        pixels: ndarray::ArrayView4<'_, f32>,
+        summary: &mut ExtractSummary,
+    ) -> Result<Array2<f32>> {
+        let model = match self.backbone.as_mut() {
+            Some(b) => b,
+            None => {
+                let b = Backbone::load(&self.config.model_dir, &self.config.session)?;
+                if b.manifest.fingerprint != self.manifest.fingerprint {
+                    return Err(Error::Inconsistent {
+                        store: self.config.store.display().to_string(),
+                        reason: format!(
+                            "{} changed while extracting",
+                            self.config.model_dir.display()
+                        ),
+                    });
+                }
+                summary.device = Some(b.model.device());
+                self.backbone.insert(b)
+            }
+        };
+        let t = Instant::now();
+        let features = model.embed(pixels)?;
+        summary.inference += t.elapsed();
+        Ok(features)
+    }
+}
+
+/// A batch ready for inference.
+struct Ready {
+    records: Vec<EmbeddingRecord>,
+    pixels: Array4<f32>,
+    /// How many of its images were stored with other bytes.
+    changed: usize,
+}
+
+/// Decoded images regrouped into batches of exactly `size` (the last one smaller), so the
+/// batches ONNX Runtime sees do not depend on which images were cached or skipped.
+struct Rebatch {
+    size: usize,
+    pending: Vec<(EmbeddingRecord, bool, Array3<f32>)>,
+}
+
+impl Rebatch {
+    fn new(size: usize) -> Self {
+        Rebatch {
+            size,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds decoded images; the batches now complete.
+    fn push(&mut self, records: Vec<(EmbeddingRecord, bool)>, pixels: Array4<f32>) -> Vec<Ready> {
+        if self.pending.is_empty() && records.len() == self.size {
+            let changed = records.iter().filter(|(_, c)| *c).count();
+            let records = records.into_iter().map(|(r, _)| r).collect();
+            return vec![Ready {
+                records,
+                pixels,
+                changed,
+            }];
+        }
+        for ((record, changed), image) in records.into_iter().zip(pixels.outer_iter()) {
+            self.pending.push((record, changed, image.to_owned()));
+        }
+        let mut ready = Vec::new();
+        while self.pending.len() >= self.size {
+            ready.push(self.take(self.size));
+        }
+        ready
+    }
+
+    /// The last, partial batch.
+    fn finish(&mut self) -> Option<Ready> {
+        (!self.pending.is_empty()).then(|| self.take(self.pending.len()))
+    }
+
+    fn take(&mut self, n: usize) -> Ready {
+        let items: Vec<_> = self.pending.drain(..n).collect();
+        let shape = items
+            .first()
+            .map_or([0, 0], |(_, _, img)| [img.shape()[1], img.shape()[2]]);
+        let mut pixels = Array4::<f32>::zeros((n, 3, shape[0], shape[1]));
+        let mut records = Vec::with_capacity(n);
+        let mut changed = 0;
+        for (i, (record, was_changed, image)) in items.into_iter().enumerate() {
+            pixels.index_axis_mut(Axis(0), i).assign(&image);
+            records.push(record);
+            changed += usize::from(was_changed);
+        }
+        Ready {
+            records,
+            pixels,
+            changed,
+        }
+    }
+}
+
+/// The writer thread: appends the rows it receives, then finishes the last part file.
+fn spawn_writer(
+    mut writer: EmbeddingWriter,
+    depth: usize,
+) -> Result<(Sender<Rows>, JoinHandle<Result<WriteSummary>>)> {
+    let (write_tx, write_rx) = bounded::<Rows>(depth);
+    let handle = std::thread::Builder::new()
         .name("xfer-extract-write".into())
         .spawn(move || -> Result<WriteSummary> {
             for (records, features) in write_rx {
@@ -724,76 +834,26 @@ pub fn extract(
             path: String::new(),
             source: e,
         })?;
+    Ok((write_tx, handle))
+}
 
-    // Stage 2: inference on this thread.
-    let mut backbone: Option<Backbone> = None;
-    let mut run = || -> Result<()> {
-        for msg in &batch_rx {
-            match msg {
-                Msg::Cached(n) => {
-                    state.cached += n;
-                    state.done += n;
-                }
-                Msg::Skipped(list) => {
-                    state.skipped += list.len();
-                    state.done += list.len();
-                    summary.skipped.extend(list);
-                }
-                Msg::Failed(err) => return Err(err.into()),
-                Msg::Batch {
-                    records,
-                    pixels,
-                    changed,
-                } => {
-                    let model = match backbone.as_mut() {
-                        Some(b) => b,
-                        None => {
-                            let b = Backbone::load(&config.model_dir, &config.session)?;
-                            if b.manifest.fingerprint != manifest.fingerprint {
-                                return Err(Error::Inconsistent {
-                                    store: config.store.display().to_string(),
-                                    reason: format!(
-                                        "{} changed while extracting",
-                                        config.model_dir.display()
-                                    ),
-                                });
-                            }
-                            summary.device = Some(b.model.device());
-                            backbone.insert(b)
-                        }
-                    };
-                    let t = Instant::now();
-                    let features = model.embed(pixels.view())?;
-                    summary.inference += t.elapsed();
-                    let n = records.len();
-                    if write_tx.send((records, features)).is_err() {
-                        // The writer stopped; its error is reported below.
-                        return Ok(());
-                    }
-                    state.embedded += n;
-                    state.done += n;
-                    summary.changed += changed;
-                }
-            }
-            progress(&state);
-        }
-        Ok(())
-    };
-    let outcome = run();
-    drop(batch_rx);
-    drop(write_tx);
-    let producer_ok = producer.join().is_ok();
-    let written = writer_thread.join().map_err(|_| Error::InvalidRows {
-        op: "extract",
-        reason: "the writer thread panicked".to_owned(),
-    })?;
-    outcome?;
-    let written = written?;
-    if !producer_ok {
-        return Err(Error::Data(xfer_data::DataError::LoaderStopped {
-            reason: "the decoder thread panicked".to_owned(),
-        }));
-    }
+/// The error for a writer thread that panicked, with its message when it has one.
+fn writer_panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    Error::WriterPanicked { message }
+}
+
+/// Checks the rows written against the rows embedded and completes the summary.
+fn finish(
+    mut summary: ExtractSummary,
+    state: &ExtractProgress,
+    written: WriteSummary,
+    start: Instant,
+) -> Result<ExtractSummary> {
     if written.rows != state.embedded + summary.retagged {
         return Err(Error::InvalidRows {
             op: "extract",
@@ -808,4 +868,27 @@ pub fn extract(
     summary.files = written.files;
     summary.elapsed = start.elapsed();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_thread_panic_is_its_own_error_with_the_message() {
+        for payload in [
+            std::thread::spawn(|| panic!("disk on fire")).join(),
+            std::thread::spawn(|| panic!("row {} of {}", 3, 7)).join(),
+        ] {
+            let Err(payload) = payload;
+            let err = writer_panicked(payload);
+            assert!(matches!(err, Error::WriterPanicked { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains("writer thread panicked"), "{text}");
+            assert!(
+                text.contains("disk on fire") || text.contains("row 3 of 7"),
+                "{text}"
+            );
+        }
+    }
 }

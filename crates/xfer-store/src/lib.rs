@@ -112,9 +112,31 @@ pub enum Error {
     /// The runtime failed (library, session, inference).
     #[error(transparent)]
     Runtime(#[from] xfer_runtime::Error),
-    /// The extraction was cancelled by the caller.
-    #[error("extraction cancelled")]
-    Cancelled,
+    /// The extraction was cancelled through [`extract::ExtractConfig::cancel`].
+    #[error(
+        "extraction cancelled; the {stored} row(s) embedded before stopping are stored, rerun to resume"
+    )]
+    Cancelled {
+        /// Rows written by the cancelled run.
+        stored: usize,
+    },
+    /// The thread writing the store's part files panicked.
+    #[error("the store writer thread panicked: {message}")]
+    WriterPanicked {
+        /// The panic message (`no message` when it was not a string).
+        message: String,
+    },
+    /// An example's class index does not fit the store's `label` column (Int32).
+    #[error(
+        "example `{id}` has label {label}, beyond the largest label the store holds ({}); the dataset has too many classes",
+        i32::MAX
+    )]
+    LabelOutOfRange {
+        /// The example id.
+        id: String,
+        /// Its class index.
+        label: u32,
+    },
 }
 
 /// Result type of this crate.

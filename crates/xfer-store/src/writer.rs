@@ -17,6 +17,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use xfer_data::Example;
 
 use crate::schema::{StoreMetadata, store_schema};
 use crate::{Error, Result, io_err, pq_err};
@@ -32,6 +33,23 @@ pub struct EmbeddingRecord {
     pub split: String,
     /// blake3 hex of the image file bytes.
     pub content_hash: String,
+}
+
+impl EmbeddingRecord {
+    /// The record of `example` tagged `split` with the hash of its file bytes; an error when
+    /// its label does not fit the `label` column.
+    pub fn for_example(example: &Example, split: &str, content_hash: String) -> Result<Self> {
+        let label = i32::try_from(example.label).map_err(|_| Error::LabelOutOfRange {
+            id: example.id.clone(),
+            label: example.label,
+        })?;
+        Ok(EmbeddingRecord {
+            id: example.id.clone(),
+            label,
+            split: split.to_owned(),
+            content_hash,
+        })
+    }
 }
 
 /// How an [`EmbeddingWriter`] names and sizes its part files.

@@ -407,3 +407,32 @@ fn split_and_shard_specs_parse_or_explain() {
         assert!(Shard::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_cancelled_run_stores_what_it_embedded_and_a_rerun_resumes() {
+    let f = fixture(10);
+    let mut c = config(&f, &f.store);
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    c.cancel = Some(std::sync::Arc::clone(&flag));
+    let err = extract(&c, &mut |p| {
+        if p.embedded >= 8 {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .expect_err("cancelled");
+    let Error::Cancelled { stored } = &err else {
+        panic!("{err:?}");
+    };
+    let stored = *stored;
+    assert_eq!(
+        stored, 8,
+        "two batches of 4 embedded before the flag was seen"
+    );
+    assert!(err.to_string().contains("rerun to resume"), "{err}");
+    assert_eq!(rows(&f.store).len(), 8);
+
+    c.cancel = None;
+    let rest = extract(&c, &mut |_| {}).expect("resume");
+    assert_eq!((rest.embedded, rest.cached), (12, 8));
+    assert_eq!(rows(&f.store).len(), 20);
+}

@@ -201,3 +201,29 @@ fn missing_store_and_foreign_files_are_clear_errors() {
     let err = StoreReader::open(dir.path()).expect_err("junk");
     assert!(err.to_string().contains("junk.parquet"), "{err}");
 }
+
+#[test]
+fn a_label_beyond_the_label_column_is_an_error_naming_the_example() {
+    let ok = xfer_data::Example {
+        id: "cat/1.png".into(),
+        path: "cat/1.png".into(),
+        label: 7,
+    };
+    let made = EmbeddingRecord::for_example(&ok, "train", "h".into()).expect("fits");
+    assert_eq!(made, rec("cat/1.png", 7, "train", "h"));
+    let huge = xfer_data::Example {
+        id: "many/classes.png".into(),
+        path: "many/classes.png".into(),
+        label: u32::MAX,
+    };
+    let err = EmbeddingRecord::for_example(&huge, "train", "h".into()).expect_err("i32");
+    assert!(
+        matches!(&err, xfer_store::Error::LabelOutOfRange { id, label } if id == "many/classes.png" && *label == u32::MAX),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("many/classes.png") && text.contains(&u32::MAX.to_string()),
+        "{text}"
+    );
+}
