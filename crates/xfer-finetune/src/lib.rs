@@ -25,9 +25,7 @@ mod trainer;
 pub use checkpoint::{CHECKPOINT_DIR, Checkpoint, PartialEpoch, TensorMap, TrainingState};
 pub use config::{AugmentationConfig, CONFIG_FILE_NAME, FinetuneConfig, PhaseConfig, SplitConfig};
 pub use curves::{CURVES_PNG, CURVES_SVG, draw_curves};
-pub use export::{
-    ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, fold_batch_norms, trained_forward,
-};
+pub use export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, trained_forward};
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};
 pub use trainer::{

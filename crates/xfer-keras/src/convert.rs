@@ -1,10 +1,11 @@
 //! Walking a Keras functional graph and emitting ONNX nodes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
-use xfer_onnx::{AttributeProto, Dim, GraphBuilder, ModelProto, NodeProto, TensorProto, attr};
+use xfer_onnx::fold::{self, FloatInitializers, FloatTensor};
+use xfer_onnx::{AttributeProto, Dim, GraphBuilder, ModelProto, NodeProto, attr};
 
 use crate::graph::{Functional, Layer, TensorRef};
 use crate::{Error, KerasModel, Result};
@@ -121,112 +122,106 @@ struct Val {
 /// Converts a Keras model to ONNX.
 pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted> {
     let top = Functional::parse(&model.config, "")?;
-    let mut em = Emitter {
-        model,
-        options,
-        nodes: Vec::new(),
-        inits: BTreeMap::new(),
-        used: HashSet::new(),
-        params: 0,
-    };
-    em.used.insert(options.input_name.clone());
-
-    // The base: the first nested model of the top model, else the top model itself.
-    let base_layer = top.layers.iter().find(|l| l.nested.is_some());
-    let (base_fn, base_name) = match base_layer.and_then(|l| l.nested.as_deref()) {
-        Some(nested) => (nested, nested.name.clone()),
-        None => (&top, top.name.clone()),
-    };
-    let (channels, input_size) = input_shape(base_fn)?;
+    let base = Base::of(&top);
+    let (channels, input_size) = input_shape(base.functional)?;
+    let mut em = Emitter::new(model, options);
     let pixels = Val {
         name: options.input_name.clone(),
         rank: 4,
         channels: Some(channels),
     };
     let x = em.preprocess(&pixels)?;
-
     let (features, probabilities) = match options.part {
-        Part::Base => {
-            let out = em.functional(base_fn, std::slice::from_ref(&x))?;
-            let out = single(out, &base_name)?;
-            if options.pool_features {
-                (em.pool_if_needed(out, &base_name)?, None)
-            } else {
-                (out, None)
-            }
-        }
+        Part::Base => (em.base_features(&base, x)?, None),
         Part::WithHead => {
-            let mut taps = HashMap::new();
-            let outputs = em.functional_tapped(
-                &top,
-                std::slice::from_ref(&x),
-                base_layer.map(|l| l.name.as_str()),
-                &mut taps,
-            )?;
-            let out = single(outputs, &top.name)?;
-            if out.rank != 2 {
-                return Err(Error::Config(format!(
-                    "the head of `{}` ends in a {}-d tensor; a classifier head ends in [N, classes]",
-                    top.name, out.rank
-                )));
-            }
-            let features = match taps.remove("features") {
-                Some(f) => f,
-                None => match taps.remove("base") {
-                    Some(b) => em.pool_if_needed(b, &base_name)?,
-                    None => {
-                        return Err(Error::Config(format!(
-                            "model `{}` has no nested base model to take features from",
-                            top.name
-                        )));
-                    }
-                },
-            };
-            (features, Some(em.probabilities(out)?))
+            let (features, probabilities) = em.features_and_probabilities(&top, &base, x)?;
+            (features, Some(probabilities))
         }
     };
-
     let feature_dim = features
         .channels
         .ok_or_else(|| Error::Graph("the feature dimension is unknown".to_owned()))?;
     let num_classes = probabilities.as_ref().and_then(|p| p.channels);
-    let features_dims = if features.rank == 4 {
-        vec![
-            Dim::from("N"),
-            Dim::Fixed(feature_dim as i64),
-            Dim::from("H_out"),
-            Dim::from("W_out"),
-        ]
-    } else {
-        vec![Dim::from("N"), Dim::Fixed(feature_dim as i64)]
-    };
-    let mut outputs = vec![(
-        features.name.clone(),
-        options.features_name.clone(),
-        features_dims,
-    )];
-    if let (Some(p), Some(k)) = (&probabilities, num_classes) {
-        outputs.push((
-            p.name.clone(),
-            options.probabilities_name.clone(),
-            vec![Dim::from("N"), Dim::Fixed(k as i64)],
-        ));
-    }
-    let Emitter {
-        mut nodes,
-        mut inits,
-        params,
-        ..
-    } = em;
-    for (old, new, _) in &outputs {
-        rename_value(&mut nodes, old, new)?;
-    }
-    if options.fold_batch_norm {
-        let graph_outputs: Vec<String> = outputs.iter().map(|o| o.1.clone()).collect();
-        crate::fold::fold_nodes(&mut nodes, &mut inits, &graph_outputs, &options.input_name)?;
-    }
+    let outputs = graph_outputs(&features, probabilities.as_ref(), options);
+    let parameter_count = em.params;
+    let (nodes, inits) = em.finish(&outputs)?;
+    let onnx = assemble(&base.name, channels, nodes, inits, &outputs, options);
+    Ok(Converted {
+        model: onnx,
+        base_name: base.name,
+        feature_dim,
+        num_classes,
+        parameter_count,
+        input_channels: channels,
+        input_size,
+    })
+}
 
-    let mut gb = GraphBuilder::new(&base_name);
+/// The base model: the first nested model of the top model, else the top model itself.
+struct Base<'f> {
+    /// The layer of the top model holding it (`None`: the top model is the base).
+    layer: Option<&'f Layer>,
+    functional: &'f Functional,
+    name: String,
+}
+
+impl<'f> Base<'f> {
+    fn of(top: &'f Functional) -> Self {
+        let layer = top.layers.iter().find(|l| l.nested.is_some());
+        let functional = layer.and_then(|l| l.nested.as_deref()).unwrap_or(top);
+        Base {
+            layer,
+            functional,
+            name: functional.name.clone(),
+        }
+    }
+}
+
+/// A graph output: the value computing it, its public name and its dims.
+struct GraphOutput {
+    value: String,
+    name: String,
+    dims: Vec<Dim>,
+}
+
+/// `features` (`[N, D]`, or `[N, D, H_out, W_out]` unpooled) and, with the head, `probabilities`.
+fn graph_outputs(
+    features: &Val,
+    probabilities: Option<&Val>,
+    options: &ConvertOptions,
+) -> Vec<GraphOutput> {
+    let d = Dim::Fixed(features.channels.unwrap_or(0) as i64);
+    let dims = if features.rank == 4 {
+        vec![Dim::from("N"), d, Dim::from("H_out"), Dim::from("W_out")]
+    } else {
+        vec![Dim::from("N"), d]
+    };
+    let mut outputs = vec![GraphOutput {
+        value: features.name.clone(),
+        name: options.features_name.clone(),
+        dims,
+    }];
+    if let Some((p, k)) = probabilities.and_then(|p| Some((p, p.channels?))) {
+        outputs.push(GraphOutput {
+            value: p.name.clone(),
+            name: options.probabilities_name.clone(),
+            dims: vec![Dim::from("N"), Dim::Fixed(k as i64)],
+        });
+    }
+    outputs
+}
+
+/// The model: pixel input, the initializers the nodes read, the nodes, the outputs and
+/// the conversion metadata.
+fn assemble(
+    name: &str,
+    channels: usize,
+    nodes: Vec<NodeProto>,
+    inits: FloatInitializers,
+    outputs: &[GraphOutput],
+    options: &ConvertOptions,
+) -> ModelProto {
+    let mut gb = GraphBuilder::new(name);
     gb.input(
         &options.input_name,
         &[
@@ -236,20 +231,12 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
             Dim::from("W"),
         ],
     );
-    let referenced: HashSet<&str> = nodes
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
-    for (name, array) in &inits {
-        if referenced.contains(name.as_str()) {
-            let dims: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
-            let data: Vec<f32> = array.iter().copied().collect();
-            gb.initializer(TensorProto::from_f32(name.clone(), &dims, &data));
-        }
+    for t in fold::referenced_initializers(&nodes, inits, Vec::new()) {
+        gb.initializer(t);
     }
     gb.graph_mut().node = nodes;
-    for (_, name, dims) in &outputs {
-        gb.output(name, dims);
+    for o in outputs {
+        gb.output(&o.name, &o.dims);
     }
     let mut onnx = gb.build_model();
     onnx.set_metadata("source_format", "keras3");
@@ -262,15 +249,7 @@ pub fn convert(model: &KerasModel, options: &ConvertOptions) -> Result<Converted
             "kept"
         },
     );
-    Ok(Converted {
-        model: onnx,
-        base_name,
-        feature_dim,
-        num_classes,
-        parameter_count: params,
-        input_channels: channels,
-        input_size,
-    })
+    onnx
 }
 
 fn single(mut outs: Vec<Val>, model: &str) -> Result<Val> {
@@ -368,7 +347,7 @@ struct Emitter<'a> {
     model: &'a KerasModel,
     options: &'a ConvertOptions,
     nodes: Vec<NodeProto>,
-    inits: BTreeMap<String, ArrayD<f32>>,
+    inits: FloatInitializers,
     used: HashSet<String>,
     params: usize,
 }
@@ -419,7 +398,88 @@ fn layer_err(layer: &Layer, reason: impl Into<String>) -> Error {
     }
 }
 
-impl Emitter<'_> {
+impl<'a> Emitter<'a> {
+    fn new(model: &'a KerasModel, options: &'a ConvertOptions) -> Self {
+        let mut em = Emitter {
+            model,
+            options,
+            nodes: Vec::new(),
+            inits: FloatInitializers::new(),
+            used: HashSet::new(),
+            params: 0,
+        };
+        em.used.insert(options.input_name.clone());
+        em
+    }
+
+    /// The base model's output on `x`, globally average-pooled unless
+    /// [`ConvertOptions::pool_features`] is off.
+    fn base_features(&mut self, base: &Base<'_>, x: Val) -> Result<Val> {
+        let out = self.functional(base.functional, std::slice::from_ref(&x))?;
+        let out = single(out, &base.name)?;
+        if self.options.pool_features {
+            self.pool_if_needed(out, &base.name)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// The whole model on `x`: the features (the tapped base output, pooled) and the
+    /// head's probabilities.
+    fn features_and_probabilities(
+        &mut self,
+        top: &Functional,
+        base: &Base<'_>,
+        x: Val,
+    ) -> Result<(Val, Val)> {
+        let mut taps = HashMap::new();
+        let outputs = self.functional_tapped(
+            top,
+            std::slice::from_ref(&x),
+            base.layer.map(|l| l.name.as_str()),
+            &mut taps,
+        )?;
+        let out = single(outputs, &top.name)?;
+        if out.rank != 2 {
+            return Err(Error::Config(format!(
+                "the head of `{}` ends in a {}-d tensor; a classifier head ends in [N, classes]",
+                top.name, out.rank
+            )));
+        }
+        let features = match taps.remove("features") {
+            Some(f) => f,
+            None => match taps.remove("base") {
+                Some(b) => self.pool_if_needed(b, &base.name)?,
+                None => {
+                    return Err(Error::Config(format!(
+                        "model `{}` has no nested base model to take features from",
+                        top.name
+                    )));
+                }
+            },
+        };
+        Ok((features, self.probabilities(out)?))
+    }
+
+    /// The nodes and initializers, outputs renamed to their public names and, with
+    /// [`ConvertOptions::fold_batch_norm`], BatchNorm and preprocessing folded.
+    fn finish(self, outputs: &[GraphOutput]) -> Result<(Vec<NodeProto>, FloatInitializers)> {
+        let Emitter {
+            mut nodes,
+            mut inits,
+            options,
+            ..
+        } = self;
+        for o in outputs {
+            rename_value(&mut nodes, &o.value, &o.name)?;
+        }
+        if options.fold_batch_norm {
+            let names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+            crate::fold::fold_nodes(&mut nodes, &mut inits, &names, &options.input_name)?;
+        }
+        Ok((nodes, inits))
+    }
+
     fn fresh(&mut self, hint: &str) -> String {
         if self.used.insert(hint.to_owned()) {
             return hint.to_owned();
@@ -455,7 +515,10 @@ impl Emitter<'_> {
 
     fn init(&mut self, hint: &str, array: ArrayD<f32>) -> String {
         let name = self.fresh(hint);
-        self.inits.insert(name.clone(), array);
+        let dims = array.shape().iter().map(|&d| d as i64).collect();
+        let data = array.iter().copied().collect();
+        self.inits
+            .insert(name.clone(), FloatTensor::new(dims, data));
         name
     }
 
@@ -678,44 +741,9 @@ impl Emitter<'_> {
             "ReLU" => self.relu_layer(layer, args, hint)?,
             "MaxPooling2D" | "AveragePooling2D" => self.pool(layer, args, hint)?,
             "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
-                let x = self.image(layer, args)?.clone();
-                let keepdims = cfg_bool(layer, "keepdims", false);
-                let op = if layer.class == "GlobalAveragePooling2D" {
-                    "ReduceMean"
-                } else {
-                    "ReduceMax"
-                };
-                let out = self.node(
-                    op,
-                    &[&x.name],
-                    vec![
-                        attr::ints("axes", &[2, 3]),
-                        attr::int("keepdims", i64::from(keepdims)),
-                    ],
-                    hint,
-                );
-                Val {
-                    name: out,
-                    rank: if keepdims { 4 } else { 2 },
-                    channels: x.channels,
-                }
+                self.global_pool(layer, args, hint)?
             }
-            "Add" => {
-                if args.len() < 2 {
-                    return Err(layer_err(
-                        layer,
-                        format!("expected at least 2 inputs, found {}", args.len()),
-                    ));
-                }
-                let names: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
-                let op = if args.len() == 2 { "Add" } else { "Sum" };
-                let out = self.node(op, &names, vec![], hint);
-                Val {
-                    name: out,
-                    rank: args[0].rank,
-                    channels: args.iter().find_map(|a| a.channels),
-                }
-            }
+            "Add" => self.add(layer, args, hint)?,
             "Dense" => self.dense(layer, args, hint)?,
             "Dropout"
             | "SpatialDropout2D"
@@ -737,6 +765,47 @@ impl Emitter<'_> {
             }
         };
         Ok(vec![out])
+    }
+
+    fn global_pool(&mut self, layer: &Layer, args: &[Val], hint: &str) -> Result<Val> {
+        let x = self.image(layer, args)?.clone();
+        let keepdims = cfg_bool(layer, "keepdims", false);
+        let op = if layer.class == "GlobalAveragePooling2D" {
+            "ReduceMean"
+        } else {
+            "ReduceMax"
+        };
+        let out = self.node(
+            op,
+            &[&x.name],
+            vec![
+                attr::ints("axes", &[2, 3]),
+                attr::int("keepdims", i64::from(keepdims)),
+            ],
+            hint,
+        );
+        Ok(Val {
+            name: out,
+            rank: if keepdims { 4 } else { 2 },
+            channels: x.channels,
+        })
+    }
+
+    fn add(&mut self, layer: &Layer, args: &[Val], hint: &str) -> Result<Val> {
+        let [first, _, ..] = args else {
+            return Err(layer_err(
+                layer,
+                format!("expected at least 2 inputs, found {}", args.len()),
+            ));
+        };
+        let names: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
+        let op = if args.len() == 2 { "Add" } else { "Sum" };
+        let out = self.node(op, &names, vec![], hint);
+        Ok(Val {
+            name: out,
+            rank: first.rank,
+            channels: args.iter().find_map(|a| a.channels),
+        })
     }
 
     fn activation(&mut self, layer: &Layer, act: &str, x: Val, hint: &str) -> Result<Val> {

@@ -166,104 +166,16 @@ impl Functional {
                 Error::Config(format!("model `{name}` ({class}) has no `layers` list"))
             })?;
         let sequential = class == "Sequential";
-        let mut counters: HashMap<String, usize> = HashMap::new();
-        let mut layers = Vec::with_capacity(layer_values.len());
-        let mut previous: Option<String> = None;
+        let mut groups = WeightGroups::new(weight_group);
+        let mut layers: Vec<Layer> = Vec::with_capacity(layer_values.len());
         for lv in layer_values {
-            let class = str_field(lv, "class_name")
-                .ok_or_else(|| Error::Config(format!("a layer of `{name}` has no class_name")))?
-                .to_owned();
-            let layer_config = lv.get("config").cloned().unwrap_or(Value::Null);
-            let layer_name = str_field(lv, "name")
-                .or_else(|| str_field(&layer_config, "name"))
-                .ok_or_else(|| Error::Config(format!("a {class} layer of `{name}` has no name")))?
-                .to_owned();
-            let snake = snake_case(&class);
-            let counter = counters.entry(snake.clone()).or_insert(0);
-            let group_name = if *counter == 0 {
-                snake.clone()
-            } else {
-                format!("{snake}_{counter}")
-            };
-            *counter += 1;
-            let group = if weight_group.is_empty() {
-                format!("layers/{group_name}")
-            } else {
-                format!("{weight_group}/layers/{group_name}")
-            };
-            let what = format!("layer `{layer_name}`");
-            let calls = if sequential {
-                match (&previous, class.as_str()) {
-                    (_, "InputLayer") | (None, _) => Vec::new(),
-                    (Some(prev), _) => vec![vec![TensorRef {
-                        layer: prev.clone(),
-                        node: 0,
-                        index: 0,
-                    }]],
-                }
-            } else {
-                lv.get("inbound_nodes")
-                    .and_then(Value::as_array)
-                    .map(|nodes| {
-                        nodes
-                            .iter()
-                            .map(|n| parse_call(n, &what))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .transpose()?
-                    .unwrap_or_default()
-            };
-            let nested = if class == "Functional" || class == "Sequential" || class == "Model" {
-                Some(Box::new(Functional::parse(lv, &group)?))
-            } else {
-                None
-            };
-            previous = Some(layer_name.clone());
-            layers.push(Layer {
-                class,
-                name: layer_name,
-                config: layer_config,
-                calls,
-                weight_group: group,
-                nested,
-            });
+            let previous = sequential.then(|| layers.last().map(|l| l.name.as_str()));
+            layers.push(Layer::parse(lv, &name, previous, &mut groups)?);
         }
         let (inputs, outputs) = if sequential {
-            let first = layers
-                .first()
-                .ok_or_else(|| Error::Config(format!("sequential model `{name}` has no layers")))?;
-            let last = layers.last().map(|l| l.name.clone()).unwrap_or_default();
-            let input = if first.class == "InputLayer" {
-                TensorRef {
-                    layer: first.name.clone(),
-                    node: 0,
-                    index: 0,
-                }
-            } else {
-                return Err(Error::Config(format!(
-                    "sequential model `{name}` does not start with an InputLayer; build it with keras.Input(shape=...)"
-                )));
-            };
-            (
-                vec![input],
-                vec![TensorRef {
-                    layer: last,
-                    node: 0,
-                    index: 0,
-                }],
-            )
+            sequential_endpoints(&name, &layers)?
         } else {
-            let inputs = config
-                .get("input_layers")
-                .map(|v| tensor_refs(v, &format!("input_layers of `{name}`")))
-                .transpose()?
-                .unwrap_or_default();
-            let outputs = config
-                .get("output_layers")
-                .map(|v| tensor_refs(v, &format!("output_layers of `{name}`")))
-                .transpose()?
-                .unwrap_or_default();
-            (inputs, outputs)
+            functional_endpoints(&name, config)?
         };
         if inputs.is_empty() || outputs.is_empty() {
             return Err(Error::Config(format!(
@@ -277,6 +189,135 @@ impl Functional {
             outputs,
         })
     }
+}
+
+/// Keras 3's weight-group names of a model's layers: `<group>/layers/<class>[_k]`, `k`
+/// counting the earlier layers of the same class.
+struct WeightGroups<'a> {
+    parent: &'a str,
+    counters: HashMap<String, usize>,
+}
+
+impl<'a> WeightGroups<'a> {
+    fn new(parent: &'a str) -> Self {
+        WeightGroups {
+            parent,
+            counters: HashMap::new(),
+        }
+    }
+
+    /// The group of the next layer of class `class`.
+    fn next(&mut self, class: &str) -> String {
+        let snake = snake_case(class);
+        let counter = self.counters.entry(snake.clone()).or_insert(0);
+        let group_name = if *counter == 0 {
+            snake
+        } else {
+            format!("{snake}_{counter}")
+        };
+        *counter += 1;
+        if self.parent.is_empty() {
+            format!("layers/{group_name}")
+        } else {
+            format!("{}/layers/{group_name}", self.parent)
+        }
+    }
+}
+
+impl Layer {
+    /// Parses one layer of model `model`. `previous` is `Some` in a sequential model:
+    /// the layer before this one (`None` for the first), whose output this layer reads.
+    fn parse(
+        lv: &Value,
+        model: &str,
+        previous: Option<Option<&str>>,
+        groups: &mut WeightGroups<'_>,
+    ) -> Result<Self> {
+        let class = str_field(lv, "class_name")
+            .ok_or_else(|| Error::Config(format!("a layer of `{model}` has no class_name")))?
+            .to_owned();
+        let config = lv.get("config").cloned().unwrap_or(Value::Null);
+        let name = str_field(lv, "name")
+            .or_else(|| str_field(&config, "name"))
+            .ok_or_else(|| Error::Config(format!("a {class} layer of `{model}` has no name")))?
+            .to_owned();
+        let weight_group = groups.next(&class);
+        let calls = match previous {
+            Some(previous) => sequential_calls(previous, &class),
+            None => functional_calls(lv, &format!("layer `{name}`"))?,
+        };
+        let nested = if class == "Functional" || class == "Sequential" || class == "Model" {
+            Some(Box::new(Functional::parse(lv, &weight_group)?))
+        } else {
+            None
+        };
+        Ok(Layer {
+            class,
+            name,
+            config,
+            calls,
+            weight_group,
+            nested,
+        })
+    }
+}
+
+/// Output 0 of `layer`, call 0.
+fn first_output(layer: &str) -> TensorRef {
+    TensorRef {
+        layer: layer.to_owned(),
+        node: 0,
+        index: 0,
+    }
+}
+
+/// A layer of a sequential model reads the output of the layer before it.
+fn sequential_calls(previous: Option<&str>, class: &str) -> Vec<Vec<TensorRef>> {
+    match (previous, class) {
+        (_, "InputLayer") | (None, _) => Vec::new(),
+        (Some(prev), _) => vec![vec![first_output(prev)]],
+    }
+}
+
+/// The inputs of each call of a layer of a functional model (its `inbound_nodes`).
+fn functional_calls(lv: &Value, what: &str) -> Result<Vec<Vec<TensorRef>>> {
+    Ok(lv
+        .get("inbound_nodes")
+        .and_then(Value::as_array)
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| parse_call(n, what))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// A sequential model's input (its first layer, an InputLayer) and output (its last layer).
+fn sequential_endpoints(name: &str, layers: &[Layer]) -> Result<(Vec<TensorRef>, Vec<TensorRef>)> {
+    let first = layers
+        .first()
+        .ok_or_else(|| Error::Config(format!("sequential model `{name}` has no layers")))?;
+    let last = layers.last().map(|l| l.name.as_str()).unwrap_or_default();
+    if first.class != "InputLayer" {
+        return Err(Error::Config(format!(
+            "sequential model `{name}` does not start with an InputLayer; build it with keras.Input(shape=...)"
+        )));
+    }
+    Ok((vec![first_output(&first.name)], vec![first_output(last)]))
+}
+
+/// A functional model's `input_layers` and `output_layers`.
+fn functional_endpoints(name: &str, config: &Value) -> Result<(Vec<TensorRef>, Vec<TensorRef>)> {
+    let refs = |key: &str| {
+        config
+            .get(key)
+            .map(|v| tensor_refs(v, &format!("{key} of `{name}`")))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok((refs("input_layers")?, refs("output_layers")?))
 }
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ pub enum Error {
         /// What is wrong (path, shape found, shape expected).
         reason: String,
     },
+    /// Rewriting the ONNX graph failed in `xfer-onnx` (e.g. folding BatchNorm).
+    #[error(transparent)]
+    Onnx(#[from] xfer_onnx::Error),
     /// Building or rewriting the ONNX graph failed.
     #[error("graph: {0}")]
     Graph(String),

@@ -9,6 +9,7 @@
 //! newer schema is a superset of.
 
 mod builder;
+pub mod fold;
 mod io;
 mod proto;
 mod tensor;
