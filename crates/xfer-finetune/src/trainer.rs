@@ -18,10 +18,11 @@ use xfer_head::argmax;
 use xfer_onnx::ModelProto;
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
-use crate::checkpoint::{Checkpoint, TensorMap, TrainingState};
+use crate::checkpoint::{Checkpoint, PartialEpoch, TensorMap, TrainingState};
 use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
 use crate::{
-    EpochRecord, Error, FinetuneConfig, MetricsLog, Result, draw_curves, epoch_permutation,
+    EpochRecord, Error, FinetuneConfig, MetricsLog, PhaseConfig, Result, draw_curves,
+    epoch_permutation,
 };
 
 /// File name of the exported model inside a run folder.
@@ -220,23 +221,32 @@ pub fn finetune(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Outcome> {
     config.validate()?;
+    let resumed = open_run(config, options)?;
+    config.save(&options.run_dir)?;
+    let setup = prepare(config)?;
+    let caches = Caches::new(&setup, options.cache_bytes);
+    on_event(Event::Started {
+        classes: &setup.classes,
+        train: setup.train.len(),
+        val: setup.val.len(),
+        test: setup.test.len(),
+    });
+    let mut run = Run::start(config, options, &setup, &caches, resumed)?;
+    for phase in [1u8, 2] {
+        if let Some(interrupted) = run.phase(phase, on_event)? {
+            return Ok(interrupted);
+        }
+    }
+    run.export_and_test(on_event)
+}
+
+/// The checkpoint to continue from (`--resume` of a run that has one), else `None`.
+/// A fresh run refuses a folder that already holds one; a resumed run refuses a
+/// configuration that differs from the saved one where it matters.
+fn open_run(config: &FinetuneConfig, options: &RunOptions) -> Result<Option<Checkpoint>> {
     let run_dir = &options.run_dir;
     let last_path = Checkpoint::last_path(run_dir);
-    let resumed = if options.resume {
-        let saved_path = run_dir.join(crate::CONFIG_FILE_NAME);
-        if saved_path.is_file() {
-            config.check_resumable_from(&FinetuneConfig::read(&saved_path)?)?;
-        }
-        if last_path.is_file() {
-            Some(Checkpoint::load(&last_path)?)
-        } else {
-            tracing::warn!(
-                "--resume: {} has no checkpoint yet; starting from the beginning",
-                run_dir.display()
-            );
-            None
-        }
-    } else {
+    if !options.resume {
         if last_path.exists() {
             return Err(Error::Config {
                 path: None,
@@ -246,118 +256,196 @@ pub fn finetune(
                 ),
             });
         }
-        None
-    };
-    config.save(run_dir)?;
-    let setup = prepare(config)?;
-    let caches = Caches::new(&setup, options.cache_bytes);
-    on_event(Event::Started {
-        classes: &setup.classes,
-        train: setup.train.len(),
-        val: setup.val.len(),
-        test: setup.test.len(),
-    });
+        return Ok(None);
+    }
+    let saved_path = run_dir.join(crate::CONFIG_FILE_NAME);
+    if saved_path.is_file() {
+        config.check_resumable_from(&FinetuneConfig::read(&saved_path)?)?;
+    }
+    if last_path.is_file() {
+        return Ok(Some(Checkpoint::load(&last_path)?));
+    }
+    tracing::warn!(
+        "--resume: {} has no checkpoint yet; starting from the beginning",
+        run_dir.display()
+    );
+    Ok(None)
+}
 
-    let mut state = match &resumed {
-        Some(c) => {
-            if c.state.model_fingerprint != setup.manifest.fingerprint {
-                return Err(Error::Checkpoint {
-                    path: last_path.display().to_string(),
-                    reason: format!(
-                        "was written for model {} but {} is model {}; resume with the same model",
-                        c.state.model_fingerprint,
-                        config.model.display(),
-                        setup.manifest.fingerprint
-                    ),
-                });
+/// A run across its phases: where it stands, its log and what it trained so far.
+struct Run<'a> {
+    config: &'a FinetuneConfig,
+    options: &'a RunOptions,
+    setup: &'a Setup,
+    caches: &'a Caches,
+    state: TrainingState,
+    log: MetricsLog,
+    /// Every parameter trained so far (head, then backbone), by name.
+    trained: BTreeMap<String, Parameter>,
+    /// Adam's moments from the checkpoint, for the phase it was written in.
+    optimizer_state: Vec<Parameter>,
+}
+
+impl<'a> Run<'a> {
+    /// A fresh run, or the run `resumed` continues (checked to belong to the same model).
+    fn start(
+        config: &'a FinetuneConfig,
+        options: &'a RunOptions,
+        setup: &'a Setup,
+        caches: &'a Caches,
+        resumed: Option<Checkpoint>,
+    ) -> Result<Self> {
+        let state = match &resumed {
+            Some(c) => {
+                check_same_model(c, config, setup, &options.run_dir)?;
+                c.state.clone()
             }
-            c.state.clone()
-        }
-        None => TrainingState {
-            phase: 1,
-            epochs_done: 0,
-            step_in_epoch: 0,
-            global_step: 0,
-            optimizer_step: 0,
-            seed: config.seed,
-            partial: None,
-            best: None,
-            model_fingerprint: setup.manifest.fingerprint.clone(),
-            trainable: Vec::new(),
-            xfer_version: env!("CARGO_PKG_VERSION").to_owned(),
-        },
-    };
-    let mut log = match &resumed {
-        Some(_) => MetricsLog::resume(run_dir, state.global_epochs_done(config.phase1.epochs))?,
-        None => MetricsLog::create(run_dir)?,
-    };
-    // Every parameter trained so far (head, then backbone), by name.
-    let mut trained: BTreeMap<String, Parameter> = BTreeMap::new();
-    let mut optimizer_state: Vec<Parameter> = Vec::new();
-    if let Some(c) = &resumed {
-        for (name, array) in &c.tensors {
-            if let Some(p) = name.strip_prefix("param.") {
-                trained.insert(p.to_owned(), to_parameter(p, array));
-            } else if let Some(s) = name.strip_prefix("optim.") {
-                optimizer_state.push(to_parameter(s, array));
-            }
-        }
+            None => TrainingState {
+                phase: 1,
+                epochs_done: 0,
+                step_in_epoch: 0,
+                global_step: 0,
+                optimizer_step: 0,
+                seed: config.seed,
+                partial: None,
+                best: None,
+                model_fingerprint: setup.manifest.fingerprint.clone(),
+                trainable: Vec::new(),
+                xfer_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        };
+        let log = match &resumed {
+            Some(_) => MetricsLog::resume(
+                &options.run_dir,
+                state.global_epochs_done(config.phase1.epochs),
+            )?,
+            None => MetricsLog::create(&options.run_dir)?,
+        };
+        let (trained, optimizer_state) = resumed.as_ref().map(restored_tensors).unwrap_or_default();
+        Ok(Run {
+            config,
+            options,
+            setup,
+            caches,
+            state,
+            log,
+            trained,
+            optimizer_state,
+        })
     }
 
-    for phase in [1u8, 2] {
-        let phase_config = if phase == 1 {
-            &config.phase1
-        } else {
-            &config.phase2
+    fn last_path(&self) -> PathBuf {
+        Checkpoint::last_path(&self.options.run_dir)
+    }
+
+    /// Runs what is left of `phase`; `Some` when the stop flag interrupted it.
+    fn phase(&mut self, phase: u8, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Option<Outcome>> {
+        let phase_config = match phase {
+            1 => &self.config.phase1,
+            _ => &self.config.phase2,
         };
-        if state.phase > phase || phase_config.epochs == 0 {
-            continue;
+        if !self.enter_phase(phase, phase_config) {
+            return Ok(None);
         }
-        if state.phase < phase {
-            state.phase = phase;
-            state.epochs_done = 0;
-            state.step_in_epoch = 0;
-            state.optimizer_step = 0;
-            state.partial = None;
-            optimizer_state.clear();
-        }
-        if state.epochs_done >= phase_config.epochs {
-            continue;
-        }
-        if options.stop.load(Ordering::SeqCst) {
-            return Ok(Outcome::Interrupted {
-                checkpoint: last_path.clone(),
+        if self.options.stop.load(Ordering::SeqCst) {
+            return Ok(Some(Outcome::Interrupted {
+                checkpoint: self.last_path(),
                 phase,
-                epoch: state.epochs_done,
-                step_in_epoch: state.step_in_epoch,
-            });
+                epoch: self.state.epochs_done,
+                step_in_epoch: self.state.step_in_epoch,
+            }));
         }
-        let trainable = match (phase, &config.unfreeze_from) {
+        let graphs = self.graphs(phase)?;
+        let params = self.initial_params(phase, &graphs)?;
+        let mut adam = Adam::new(phase_config.learning_rate);
+        if !self.optimizer_state.is_empty() {
+            adam.load_state(&params, &self.optimizer_state)?;
+        }
+        on_event(Event::PhaseStarted {
+            phase,
+            epochs: phase_config.epochs,
+            trainable_tensors: params.len(),
+            trainable_values: params.iter().map(Parameter::numel).sum(),
+        });
+        let session = Model::from_bytes(
+            &xfer_onnx::write_model_bytes(&graphs.training),
+            &format!("training graph (phase {phase})"),
+            &self.options.session,
+        )?;
+        let mut run = PhaseRun {
+            config: self.config,
+            options: self.options,
+            setup: self.setup,
+            graphs: &graphs,
+            phase,
+            learning_rate: phase_config.learning_rate,
+            caches: self.caches,
+            session,
+            params,
+            adam,
+        };
+        if let Some(interrupted) = self.epochs(&mut run, phase_config.epochs, on_event)? {
+            return Ok(Some(interrupted));
+        }
+        for p in &run.params {
+            self.trained.insert(p.name.clone(), p.clone());
+        }
+        self.optimizer_state.clear();
+        Ok(None)
+    }
+
+    /// Moves the state to `phase` (a new phase starts at epoch 0 with a fresh optimizer);
+    /// `false` when the phase is already done or has no epochs.
+    fn enter_phase(&mut self, phase: u8, phase_config: &PhaseConfig) -> bool {
+        if self.state.phase > phase || phase_config.epochs == 0 {
+            return false;
+        }
+        if self.state.phase < phase {
+            self.state.phase = phase;
+            self.state.epochs_done = 0;
+            self.state.step_in_epoch = 0;
+            self.state.optimizer_step = 0;
+            self.state.partial = None;
+            self.optimizer_state.clear();
+        }
+        self.state.epochs_done < phase_config.epochs
+    }
+
+    /// The training graphs of `phase`: the head only in phase 1, the backbone from
+    /// `unfreeze_from` (or all of it) too in phase 2.
+    fn graphs(&self, phase: u8) -> Result<TrainingGraphs> {
+        let trainable = match (phase, &self.config.unfreeze_from) {
             (1, _) => Trainable::Head,
             (_, None) => Trainable::All,
             (_, Some(layer)) => Trainable::From(layer.clone()),
         };
-        let graphs = TrainingGraphBuilder::new(setup.forward.clone())
+        let setup = self.setup;
+        Ok(TrainingGraphBuilder::new(setup.forward.clone())
             .features(&setup.manifest.output)
             .head(setup.head.clone())
             .trainable(trainable)
             .loss(setup.loss)
             .example_shape(&[3, i64::from(setup.size[0]), i64::from(setup.size[1])])
-            .seed(config.seed)
-            .session_options(options.session.clone())
-            .build()?;
+            .seed(self.config.seed)
+            .session_options(self.options.session.clone())
+            .build()?)
+    }
+
+    /// The trainable parameters of `graphs` with the values trained so far (or, at the
+    /// start of phase 1, the `--init-head` head's); they become the phase's trainables.
+    fn initial_params(&mut self, phase: u8, graphs: &TrainingGraphs) -> Result<Vec<Parameter>> {
         let mut params = graphs.params.clone();
-        if trained.is_empty()
+        if self.trained.is_empty()
             && phase == 1
-            && let Some(dir) = &config.init_head
+            && let Some(dir) = &self.config.init_head
         {
-            init_head_from(dir, &setup, &mut params)?;
+            init_head_from(dir, self.setup, &mut params)?;
         }
         for p in &mut params {
-            if let Some(t) = trained.get(&p.name) {
+            if let Some(t) = self.trained.get(&p.name) {
                 if t.data.len() != p.data.len() {
                     return Err(Error::Checkpoint {
-                        path: last_path.display().to_string(),
+                        path: self.last_path().display().to_string(),
                         reason: format!(
                             "parameter `{}` has {} values, the model needs {}",
                             p.name,
@@ -370,129 +458,146 @@ pub fn finetune(
             }
         }
         for p in &params {
-            trained.insert(p.name.clone(), p.clone());
+            self.trained.insert(p.name.clone(), p.clone());
         }
-        state.trainable = params.iter().map(|p| p.name.clone()).collect();
-        let mut adam = Adam::new(phase_config.learning_rate);
-        if !optimizer_state.is_empty() {
-            adam.load_state(&params, &optimizer_state)?;
-        }
-        on_event(Event::PhaseStarted {
-            phase,
-            epochs: phase_config.epochs,
-            trainable_tensors: params.len(),
-            trainable_values: params.iter().map(Parameter::numel).sum(),
-        });
-        let training_bytes = xfer_onnx::write_model_bytes(&graphs.training);
-        let mut session = Model::from_bytes(
-            &training_bytes,
-            &format!("training graph (phase {phase})"),
-            &options.session,
-        )?;
-        let mut run = PhaseRun {
-            config,
-            options,
-            setup: &setup,
-            graphs: &graphs,
-            phase,
-            learning_rate: phase_config.learning_rate,
-            caches: &caches,
-        };
-        while state.epochs_done < phase_config.epochs {
-            match run.epoch(
-                &mut session,
-                &mut params,
-                &mut adam,
-                &mut state,
-                &mut log,
-                on_event,
-            )? {
-                EpochEnd::Interrupted => {
-                    let checkpoint = Checkpoint::last_path(run_dir);
-                    return Ok(Outcome::Interrupted {
-                        checkpoint,
-                        phase,
-                        epoch: state.epochs_done + 1,
-                        step_in_epoch: state.step_in_epoch,
-                    });
-                }
-                EpochEnd::Done => {}
-            }
-            if options.stop.load(Ordering::SeqCst) && state.epochs_done < phase_config.epochs {
-                return Ok(Outcome::Interrupted {
-                    checkpoint: Checkpoint::last_path(run_dir),
-                    phase,
-                    epoch: state.epochs_done,
-                    step_in_epoch: 0,
-                });
-            }
-        }
-        for p in &params {
-            trained.insert(p.name.clone(), p.clone());
-        }
-        optimizer_state.clear();
+        self.state.trainable = params.iter().map(|p| p.name.clone()).collect();
+        Ok(params)
     }
 
-    // Export and test.
-    let info = ExportInfo {
-        input: setup.manifest.input.clone(),
-        features: setup.manifest.output.clone(),
-        classes: setup.classes.clone(),
-        image_size: setup.size,
-        value_range: setup.manifest.value_range,
-        backbone_name: setup.manifest.name.clone(),
-        fingerprint: setup.manifest.fingerprint.clone(),
-    };
-    let exported = export_model(&setup.forward, &trained, &info)?;
-    let model_path = run_dir.join(EXPORTED_MODEL);
-    xfer_onnx::write_model(&exported, &model_path)?;
-    on_event(Event::Exported(&model_path));
-    let test = if setup.test.is_empty() {
-        None
-    } else {
-        let bytes = xfer_onnx::write_model_bytes(&exported);
-        let mut model =
-            Model::from_bytes(&bytes, &model_path.display().to_string(), &options.session)?;
+    /// Runs the phase's remaining epochs; `Some` when the stop flag interrupted them.
+    fn epochs(
+        &mut self,
+        run: &mut PhaseRun<'_>,
+        epochs: usize,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Option<Outcome>> {
+        while self.state.epochs_done < epochs {
+            if let EpochEnd::Interrupted = run.epoch(&mut self.state, &mut self.log, on_event)? {
+                return Ok(Some(Outcome::Interrupted {
+                    checkpoint: self.last_path(),
+                    phase: run.phase,
+                    epoch: self.state.epochs_done + 1,
+                    step_in_epoch: self.state.step_in_epoch,
+                }));
+            }
+            if self.options.stop.load(Ordering::SeqCst) && self.state.epochs_done < epochs {
+                return Ok(Some(Outcome::Interrupted {
+                    checkpoint: self.last_path(),
+                    phase: run.phase,
+                    epoch: self.state.epochs_done,
+                    step_in_epoch: 0,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Exports the trained model, measures it on the test split and sums the run up.
+    fn export_and_test(self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
+        let setup = self.setup;
+        let info = ExportInfo {
+            input: setup.manifest.input.clone(),
+            features: setup.manifest.output.clone(),
+            classes: setup.classes.clone(),
+            image_size: setup.size,
+            value_range: setup.manifest.value_range,
+            backbone_name: setup.manifest.name.clone(),
+            fingerprint: setup.manifest.fingerprint.clone(),
+        };
+        let exported = export_model(&setup.forward, &self.trained, &info)?;
+        let model_path = self.options.run_dir.join(EXPORTED_MODEL);
+        xfer_onnx::write_model(&exported, &model_path)?;
+        on_event(Event::Exported(&model_path));
+        let test = if setup.test.is_empty() {
+            None
+        } else {
+            Some(self.test(&exported, &model_path, &info.input)?)
+        };
+        tracing::info!(
+            "image cache at the end of the run: {}",
+            self.caches.describe()
+        );
+        Ok(Outcome::Finished(Summary {
+            model: model_path,
+            test,
+            best: self.state.best,
+            epochs: self.log.records().to_vec(),
+            train_cache: Caches::stats(self.caches.train.as_ref()),
+            val_cache: Caches::stats(self.caches.val.as_ref()),
+        }))
+    }
+
+    /// Test-split metrics of the exported model, saved to the run folder.
+    fn test(
+        &self,
+        exported: &ModelProto,
+        model_path: &Path,
+        input: &str,
+    ) -> Result<xfer_head::Metrics> {
+        let bytes = xfer_onnx::write_model_bytes(exported);
+        let mut model = Model::from_bytes(
+            &bytes,
+            &model_path.display().to_string(),
+            &self.options.session,
+        )?;
         let (probs, labels) = predict(
             &mut model,
-            &info.input,
+            input,
             xfer_head::PROBABILITIES_OUTPUT,
-            &setup,
-            &setup.test,
-            config.batch_size,
-            options,
+            self.setup,
+            &self.setup.test,
+            self.config.batch_size,
+            self.options,
             // Test images are predicted once: caching them would only take memory.
             None,
         )?;
-        let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &setup.classes)?;
-        xfer_head::save_metrics(run_dir, &[("test".to_owned(), metrics.clone())])?;
-        Some(metrics)
-    };
-    tracing::info!("image cache at the end of the run: {}", caches.describe());
-    Ok(Outcome::Finished(Summary {
-        model: model_path,
-        test,
-        best: state.best,
-        epochs: log.records().to_vec(),
-        train_cache: Caches::stats(caches.train.as_ref()),
-        val_cache: Caches::stats(caches.val.as_ref()),
-    }))
+        let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &self.setup.classes)?;
+        xfer_head::save_metrics(
+            &self.options.run_dir,
+            &[("test".to_owned(), metrics.clone())],
+        )?;
+        Ok(metrics)
+    }
+}
+
+/// Refuses a checkpoint written for another backbone.
+fn check_same_model(
+    checkpoint: &Checkpoint,
+    config: &FinetuneConfig,
+    setup: &Setup,
+    run_dir: &Path,
+) -> Result<()> {
+    if checkpoint.state.model_fingerprint == setup.manifest.fingerprint {
+        return Ok(());
+    }
+    Err(Error::Checkpoint {
+        path: Checkpoint::last_path(run_dir).display().to_string(),
+        reason: format!(
+            "was written for model {} but {} is model {}; resume with the same model",
+            checkpoint.state.model_fingerprint,
+            config.model.display(),
+            setup.manifest.fingerprint
+        ),
+    })
+}
+
+/// The trained parameters (`param.*`) and Adam's moments (`optim.*`) of a checkpoint.
+fn restored_tensors(checkpoint: &Checkpoint) -> (BTreeMap<String, Parameter>, Vec<Parameter>) {
+    let mut trained = BTreeMap::new();
+    let mut optimizer_state = Vec::new();
+    for (name, array) in &checkpoint.tensors {
+        if let Some(p) = name.strip_prefix("param.") {
+            trained.insert(p.to_owned(), to_parameter(p, array));
+        } else if let Some(s) = name.strip_prefix("optim.") {
+            optimizer_state.push(to_parameter(s, array));
+        }
+    }
+    (trained, optimizer_state)
 }
 
 fn prepare(config: &FinetuneConfig) -> Result<Setup> {
     let manifest = ModelManifest::read(&config.model)?;
-    let training_path = match manifest.training_onnx_path(&config.model) {
-        Some(p) => p,
-        None => {
-            tracing::warn!(
-                "{} names no training graph (training_onnx); training on the inference graph {}, whose BatchNorm is folded",
-                config.model.display(),
-                manifest.onnx
-            );
-            manifest.onnx_path(&config.model)
-        }
-    };
-    let forward = xfer_onnx::read_model(&training_path)?;
+    let forward = read_training_graph(config, &manifest)?;
     let dataset = Dataset::open(&config.data)?;
     let classes = dataset.classes().to_vec();
     if classes.len() < 2 {
@@ -505,51 +610,9 @@ fn prepare(config: &FinetuneConfig) -> Result<Setup> {
             ),
         });
     }
-    let split = |text: &str| -> Result<Vec<Example>> {
-        if text.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let spec = SplitSpec::parse(text)?.stratified(config.splits.stratified);
-        Ok(dataset.split(&spec, config.seed)?)
-    };
-    let train = split(&config.splits.train)?;
-    let val = split(&config.splits.val)?;
-    let test = split(&config.splits.test)?;
-    for (name, part) in [("train", &train), ("val", &val)] {
-        if part.is_empty() {
-            return Err(Error::Config {
-                path: None,
-                reason: format!(
-                    "the {name} split `{}` of {} is empty ({} examples in the dataset)",
-                    if name == "train" {
-                        &config.splits.train
-                    } else {
-                        &config.splits.val
-                    },
-                    config.data.display(),
-                    dataset.len()
-                ),
-            });
-        }
-    }
+    let [train, val, test] = take_splits(config, &dataset)?;
     let size = config.image_size.unwrap_or(manifest.image_size);
-    let (head, loss) = if classes.len() == 2 {
-        (
-            HeadSpec::Dense {
-                units: 1,
-                dropout: config.dropout,
-            },
-            Loss::BinaryCrossEntropyWithLogits,
-        )
-    } else {
-        (
-            HeadSpec::Dense {
-                units: classes.len(),
-                dropout: config.dropout,
-            },
-            Loss::SoftmaxCrossEntropy,
-        )
-    };
+    let (head, loss) = head_and_loss(classes.len(), config.dropout);
     Ok(Setup {
         forward,
         manifest,
@@ -561,6 +624,64 @@ fn prepare(config: &FinetuneConfig) -> Result<Setup> {
         head,
         loss,
     })
+}
+
+/// The model's training graph (`training_onnx`), else its inference graph.
+fn read_training_graph(config: &FinetuneConfig, manifest: &ModelManifest) -> Result<ModelProto> {
+    let path = match manifest.training_onnx_path(&config.model) {
+        Some(p) => p,
+        None => {
+            tracing::warn!(
+                "{} names no training graph (training_onnx); training on the inference graph {}, whose BatchNorm is folded",
+                config.model.display(),
+                manifest.onnx
+            );
+            manifest.onnx_path(&config.model)
+        }
+    };
+    Ok(xfer_onnx::read_model(&path)?)
+}
+
+/// The train, val and test examples; train and val must not be empty.
+fn take_splits(config: &FinetuneConfig, dataset: &Dataset) -> Result<[Vec<Example>; 3]> {
+    let split = |text: &str| -> Result<Vec<Example>> {
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec = SplitSpec::parse(text)?.stratified(config.splits.stratified);
+        Ok(dataset.split(&spec, config.seed)?)
+    };
+    let splits = &config.splits;
+    let train = split(&splits.train)?;
+    let val = split(&splits.val)?;
+    let test = split(&splits.test)?;
+    for (name, text, part) in [("train", &splits.train, &train), ("val", &splits.val, &val)] {
+        if part.is_empty() {
+            return Err(Error::Config {
+                path: None,
+                reason: format!(
+                    "the {name} split `{text}` of {} is empty ({} examples in the dataset)",
+                    config.data.display(),
+                    dataset.len()
+                ),
+            });
+        }
+    }
+    Ok([train, val, test])
+}
+
+/// A dense head with one logit for two classes (binary cross-entropy), else one per class.
+fn head_and_loss(classes: usize, dropout: f32) -> (HeadSpec, Loss) {
+    if classes == 2 {
+        let head = HeadSpec::Dense { units: 1, dropout };
+        (head, Loss::BinaryCrossEntropyWithLogits)
+    } else {
+        let head = HeadSpec::Dense {
+            units: classes,
+            dropout,
+        };
+        (head, Loss::SoftmaxCrossEntropy)
+    }
 }
 
 /// Sets `head.kernel` / `head.bias` from a head trained by `xfer train-head`
@@ -633,6 +754,13 @@ enum EpochEnd {
     Interrupted,
 }
 
+/// Where the batches of an epoch stopped: at the end, or at a batch (the stop flag).
+enum BatchesEnd {
+    Done(usize),
+    Stopped(usize),
+}
+
+/// One phase: its graphs, the training session, the parameters it trains and their optimizer.
 struct PhaseRun<'a> {
     config: &'a FinetuneConfig,
     options: &'a RunOptions,
@@ -641,6 +769,9 @@ struct PhaseRun<'a> {
     phase: u8,
     learning_rate: f32,
     caches: &'a Caches,
+    session: Model,
+    params: Vec<Parameter>,
+    adam: Adam,
 }
 
 impl PhaseRun<'_> {
@@ -681,27 +812,17 @@ impl PhaseRun<'_> {
         Ok(BatchLoader::start(examples, lc)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Trains the epoch after `state.epochs_done` (from where a checkpoint left it),
+    /// validates, logs and checkpoints it.
     fn epoch(
         &mut self,
-        session: &mut Model,
-        params: &mut [Parameter],
-        adam: &mut Adam,
         state: &mut TrainingState,
         log: &mut MetricsLog,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<EpochEnd> {
         let epoch = state.epochs_done + 1;
-        let global_epoch = self.global_epoch(epoch);
-        let bs = self.config.batch_size;
-        let n = self.setup.train.len();
-        let batches = n.div_ceil(bs);
-        let order = epoch_permutation(self.config.seed, global_epoch as u64, n);
+        let batches = self.setup.train.len().div_ceil(self.config.batch_size);
         let skip = state.step_in_epoch.min(batches);
-        let examples: Vec<Example> = order[skip * bs..]
-            .iter()
-            .map(|&i| self.setup.train[i].clone())
-            .collect();
         let mut partial = state.partial.take().unwrap_or_default();
         on_event(Event::EpochStarted {
             phase: self.phase,
@@ -711,69 +832,30 @@ impl PhaseRun<'_> {
         });
         let started = Instant::now();
         let seconds_before = partial.seconds;
-        let loader = self.loader(examples, true, global_epoch as u64)?;
-        let mut step_in_epoch = skip;
-        for batch in loader {
-            let batch = batch?;
-            step_in_epoch += 1;
-            if !batch.examples.is_empty() {
-                let (loss, correct) =
-                    self.step(session, params, adam, &batch, state.global_step)?;
-                if !loss.is_finite() {
-                    return Err(Error::NonFinite {
-                        phase: self.phase,
-                        epoch,
-                        step: step_in_epoch,
-                        global_step: state.global_step + 1,
-                        value: format!("training loss {loss}"),
-                        checkpoint: Checkpoint::last_path(&self.options.run_dir)
-                            .display()
-                            .to_string(),
-                    });
+        let loader = self.epoch_loader(epoch, skip)?;
+        let step_in_epoch =
+            match self.batches(loader, skip, batches, state, &mut partial, on_event)? {
+                BatchesEnd::Done(step) => step,
+                BatchesEnd::Stopped(step) => {
+                    partial.seconds = seconds_before + started.elapsed().as_secs_f64();
+                    state.step_in_epoch = step;
+                    state.partial = Some(partial);
+                    self.save_checkpoint(state, &Checkpoint::last_path(&self.options.run_dir))?;
+                    return Ok(EpochEnd::Interrupted);
                 }
-                partial.loss_sum += f64::from(loss) * batch.examples.len() as f64;
-                partial.correct += correct as u64;
-                partial.seen += batch.examples.len() as u64;
-                state.global_step += 1;
-                state.optimizer_step = adam.iterations();
-                on_event(Event::Step {
-                    batch: step_in_epoch,
-                    loss,
-                });
-            }
-            if self.options.stop.load(Ordering::SeqCst) && step_in_epoch < batches {
-                partial.seconds = seconds_before + started.elapsed().as_secs_f64();
-                state.step_in_epoch = step_in_epoch;
-                state.partial = Some(partial);
-                self.save_checkpoint(
-                    params,
-                    adam,
-                    state,
-                    &Checkpoint::last_path(&self.options.run_dir),
-                )?;
-                return Ok(EpochEnd::Interrupted);
-            }
-        }
+            };
         let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         on_event(Event::Validating);
-        let (val_loss, val_accuracy) = self.validate(params)?;
+        let (val_loss, val_accuracy) = self.validate()?;
         if !val_loss.is_finite() {
-            return Err(Error::NonFinite {
-                phase: self.phase,
-                epoch,
-                step: step_in_epoch,
-                global_step: state.global_step,
-                value: format!("validation loss {val_loss}"),
-                checkpoint: Checkpoint::last_path(&self.options.run_dir)
-                    .display()
-                    .to_string(),
-            });
+            let value = format!("validation loss {val_loss}");
+            return Err(self.non_finite(epoch, step_in_epoch, state.global_step, value));
         }
         let seen = partial.seen.max(1) as f64;
-        let record = EpochRecord {
+        let mut record = EpochRecord {
             phase: self.phase,
             epoch,
-            global_epoch,
+            global_epoch: self.global_epoch(epoch),
             step: state.global_step,
             learning_rate: self.learning_rate,
             train_loss: partial.loss_sum / seen,
@@ -784,15 +866,88 @@ impl PhaseRun<'_> {
             train_seconds,
             seconds: 0.0,
         };
-        state.epochs_done = epoch;
-        state.step_in_epoch = 0;
-        state.partial = None;
-        let improved = state.best.is_none_or(|(best, _)| val_loss < best);
-        if improved {
-            state.best = Some((val_loss, global_epoch));
-        }
-        let mut record = record;
+        let improved = finish_epoch(state, &record);
         record.seconds = seconds_before + started.elapsed().as_secs_f64();
+        self.save_epoch(&record, improved, state, log)?;
+        on_event(Event::EpochFinished(&record));
+        Ok(EpochEnd::Done)
+    }
+
+    /// The loader of the epoch's training examples in the epoch's order, from batch `skip`.
+    fn epoch_loader(&self, epoch: usize, skip: usize) -> Result<BatchLoader> {
+        let global_epoch = self.global_epoch(epoch);
+        let n = self.setup.train.len();
+        let order = epoch_permutation(self.config.seed, global_epoch as u64, n);
+        let examples: Vec<Example> = order[skip * self.config.batch_size..]
+            .iter()
+            .map(|&i| self.setup.train[i].clone())
+            .collect();
+        self.loader(examples, true, global_epoch as u64)
+    }
+
+    /// One optimizer step per batch of `loader`, summed into `partial`; stops early
+    /// (before the last batch) when the stop flag is set.
+    fn batches(
+        &mut self,
+        loader: BatchLoader,
+        skip: usize,
+        batches: usize,
+        state: &mut TrainingState,
+        partial: &mut PartialEpoch,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<BatchesEnd> {
+        let epoch = state.epochs_done + 1;
+        let mut step_in_epoch = skip;
+        for batch in loader {
+            let batch = batch?;
+            step_in_epoch += 1;
+            if !batch.examples.is_empty() {
+                let (loss, correct) = self.step(&batch, state.global_step)?;
+                if !loss.is_finite() {
+                    let value = format!("training loss {loss}");
+                    let step = state.global_step + 1;
+                    return Err(self.non_finite(epoch, step_in_epoch, step, value));
+                }
+                partial.loss_sum += f64::from(loss) * batch.examples.len() as f64;
+                partial.correct += correct as u64;
+                partial.seen += batch.examples.len() as u64;
+                state.global_step += 1;
+                state.optimizer_step = self.adam.iterations();
+                on_event(Event::Step {
+                    batch: step_in_epoch,
+                    loss,
+                });
+            }
+            if self.options.stop.load(Ordering::SeqCst) && step_in_epoch < batches {
+                return Ok(BatchesEnd::Stopped(step_in_epoch));
+            }
+        }
+        Ok(BatchesEnd::Done(step_in_epoch))
+    }
+
+    /// The error of a NaN or infinite loss (`value` says which), naming the checkpoint kept.
+    fn non_finite(&self, epoch: usize, step: usize, global_step: u64, value: String) -> Error {
+        Error::NonFinite {
+            phase: self.phase,
+            epoch,
+            step,
+            global_step,
+            value,
+            checkpoint: Checkpoint::last_path(&self.options.run_dir)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// Logs the finished epoch, draws the curves and checkpoints it (`best` too when
+    /// the validation loss `improved`).
+    fn save_epoch(
+        &self,
+        record: &EpochRecord,
+        improved: bool,
+        state: &TrainingState,
+        log: &mut MetricsLog,
+    ) -> Result<()> {
         // Log first, checkpoint second: a run killed in between redoes this epoch on
         // resume, and the resumed log drops the line of the epoch it redoes.
         log.append(record.clone())?;
@@ -800,94 +955,55 @@ impl PhaseRun<'_> {
             tracing::warn!("could not draw the curves: {e}");
         }
         let last = Checkpoint::last_path(&self.options.run_dir);
-        let checkpoint = self.save_checkpoint(params, adam, state, &last)?;
+        let checkpoint = self.save_checkpoint(state, &last)?;
         if improved {
             checkpoint.save(&Checkpoint::best_path(&self.options.run_dir))?;
         }
         tracing::debug!(
-            "image cache after phase {} epoch {epoch}: {}",
+            "image cache after phase {} epoch {}: {}",
             self.phase,
+            record.epoch,
             self.caches.describe()
         );
-        on_event(Event::EpochFinished(&record));
-        Ok(EpochEnd::Done)
+        Ok(())
     }
 
     /// One optimizer step; returns the batch's mean loss and its number of correct predictions.
-    fn step(
-        &self,
-        session: &mut Model,
-        params: &mut [Parameter],
-        adam: &mut Adam,
-        batch: &Batch,
-        global_step: u64,
-    ) -> Result<(f32, usize)> {
+    fn step(&mut self, batch: &Batch, global_step: u64) -> Result<(f32, usize)> {
         let spec = &self.graphs.spec;
         let n = batch.examples.len();
-        let labels_f32: ArrayD<f32>;
-        let labels_i64: ArrayD<i64>;
-        let labels = match self.setup.loss {
-            Loss::BinaryCrossEntropyWithLogits => {
-                labels_f32 = ArrayD::from_shape_vec(
-                    IxDyn(&[n]),
-                    batch.examples.iter().map(|e| e.label as f32).collect(),
-                )
-                .map_err(shape_err)?;
-                InputTensor::F32(labels_f32.view())
-            }
-            Loss::SoftmaxCrossEntropy => {
-                labels_i64 = ArrayD::from_shape_vec(
-                    IxDyn(&[n]),
-                    batch.examples.iter().map(|e| i64::from(e.label)).collect(),
-                )
-                .map_err(shape_err)?;
-                InputTensor::I64(labels_i64.view())
-            }
-        };
+        let labels = Labels::of(self.setup.loss, &batch.examples)?;
         let masks = spec.dropout_feeds(self.config.seed, global_step, n)?;
         let pixels = batch.pixels.view().into_dyn();
         let mut feeds: Vec<(&str, InputTensor<'_>)> =
             vec![(spec.data_input.name.as_str(), InputTensor::F32(pixels))];
-        feeds.push((spec.labels.name.as_str(), labels));
+        feeds.push((spec.labels.name.as_str(), labels.tensor()));
         for (name, mask) in &masks {
             feeds.push((name.as_str(), InputTensor::F32(mask.view())));
         }
-        for p in params.iter() {
+        for p in &self.params {
             let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;
             feeds.push((p.name.as_str(), InputTensor::F32(view)));
         }
-        let outputs = session.run(&feeds)?;
+        let outputs = FloatOutputs::new(self.session.run(&feeds)?);
         drop(feeds);
-        let mut by_name: BTreeMap<String, ArrayD<f32>> = BTreeMap::new();
-        for (name, t) in outputs {
-            if let OutputTensor::F32(a) = t {
-                by_name.insert(name, a);
-            }
+        let loss = outputs
+            .get("loss")?
+            .iter()
+            .next()
+            .copied()
+            .unwrap_or(f32::NAN);
+        let correct = count_correct(outputs.get("logits")?, &batch.examples);
+        if loss.is_finite() {
+            let grads = outputs.gradients(&self.params)?;
+            self.adam.step(&mut self.params, &grads)?;
         }
-        let take = |name: &str| {
-            by_name.get(name).ok_or_else(|| Error::Model {
-                reason: format!("the training graph did not output `{name}`"),
-            })
-        };
-        let loss = take("loss")?.iter().next().copied().unwrap_or(f32::NAN);
-        let correct = count_correct(take("logits")?, &batch.examples);
-        if !loss.is_finite() {
-            return Ok((loss, correct));
-        }
-        let mut grads: Vec<&[f32]> = Vec::with_capacity(params.len());
-        for p in params.iter() {
-            let g = take(&format!("{}_grad", p.name))?;
-            grads.push(g.as_slice().ok_or_else(|| Error::Model {
-                reason: format!("gradient of `{}` is not contiguous", p.name),
-            })?);
-        }
-        adam.step(params, &grads)?;
         Ok((loss, correct))
     }
 
     /// Validation loss and accuracy with the eval graph (no dropout, no augmentation).
-    fn validate(&self, params: &[Parameter]) -> Result<(f64, f64)> {
-        let eval = self.graphs.eval_with(params)?;
+    fn validate(&self) -> Result<(f64, f64)> {
+        let eval = self.graphs.eval_with(&self.params)?;
         let bytes = xfer_onnx::write_model_bytes(&eval);
         let mut model = Model::from_bytes(&bytes, "eval graph", &self.options.session)?;
         let input = self.graphs.spec.data_input.name.clone();
@@ -904,18 +1020,12 @@ impl PhaseRun<'_> {
         Ok(loss_and_accuracy(&logits, &labels, self.setup.loss))
     }
 
-    fn save_checkpoint(
-        &self,
-        params: &[Parameter],
-        adam: &Adam,
-        state: &TrainingState,
-        path: &Path,
-    ) -> Result<Checkpoint> {
+    fn save_checkpoint(&self, state: &TrainingState, path: &Path) -> Result<Checkpoint> {
         let mut tensors = TensorMap::new();
-        for p in params {
+        for p in &self.params {
             tensors.insert(format!("param.{}", p.name), to_array(p)?);
         }
-        for s in adam.state() {
+        for s in self.adam.state() {
             tensors.insert(format!("optim.{}", s.name), to_array(&s)?);
         }
         let checkpoint = Checkpoint {
@@ -924,6 +1034,86 @@ impl PhaseRun<'_> {
         };
         checkpoint.save(path)?;
         Ok(checkpoint)
+    }
+}
+
+/// Moves `state` past the finished epoch of `record`; `true` when its validation loss
+/// is the best so far.
+fn finish_epoch(state: &mut TrainingState, record: &EpochRecord) -> bool {
+    state.epochs_done = record.epoch;
+    state.step_in_epoch = 0;
+    state.partial = None;
+    let improved = state.best.is_none_or(|(best, _)| record.val_loss < best);
+    if improved {
+        state.best = Some((record.val_loss, record.global_epoch));
+    }
+    improved
+}
+
+/// The labels fed to the training graph: float 0/1 for the binary loss, class indices
+/// for the softmax loss.
+enum Labels {
+    Binary(ArrayD<f32>),
+    Classes(ArrayD<i64>),
+}
+
+impl Labels {
+    fn of(loss: Loss, examples: &[Example]) -> Result<Self> {
+        let shape = IxDyn(&[examples.len()]);
+        Ok(match loss {
+            Loss::BinaryCrossEntropyWithLogits => Labels::Binary(
+                ArrayD::from_shape_vec(shape, examples.iter().map(|e| e.label as f32).collect())
+                    .map_err(shape_err)?,
+            ),
+            Loss::SoftmaxCrossEntropy => Labels::Classes(
+                ArrayD::from_shape_vec(
+                    shape,
+                    examples.iter().map(|e| i64::from(e.label)).collect(),
+                )
+                .map_err(shape_err)?,
+            ),
+        })
+    }
+
+    fn tensor(&self) -> InputTensor<'_> {
+        match self {
+            Labels::Binary(a) => InputTensor::F32(a.view()),
+            Labels::Classes(a) => InputTensor::I64(a.view()),
+        }
+    }
+}
+
+/// The float outputs of a training step, by name.
+struct FloatOutputs(BTreeMap<String, ArrayD<f32>>);
+
+impl FloatOutputs {
+    fn new(outputs: Vec<(String, OutputTensor)>) -> Self {
+        FloatOutputs(
+            outputs
+                .into_iter()
+                .filter_map(|(name, t)| t.into_f32().map(|a| (name, a)))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Result<&ArrayD<f32>> {
+        self.0.get(name).ok_or_else(|| Error::Model {
+            reason: format!("the training graph did not output `{name}`"),
+        })
+    }
+
+    /// The gradient `<name>_grad` of every parameter, in order.
+    fn gradients(&self, params: &[Parameter]) -> Result<Vec<&[f32]>> {
+        params
+            .iter()
+            .map(|p| {
+                self.get(&format!("{}_grad", p.name))?
+                    .as_slice()
+                    .ok_or_else(|| Error::Model {
+                        reason: format!("gradient of `{}` is not contiguous", p.name),
+                    })
+            })
+            .collect()
     }
 }
 

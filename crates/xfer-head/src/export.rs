@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use xfer_onnx::{Dim, GraphBuilder, ModelProto};
+use xfer_onnx::{Dim, GraphBuilder, GraphProto, ModelProto, ValueInfoProto};
 
 use crate::head::Head;
 use crate::metadata::ModelMetadata;
@@ -42,67 +42,8 @@ pub fn merge(backbone: &ModelProto, head: &Head, options: &ExportOptions) -> Res
         .graph
         .clone()
         .ok_or_else(|| Error::Onnx("the backbone model has no graph".to_owned()))?;
-    if !graph.input.iter().any(|v| v.name == options.input) {
-        return Err(Error::Onnx(format!(
-            "the backbone has no input `{}` (inputs: {:?})",
-            options.input,
-            graph
-                .input
-                .iter()
-                .map(|v| v.name.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    if !graph
-        .output
-        .iter()
-        .any(|v| v.name == options.features_output)
-    {
-        return Err(Error::Onnx(format!(
-            "the backbone has no output `{}` (outputs: {:?})",
-            options.features_output,
-            graph
-                .output
-                .iter()
-                .map(|v| v.name.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    if let Some(node) = graph.node.iter().find(|n| {
-        n.attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty())
-    }) {
-        return Err(Error::Onnx(format!(
-            "backbone node `{}` ({}) has a subgraph; merging control-flow graphs is not supported",
-            node.name, node.op_type
-        )));
-    }
-
-    let mut renamed: HashMap<String, String> = HashMap::new();
-    let mut rename = |name: &mut String| {
-        if name.is_empty() || *name == options.input {
-            return;
-        }
-        let new = renamed
-            .entry(name.clone())
-            .or_insert_with(|| format!("backbone/{name}"))
-            .clone();
-        *name = new;
-    };
-    for node in &mut graph.node {
-        node.input.iter_mut().for_each(&mut rename);
-        node.output.iter_mut().for_each(&mut rename);
-        rename(&mut node.name);
-    }
-    for t in &mut graph.initializer {
-        rename(&mut t.name);
-    }
-    for v in graph.input.iter_mut().chain(graph.value_info.iter_mut()) {
-        rename(&mut v.name);
-    }
-    let mut features = options.features_output.clone();
-    rename(&mut features);
+    check_backbone(&graph, options)?;
+    let features = prefix_backbone_names(&mut graph, options);
     graph.output.clear();
     graph.name = format!(
         "{}_with_head",
@@ -153,4 +94,67 @@ pub fn merge(backbone: &ModelProto, head: &Head, options: &ExportOptions) -> Res
     )
     .write_to(&mut model);
     Ok(model)
+}
+
+/// Refuses a backbone without the pixel input or the feature output, or with
+/// control flow (subgraphs).
+fn check_backbone(graph: &GraphProto, options: &ExportOptions) -> Result<()> {
+    let names = |values: &[ValueInfoProto]| -> Vec<String> {
+        values.iter().map(|v| v.name.clone()).collect()
+    };
+    let inputs = names(&graph.input);
+    if !inputs.contains(&options.input) {
+        return Err(Error::Onnx(format!(
+            "the backbone has no input `{}` (inputs: {inputs:?})",
+            options.input
+        )));
+    }
+    let outputs = names(&graph.output);
+    if !outputs.contains(&options.features_output) {
+        return Err(Error::Onnx(format!(
+            "the backbone has no output `{}` (outputs: {outputs:?})",
+            options.features_output
+        )));
+    }
+    if let Some(node) = graph.node.iter().find(|n| {
+        n.attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+    }) {
+        return Err(Error::Onnx(format!(
+            "backbone node `{}` ({}) has a subgraph; merging control-flow graphs is not supported",
+            node.name, node.op_type
+        )));
+    }
+    Ok(())
+}
+
+/// Prefixes every name of the backbone but its pixel input with `backbone/`;
+/// returns the new name of the feature output.
+fn prefix_backbone_names(graph: &mut GraphProto, options: &ExportOptions) -> String {
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let mut rename = |name: &mut String| {
+        if name.is_empty() || *name == options.input {
+            return;
+        }
+        let new = renamed
+            .entry(name.clone())
+            .or_insert_with(|| format!("backbone/{name}"))
+            .clone();
+        *name = new;
+    };
+    for node in &mut graph.node {
+        node.input.iter_mut().for_each(&mut rename);
+        node.output.iter_mut().for_each(&mut rename);
+        rename(&mut node.name);
+    }
+    for t in &mut graph.initializer {
+        rename(&mut t.name);
+    }
+    for v in graph.input.iter_mut().chain(graph.value_info.iter_mut()) {
+        rename(&mut v.name);
+    }
+    let mut features = options.features_output.clone();
+    rename(&mut features);
+    features
 }

@@ -77,49 +77,13 @@ impl Metrics {
             .map(|p| argmax(p.iter().copied()))
             .collect();
 
-        let mut confusion = vec![vec![0usize; k]; k];
-        for (&t, &p) in labels.iter().zip(&predicted) {
-            confusion[t][p] += 1;
-        }
+        let confusion = confusion_matrix(&labels, &predicted, k);
         let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
-        let per_class: Vec<ClassMetrics> = (0..k)
-            .map(|c| {
-                let tp = confusion[c][c] as f64;
-                let support: usize = confusion[c].iter().sum();
-                let predicted_c: usize = confusion.iter().map(|row| row[c]).sum();
-                let precision = if predicted_c > 0 {
-                    tp / predicted_c as f64
-                } else {
-                    0.0
-                };
-                let recall = if support > 0 {
-                    tp / support as f64
-                } else {
-                    0.0
-                };
-                let f1 = if precision + recall > 0.0 {
-                    2.0 * precision * recall / (precision + recall)
-                } else {
-                    0.0
-                };
-                ClassMetrics {
-                    class: classes[c].clone(),
-                    precision,
-                    recall,
-                    f1,
-                    support,
-                }
-            })
-            .collect();
+        let per_class = per_class_metrics(&confusion, classes);
         let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
         let balanced_accuracy =
             present.iter().map(|m| m.recall).sum::<f64>() / present.len() as f64;
-        let log_loss = labels
-            .iter()
-            .zip(probs.axis_iter(Axis(0)))
-            .map(|(&t, p)| -p[t].clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS).ln())
-            .sum::<f64>()
-            / n as f64;
+        let log_loss = log_loss(probs, &labels);
         let roc_auc = if k == 2 {
             let scores: Vec<f64> = probs.column(1).to_vec();
             roc_auc(&scores, &labels)
@@ -136,6 +100,54 @@ impl Metrics {
             confusion,
         })
     }
+}
+
+/// `confusion[true][predicted]` counts.
+fn confusion_matrix(labels: &[usize], predicted: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut confusion = vec![vec![0usize; k]; k];
+    for (&t, &p) in labels.iter().zip(predicted) {
+        confusion[t][p] += 1;
+    }
+    confusion
+}
+
+/// Precision, recall and F1 of every class from the confusion matrix.
+fn per_class_metrics(confusion: &[Vec<usize>], classes: &[String]) -> Vec<ClassMetrics> {
+    let ratio = |a: f64, b: usize| if b > 0 { a / b as f64 } else { 0.0 };
+    classes
+        .iter()
+        .enumerate()
+        .map(|(c, class)| {
+            let tp = confusion[c][c] as f64;
+            let support: usize = confusion[c].iter().sum();
+            let predicted_c: usize = confusion.iter().map(|row| row[c]).sum();
+            let precision = ratio(tp, predicted_c);
+            let recall = ratio(tp, support);
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassMetrics {
+                class: class.clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect()
+}
+
+/// Mean negative log probability of the true class, probabilities clipped to
+/// `[LOG_LOSS_EPS, 1 - LOG_LOSS_EPS]`.
+fn log_loss(probs: ArrayView2<'_, f64>, labels: &[usize]) -> f64 {
+    labels
+        .iter()
+        .zip(probs.axis_iter(Axis(0)))
+        .map(|(&t, p)| -p[t].clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS).ln())
+        .sum::<f64>()
+        / labels.len() as f64
 }
 
 /// Index of the largest value (the first one on ties).

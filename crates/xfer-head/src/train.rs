@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use linfa::Dataset;
 use linfa::traits::Fit;
-use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
+use linfa_logistic::{
+    FittedLogisticRegression, LogisticRegression, MultiFittedLogisticRegression,
+    MultiLogisticRegression,
+};
 use ndarray_linfa as nd16;
 
 use crate::head::{Head, HeadKind, HyperParameters};
@@ -124,6 +127,38 @@ pub fn train(
     fingerprint: &str,
     options: &TrainOptions,
 ) -> Result<Head> {
+    let (train_labels, counts) = check_inputs(train, val, classes, options)?;
+    let (multiplicity, scale) = replication(&options.class_weight, &counts)?;
+    let standardizer = options
+        .standardize
+        .then(|| Standardizer::fit(train.features));
+    let dataset = design_matrix(train, &train_labels, &multiplicity, standardizer.as_ref())?;
+    let fitter = Fitter {
+        dataset,
+        scale,
+        effective: multiplicity.iter().map(|&m| m as f64 / scale).collect(),
+        standardizer,
+        train_rows: train.labels.len(),
+        train_name: train.name,
+        val: val.copied(),
+        classes,
+        fingerprint,
+        options,
+    };
+    match options.l2 {
+        Some(l2) => fitter.given(l2),
+        None => fitter.search(),
+    }
+}
+
+/// Validates the classes, both splits and the solver options; returns the training
+/// labels as indices and the rows per class.
+fn check_inputs(
+    train: &Split<'_>,
+    val: Option<&Split<'_>>,
+    classes: &[String],
+    options: &TrainOptions,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let k = classes.len();
     if k < 2 {
         return Err(Error::Data(format!(
@@ -154,21 +189,24 @@ pub fn train(
             "max iterations must be at least 1 and the gradient tolerance positive".to_owned(),
         ));
     }
+    Ok((train_labels, counts))
+}
 
-    let (multiplicity, scale) = replication(&options.class_weight, &counts)?;
-    let effective: Vec<f64> = multiplicity.iter().map(|&m| m as f64 / scale).collect();
-    let standardizer = options
-        .standardize
-        .then(|| Standardizer::fit(train.features));
-
-    // Design matrix in linfa's ndarray, rows replicated per class multiplicity.
+/// The design matrix in linfa's ndarray (standardised when asked), each row
+/// replicated by its class's multiplicity.
+fn design_matrix(
+    train: &Split<'_>,
+    labels: &[usize],
+    multiplicity: &[usize],
+    standardizer: Option<&Standardizer>,
+) -> Result<Dataset<f64, usize, nd16::Ix1>> {
     let d = train.features.ncols();
-    let total_rows: usize = train_labels.iter().map(|&l| multiplicity[l]).sum();
+    let total_rows: usize = labels.iter().map(|&l| multiplicity[l]).sum();
     let mut x = Vec::with_capacity(total_rows * d);
     let mut y = Vec::with_capacity(total_rows);
     let mut row_buf = vec![0f64; d];
-    for (row, &label) in train.features.axis_iter(Axis(0)).zip(&train_labels) {
-        match &standardizer {
+    for (row, &label) in train.features.axis_iter(Axis(0)).zip(labels) {
+        match standardizer {
             Some(s) => s.apply_row(row, &mut row_buf),
             None => row_buf
                 .iter_mut()
@@ -182,106 +220,150 @@ pub fn train(
     }
     let x = nd16::Array2::from_shape_vec((total_rows, d), x)
         .map_err(|e| Error::Data(format!("building the design matrix: {e}")))?;
-    let dataset = Dataset::new(x, nd16::Array1::from(y));
+    Ok(Dataset::new(x, nd16::Array1::from(y)))
+}
 
-    let kind = if k == 2 {
-        HeadKind::Binary
-    } else {
-        HeadKind::Multinomial
-    };
-    let hyper = |l2: f64, l2_source: &str, grid: Vec<GridPoint>| HyperParameters {
-        l2,
-        l2_source: l2_source.to_owned(),
-        l2_grid: grid,
-        standardize: options.standardize,
-        class_weight: options.class_weight.clone(),
-        effective_class_weights: effective.clone(),
-        max_iterations: options.max_iterations,
-        gradient_tolerance: options.gradient_tolerance,
-        train_rows: train.labels.len(),
-        train_split: train.name.to_owned(),
-        val_split: val.map(|v| v.name.to_owned()),
-        solver: format!(
-            "linfa-logistic 0.8 L-BFGS ({}, {})",
-            match kind {
-                HeadKind::Binary => "binary",
-                HeadKind::Multinomial => "multinomial",
-            },
-            if l2_source == "given" {
-                "from zero"
-            } else {
-                "warm-started down the L2 grid"
-            }
-        ),
-    };
-    let fit_head =
-        |l2: f64, hp: HyperParameters, warm: Option<&RawParams>| -> Result<(Head, RawParams)> {
-            let (weights, bias, raw) = fit(&dataset, k, l2 * scale, options, warm)?;
-            let head = Head::new(
-                kind,
-                classes.to_vec(),
-                fingerprint.to_owned(),
-                weights,
-                bias,
-                standardizer.clone(),
-                hp,
-            )?;
-            Ok((head, raw))
-        };
+/// Everything a fit needs besides the L2 strength.
+struct Fitter<'a, 'v> {
+    dataset: Dataset<f64, usize, nd16::Ix1>,
+    /// The class-weight scale `s` (the L2 strength is multiplied by it).
+    scale: f64,
+    /// The class weights achieved, `m_c / s`.
+    effective: Vec<f64>,
+    standardizer: Option<Standardizer>,
+    train_rows: usize,
+    train_name: &'a str,
+    val: Option<Split<'v>>,
+    classes: &'a [String],
+    fingerprint: &'a str,
+    options: &'a TrainOptions,
+}
 
-    if let Some(l2) = options.l2 {
-        check_l2(l2)?;
-        return fit_head(l2, hyper(l2, "given", Vec::new()), None).map(|(head, _)| head);
-    }
-    let Some(val) = val else {
-        return Err(Error::Options(
-            "choosing the L2 strength needs a validation split; pass one or give the strength (--l2)".to_owned(),
-        ));
-    };
-    if options.l2_grid.is_empty() {
-        return Err(Error::Options("the L2 grid is empty".to_owned()));
-    }
-    let mut l2_grid = options.l2_grid.clone();
-    for &l2 in &l2_grid {
-        check_l2(l2)?;
-    }
-    l2_grid.sort_by(|a, b| b.total_cmp(a));
-    l2_grid.dedup();
-    let mut grid = Vec::with_capacity(l2_grid.len());
-    let mut best: Option<(Head, f64, f64)> = None;
-    let mut warm: Option<RawParams> = None;
-    for &l2 in &l2_grid {
-        let started = Instant::now();
-        let (head, raw) = fit_head(l2, hyper(l2, "validation", Vec::new()), warm.as_ref())?;
-        warm = Some(raw);
-        let fit_seconds = started.elapsed().as_secs_f64();
-        let m: Metrics = head.evaluate(val.features, val.labels, fingerprint)?;
-        tracing::info!(
-            l2,
-            val_accuracy = m.accuracy,
-            val_log_loss = m.log_loss,
-            fit_seconds,
-            "grid point"
-        );
-        grid.push(GridPoint {
-            l2,
-            val_accuracy: m.accuracy,
-            val_log_loss: m.log_loss,
-            fit_seconds,
-        });
-        let better = match &best {
-            None => true,
-            Some((_, acc, ll)) => m.accuracy > *acc || (m.accuracy == *acc && m.log_loss < *ll),
-        };
-        if better {
-            best = Some((head, m.accuracy, m.log_loss));
+impl Fitter<'_, '_> {
+    fn kind(&self) -> HeadKind {
+        if self.classes.len() == 2 {
+            HeadKind::Binary
+        } else {
+            HeadKind::Multinomial
         }
     }
-    let Some((mut head, _, _)) = best else {
-        return Err(Error::Options("the L2 grid is empty".to_owned()));
-    };
-    head.hyper_parameters.l2_grid = grid;
-    Ok(head)
+
+    /// The head fitted with the given strength, from zero.
+    fn given(&self, l2: f64) -> Result<Head> {
+        check_l2(l2)?;
+        self.fit_head(l2, "given", None).map(|(head, _)| head)
+    }
+
+    /// The best head on the validation split over the L2 grid (accuracy, then log
+    /// loss), fitted from the strongest strength down, each fit warm-started from the
+    /// previous one; the head records the whole grid.
+    fn search(&self) -> Result<Head> {
+        let Some(val) = self.val else {
+            return Err(Error::Options(
+                "choosing the L2 strength needs a validation split; pass one or give the strength (--l2)".to_owned(),
+            ));
+        };
+        let l2_grid = self.grid()?;
+        let mut grid = Vec::with_capacity(l2_grid.len());
+        let mut best: Option<(Head, f64, f64)> = None;
+        let mut warm: Option<RawParams> = None;
+        for &l2 in &l2_grid {
+            let started = Instant::now();
+            let (head, raw) = self.fit_head(l2, "validation", warm.as_ref())?;
+            warm = Some(raw);
+            let fit_seconds = started.elapsed().as_secs_f64();
+            let m: Metrics = head.evaluate(val.features, val.labels, self.fingerprint)?;
+            tracing::info!(
+                l2,
+                val_accuracy = m.accuracy,
+                val_log_loss = m.log_loss,
+                fit_seconds,
+                "grid point"
+            );
+            grid.push(GridPoint {
+                l2,
+                val_accuracy: m.accuracy,
+                val_log_loss: m.log_loss,
+                fit_seconds,
+            });
+            let better = match &best {
+                None => true,
+                Some((_, acc, ll)) => m.accuracy > *acc || (m.accuracy == *acc && m.log_loss < *ll),
+            };
+            if better {
+                best = Some((head, m.accuracy, m.log_loss));
+            }
+        }
+        let Some((mut head, _, _)) = best else {
+            return Err(Error::Options("the L2 grid is empty".to_owned()));
+        };
+        head.hyper_parameters.l2_grid = grid;
+        Ok(head)
+    }
+
+    /// The L2 grid, checked, strongest first, without repeats.
+    fn grid(&self) -> Result<Vec<f64>> {
+        if self.options.l2_grid.is_empty() {
+            return Err(Error::Options("the L2 grid is empty".to_owned()));
+        }
+        let mut l2_grid = self.options.l2_grid.clone();
+        for &l2 in &l2_grid {
+            check_l2(l2)?;
+        }
+        l2_grid.sort_by(|a, b| b.total_cmp(a));
+        l2_grid.dedup();
+        Ok(l2_grid)
+    }
+
+    /// A head fitted with strength `l2` (chosen as `l2_source` says), from `warm` or zero.
+    fn fit_head(
+        &self,
+        l2: f64,
+        l2_source: &str,
+        warm: Option<&RawParams>,
+    ) -> Result<(Head, RawParams)> {
+        let k = self.classes.len();
+        let (weights, bias, raw) = fit(&self.dataset, k, l2 * self.scale, self.options, warm)?;
+        let head = Head::new(
+            self.kind(),
+            self.classes.to_vec(),
+            self.fingerprint.to_owned(),
+            weights,
+            bias,
+            self.standardizer.clone(),
+            self.hyper(l2, l2_source),
+        )?;
+        Ok((head, raw))
+    }
+
+    fn hyper(&self, l2: f64, l2_source: &str) -> HyperParameters {
+        let options = self.options;
+        HyperParameters {
+            l2,
+            l2_source: l2_source.to_owned(),
+            l2_grid: Vec::new(),
+            standardize: options.standardize,
+            class_weight: options.class_weight.clone(),
+            effective_class_weights: self.effective.clone(),
+            max_iterations: options.max_iterations,
+            gradient_tolerance: options.gradient_tolerance,
+            train_rows: self.train_rows,
+            train_split: self.train_name.to_owned(),
+            val_split: self.val.map(|v| v.name.to_owned()),
+            solver: format!(
+                "linfa-logistic 0.8 L-BFGS ({}, {})",
+                match self.kind() {
+                    HeadKind::Binary => "binary",
+                    HeadKind::Multinomial => "multinomial",
+                },
+                if l2_source == "given" {
+                    "from zero"
+                } else {
+                    "warm-started down the L2 grid"
+                }
+            ),
+        }
+    }
 }
 
 fn check_l2(l2: f64) -> Result<()> {
@@ -408,70 +490,92 @@ fn fit(
         alpha,
         reason: e.to_string(),
     };
-    if k == 2 {
-        let mut params = LogisticRegression::default();
-        if let Some(RawParams::Binary(w)) = warm {
-            params = params.initial_params(w.clone());
-        }
-        let fitted = params
-            .alpha(alpha)
-            .max_iterations(options.max_iterations)
-            .gradient_tolerance(tolerance)
-            .fit(dataset)
-            .map_err(err)?;
-        // linfa's "positive" class is the more frequent one; orient the logit towards class 1.
-        let sign = if fitted.labels().pos.class == 1 {
-            1.0
-        } else {
-            -1.0
-        };
-        let w1: Vec<f32> = fitted.params().iter().map(|w| (sign * w) as f32).collect();
-        let b1 = (sign * fitted.intercept()) as f32;
-        let raw = fitted
-            .params()
-            .iter()
-            .copied()
-            .chain([fitted.intercept()])
-            .collect();
-        Ok((
-            vec![vec![0.0; w1.len()], w1],
-            vec![0.0, b1],
-            RawParams::Binary(raw),
-        ))
-    } else {
-        let mut params = MultiLogisticRegression::default();
-        if let Some(RawParams::Multinomial(w)) = warm {
-            params = params.initial_params(w.clone());
-        }
-        let fitted = params
-            .alpha(alpha)
-            .max_iterations(options.max_iterations)
-            .gradient_tolerance(tolerance)
-            .fit(dataset)
-            .map_err(err)?;
-        if fitted.classes() != (0..k).collect::<Vec<_>>().as_slice() {
-            return Err(Error::Training {
-                alpha,
-                reason: format!(
-                    "linfa-logistic saw classes {:?}, expected 0..{k}",
-                    fitted.classes()
-                ),
-            });
-        }
-        let params = fitted.params(); // [d, k]
-        let weights = (0..k)
-            .map(|c| params.column(c).iter().map(|&w| w as f32).collect())
-            .collect();
-        let bias = fitted.intercept().iter().map(|&b| b as f32).collect();
-        let intercept = fitted.intercept().view().insert_axis(nd16::Axis(0));
-        let raw = nd16::concatenate(nd16::Axis(0), &[params.view(), intercept]).map_err(|e| {
-            Error::Training {
-                alpha,
-                reason: format!("stacking the parameters: {e}"),
+    // linfa-logistic's binary and multinomial estimators share their builder methods
+    // but not a type that can be named: one macro configures and fits either.
+    macro_rules! solve {
+        ($estimator:expr, $warm:expr) => {{
+            let mut params = $estimator;
+            if let Some(w) = $warm {
+                params = params.initial_params(w.clone());
             }
-        })?;
-        Ok((weights, bias, RawParams::Multinomial(raw)))
+            params
+                .alpha(alpha)
+                .max_iterations(options.max_iterations)
+                .gradient_tolerance(tolerance)
+                .fit(dataset)
+        }};
     }
+    if k == 2 {
+        let warm = match warm {
+            Some(RawParams::Binary(w)) => Some(w),
+            _ => None,
+        };
+        let fitted = solve!(LogisticRegression::default(), warm).map_err(err)?;
+        Ok(binary_params(&fitted))
+    } else {
+        let warm = match warm {
+            Some(RawParams::Multinomial(w)) => Some(w),
+            _ => None,
+        };
+        let fitted = solve!(MultiLogisticRegression::default(), warm).map_err(err)?;
+        multinomial_params(&fitted, k, alpha)
+    }
+}
+
+/// The rows `[0, w]` and biases `[0, b]` of a binary fit (the logit oriented towards
+/// class 1), and linfa's raw parameters.
+fn binary_params(
+    fitted: &FittedLogisticRegression<f64, usize>,
+) -> (Vec<Vec<f32>>, Vec<f32>, RawParams) {
+    // linfa's "positive" class is the more frequent one; orient the logit towards class 1.
+    let sign = if fitted.labels().pos.class == 1 {
+        1.0
+    } else {
+        -1.0
+    };
+    let w1: Vec<f32> = fitted.params().iter().map(|w| (sign * w) as f32).collect();
+    let b1 = (sign * fitted.intercept()) as f32;
+    let raw = fitted
+        .params()
+        .iter()
+        .copied()
+        .chain([fitted.intercept()])
+        .collect();
+    (
+        vec![vec![0.0; w1.len()], w1],
+        vec![0.0, b1],
+        RawParams::Binary(raw),
+    )
+}
+
+/// The `k` rows and biases of a multinomial fit, and linfa's raw parameters.
+fn multinomial_params(
+    fitted: &MultiFittedLogisticRegression<f64, usize>,
+    k: usize,
+    alpha: f64,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>, RawParams)> {
+    if fitted.classes() != (0..k).collect::<Vec<_>>().as_slice() {
+        return Err(Error::Training {
+            alpha,
+            reason: format!(
+                "linfa-logistic saw classes {:?}, expected 0..{k}",
+                fitted.classes()
+            ),
+        });
+    }
+    let params = fitted.params(); // [d, k]
+    let weights = (0..k)
+        .map(|c| params.column(c).iter().map(|&w| w as f32).collect())
+        .collect();
+    let bias = fitted.intercept().iter().map(|&b| b as f32).collect();
+    let intercept = fitted.intercept().view().insert_axis(nd16::Axis(0));
+    let raw = nd16::concatenate(nd16::Axis(0), &[params.view(), intercept]).map_err(|e| {
+        Error::Training {
+            alpha,
+            reason: format!("stacking the parameters: {e}"),
+        }
+    })?;
+    Ok((weights, bias, RawParams::Multinomial(raw)))
 }
 
 #[cfg(test)]
