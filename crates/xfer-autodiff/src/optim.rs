@@ -175,6 +175,24 @@ impl<const N: usize> State<N> {
     }
 }
 
+/// The [`Optimizer`] methods that only read or set an optimizer's `learning_rate` field and its
+/// [`State`] (field `state`), the same for every optimizer.
+macro_rules! optimizer_bookkeeping {
+    () => {
+        fn iterations(&self) -> u64 {
+            self.state.iterations
+        }
+
+        fn set_learning_rate(&mut self, lr: f32) {
+            self.learning_rate = lr;
+        }
+
+        fn state(&self) -> Vec<NamedTensor> {
+            self.state.export()
+        }
+    };
+}
+
 /// Adam exactly as Keras 3 updates (`keras/src/optimizers/adam.py`, float32 arithmetic):
 /// `alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)`; `m += (g - m)(1 - b1)`; `v += (g² - v)(1 - b2)`;
 /// `p -= m * alpha / (sqrt(v) + eps)`.
@@ -232,17 +250,7 @@ impl Optimizer for Adam {
         Ok(())
     }
 
-    fn iterations(&self) -> u64 {
-        self.state.iterations
-    }
-
-    fn set_learning_rate(&mut self, lr: f32) {
-        self.learning_rate = lr;
-    }
-
-    fn state(&self) -> Vec<NamedTensor> {
-        self.state.export()
-    }
+    optimizer_bookkeeping!();
 
     fn load_state(&mut self, params: &[Parameter], state: &[NamedTensor]) -> Result<()> {
         self.state.import(params, state, true)
@@ -311,17 +319,7 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn iterations(&self) -> u64 {
-        self.state.iterations
-    }
-
-    fn set_learning_rate(&mut self, lr: f32) {
-        self.learning_rate = lr;
-    }
-
-    fn state(&self) -> Vec<NamedTensor> {
-        self.state.export()
-    }
+    optimizer_bookkeeping!();
 
     fn load_state(&mut self, params: &[Parameter], state: &[NamedTensor]) -> Result<()> {
         self.state.import(params, state, self.momentum != 0.0)
