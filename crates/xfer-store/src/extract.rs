@@ -2,7 +2,7 @@
 //!
 //! [`extract`] is a short list of named steps:
 //!
-//! 1. [`select_examples`]: the split assignment, the shard and the limit pick the images;
+//! 1. `select_examples`: the split assignment, the shard and the limit pick the images;
 //! 2. `StorePlan::against`: what the store holds decides which images are cached, which
 //!    are re-embedded (changed bytes) and which keep their embedding under a new split
 //!    (`--retag`);
@@ -338,7 +338,7 @@ pub fn extract(
 
 /// The examples this run looks at, tagged with their split, in seeded order: the split
 /// assignment, then this shard, then `limit`; `summary` gets the counts left out and per split.
-pub fn select_examples(
+fn select_examples(
     config: &ExtractConfig,
     dataset: &Dataset,
     summary: &mut ExtractSummary,

@@ -11,7 +11,7 @@ use arrow_schema::DataType;
 use ndarray::Array2;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -315,18 +315,8 @@ impl StoreReader {
     fn index(&self) -> Result<Vec<IndexRow>> {
         let mut rows = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
-            let file = File::open(&f.path).map_err(io_err("open", &f.path))?;
-            let builder =
-                ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
-            let mask = ProjectionMask::columns(
-                builder.parquet_schema(),
-                [COL_ID, COL_LABEL, COL_SPLIT, COL_CONTENT_HASH, COL_MODEL],
-            );
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(8192)
-                .build()
-                .map_err(pq_err("read", &f.path))?;
+            let keys = [COL_ID, COL_LABEL, COL_SPLIT, COL_CONTENT_HASH, COL_MODEL];
+            let reader = read_columns(&f.path, Some(&keys), 8192)?;
             let mut r = 0;
             for batch in reader {
                 let batch = batch.map_err(pq_err("read", &f.path))?;
@@ -472,15 +462,7 @@ impl StoreReader {
                     ),
                 });
             }
-            let file = File::open(&f.path).map_err(io_err("open", &f.path))?;
-            let builder =
-                ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", &f.path))?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), [COL_EMBEDDING]);
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(1024)
-                .build()
-                .map_err(pq_err("read", &f.path))?;
+            let reader = read_columns(&f.path, Some(&[COL_EMBEDDING]), 1024)?;
             let mut offset = 0;
             for batch in reader {
                 let batch = batch.map_err(pq_err("read", &f.path))?;
@@ -680,6 +662,26 @@ impl StoreReader {
         }
         Ok(summary)
     }
+}
+
+/// The record batches of the part file `path`, `batch_size` rows each, with only `columns`
+/// (all of them when `None`).
+fn read_columns(
+    path: &Path,
+    columns: Option<&[&str]>,
+    batch_size: usize,
+) -> Result<ParquetRecordBatchReader> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err("read", path))?;
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    builder
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(pq_err("read", path))
 }
 
 /// True when the writer process named in a temporary part's name has exited (Linux: no `/proc/<pid>`).
