@@ -12,9 +12,6 @@ use ndarray::Array2;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 
 use crate::schema::{
     COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_MODEL, COL_SPLIT, StoreMetadata,
@@ -556,21 +553,11 @@ impl StoreReader {
     /// Temporary files of writers that are no longer running are removed.
     pub fn compact(&self) -> Result<CompactSummary> {
         let index = self.index()?;
-        let mut summary = CompactSummary::default();
-        for t in &self.temp_files {
-            if writer_is_dead(t) && std::fs::remove_file(t).is_ok() {
-                summary.temp_removed += 1;
-            }
-        }
-        let mut live_per_file: Vec<Vec<bool>> =
-            self.files.iter().map(|f| vec![false; f.rows]).collect();
-        for r in &index {
-            if r.key.live
-                && let Some(slot) = live_per_file.get_mut(r.file).and_then(|v| v.get_mut(r.row))
-            {
-                *slot = true;
-            }
-        }
+        let mut summary = CompactSummary {
+            temp_removed: self.remove_dead_temp_files(),
+            ..Default::default()
+        };
+        let live_per_file = self.live_per_file(&index);
         for (fp, _) in self.models() {
             let Some(meta) = self.model_metadata(&fp)? else {
                 continue;
@@ -593,17 +580,7 @@ impl StoreReader {
             );
             let path = self.dir.join(&name);
             let tmp = self.dir.join(format!(".{name}.tmp"));
-            let level = ZstdLevel::try_new(options.zstd_level).map_err(pq_err("compact", &tmp))?;
-            let kv = meta
-                .to_key_values()
-                .into_iter()
-                .map(|(k, v)| KeyValue::new(k, v))
-                .collect();
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(level))
-                .set_key_value_metadata(Some(kv))
-                .set_max_row_group_row_count(Some(4096))
-                .build();
+            let props = crate::writer::part_properties(&meta, options.zstd_level, 4096)?;
             let schema = crate::schema::store_schema(meta.feature_dim);
             let write = || -> Result<usize> {
                 let out = File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -612,12 +589,7 @@ impl StoreReader {
                 let mut kept = 0;
                 for &fi in &group {
                     let f = &self.files[fi];
-                    let file = File::open(&f.path).map_err(io_err("open", &f.path))?;
-                    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                        .map_err(pq_err("read", &f.path))?
-                        .with_batch_size(1024)
-                        .build()
-                        .map_err(pq_err("read", &f.path))?;
+                    let reader = read_columns(&f.path, None, 1024)?;
                     let mut offset = 0;
                     for batch in reader {
                         let batch = batch.map_err(pq_err("read", &f.path))?;
@@ -650,17 +622,46 @@ impl StoreReader {
                     return Err(e);
                 }
             };
-            for &fi in &group {
-                let f = &self.files[fi];
-                std::fs::remove_file(&f.path).map_err(io_err("remove merged part", &f.path))?;
-                summary.dropped += f.rows;
-                summary.files_in += 1;
-            }
+            self.remove_merged(&group, &mut summary)?;
             summary.dropped -= kept;
             summary.rows += kept;
             summary.files_out.push(path);
         }
         Ok(summary)
+    }
+}
+
+impl StoreReader {
+    /// Removes the temporary files of writers that are no longer running; how many.
+    fn remove_dead_temp_files(&self) -> usize {
+        self.temp_files
+            .iter()
+            .filter(|t| writer_is_dead(t) && std::fs::remove_file(t).is_ok())
+            .count()
+    }
+
+    /// Per file, per row: whether the row is live (the current row of its `(id, model)`).
+    fn live_per_file(&self, index: &[IndexRow]) -> Vec<Vec<bool>> {
+        let mut live: Vec<Vec<bool>> = self.files.iter().map(|f| vec![false; f.rows]).collect();
+        for r in index {
+            if r.key.live
+                && let Some(slot) = live.get_mut(r.file).and_then(|v| v.get_mut(r.row))
+            {
+                *slot = true;
+            }
+        }
+        live
+    }
+
+    /// Removes the part files `group` once merged, counting their rows as dropped.
+    fn remove_merged(&self, group: &[usize], summary: &mut CompactSummary) -> Result<()> {
+        for &fi in group {
+            let f = &self.files[fi];
+            std::fs::remove_file(&f.path).map_err(io_err("remove merged part", &f.path))?;
+            summary.dropped += f.rows;
+            summary.files_in += 1;
+        }
+        Ok(())
     }
 }
 

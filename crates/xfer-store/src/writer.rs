@@ -52,6 +52,29 @@ impl EmbeddingRecord {
     }
 }
 
+/// The Parquet settings of a store part file: zstd at `zstd_level`, `meta` in the footer,
+/// at most `row_group` rows per row group.
+pub(crate) fn part_properties(
+    meta: &StoreMetadata,
+    zstd_level: i32,
+    row_group: usize,
+) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(zstd_level).map_err(|e| Error::InvalidRows {
+        op: "EmbeddingWriter::create",
+        reason: format!("zstd level {zstd_level}: {e}"),
+    })?;
+    let kv = meta
+        .to_key_values()
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(k, v))
+        .collect();
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_key_value_metadata(Some(kv))
+        .set_max_row_group_row_count(Some(row_group))
+        .build())
+}
+
 /// How an [`EmbeddingWriter`] names and sizes its part files.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -148,20 +171,7 @@ impl EmbeddingWriter {
                 ),
             });
         }
-        let level = ZstdLevel::try_new(options.zstd_level).map_err(|e| Error::InvalidRows {
-            op: "EmbeddingWriter::create",
-            reason: format!("zstd level {}: {e}", options.zstd_level),
-        })?;
-        let kv = meta
-            .to_key_values()
-            .into_iter()
-            .map(|(k, v)| KeyValue::new(k, v))
-            .collect();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_key_value_metadata(Some(kv))
-            .set_max_row_group_row_count(Some(options.rows_per_part.max(1)))
-            .build();
+        let props = part_properties(&meta, options.zstd_level, options.rows_per_part.max(1))?;
         Ok(EmbeddingWriter {
             dir: dir.to_path_buf(),
             schema: store_schema(meta.feature_dim),
