@@ -66,6 +66,32 @@ pub enum JpegScaling {
     Full,
 }
 
+/// What an image is decoded and resized to: the output size, the resize method and
+/// whether a large JPEG may be decoded at reduced scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeTarget {
+    /// Output height in pixels.
+    pub height: u32,
+    /// Output width in pixels.
+    pub width: u32,
+    /// How the image is resized.
+    pub method: ResizeMethod,
+    /// Whether a JPEG may be decoded at reduced scale first.
+    pub scaling: JpegScaling,
+}
+
+impl ResizeTarget {
+    /// `height`×`width` with `method` and `scaling`.
+    pub fn new(height: u32, width: u32, method: ResizeMethod, scaling: JpegScaling) -> Self {
+        ResizeTarget {
+            height,
+            width,
+            method,
+            scaling,
+        }
+    }
+}
+
 /// An image decoded for a given output size, by [`decode_rgb8_for_resize`].
 #[derive(Debug, Clone)]
 pub struct DecodedImage {
@@ -227,22 +253,19 @@ fn try_scaled_jpeg(bytes: &[u8], out_w: u32, out_h: u32) -> Option<DecodedImage>
     std::panic::catch_unwind(decode).ok().flatten()
 }
 
-/// Decodes image bytes for a resize to `height`×`width` with `method`: a JPEG may be
-/// decoded at reduced scale (see [`JpegScaling`]); everything else is [`decode_rgb8`].
-/// `origin` names the source in errors.
+/// Decodes image bytes for a resize to `target`: a JPEG may be decoded at reduced scale
+/// (see [`JpegScaling`]); everything else is [`decode_rgb8`]. `origin` names the source in
+/// errors.
 pub fn decode_rgb8_for_resize(
     bytes: &[u8],
     origin: &Path,
-    height: u32,
-    width: u32,
-    method: ResizeMethod,
-    scaling: JpegScaling,
+    target: ResizeTarget,
 ) -> Result<DecodedImage> {
-    if method == ResizeMethod::BilinearAntialias
-        && scaling == JpegScaling::Auto
+    if target.method == ResizeMethod::BilinearAntialias
+        && target.scaling == JpegScaling::Auto
         && image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
         && jpeg_is_complete(bytes)
-        && let Some(decoded) = try_scaled_jpeg(bytes, width, height)
+        && let Some(decoded) = try_scaled_jpeg(bytes, target.width, target.height)
     {
         return Ok(decoded);
     }
@@ -354,21 +377,24 @@ pub fn load_image_bytes_with(
     width: u32,
     method: ResizeMethod,
 ) -> Result<Array3<f32>> {
-    load_image_bytes_with_scaling(bytes, origin, height, width, method, JpegScaling::Auto)
+    let target = ResizeTarget::new(height, width, method, JpegScaling::Auto);
+    load_image_bytes_with_scaling(bytes, origin, target)
 }
 
-/// [`load_image_bytes_with`] with a chosen [`JpegScaling`].
+/// [`load_image_bytes_with`] with a chosen [`JpegScaling`] (any [`ResizeTarget`]).
 pub fn load_image_bytes_with_scaling(
     bytes: &[u8],
     origin: &Path,
-    height: u32,
-    width: u32,
-    method: ResizeMethod,
-    scaling: JpegScaling,
+    target: ResizeTarget,
 ) -> Result<Array3<f32>> {
-    check_size(height, width)?;
-    let decoded = decode_rgb8_for_resize(bytes, origin, height, width, method, scaling)?;
-    Ok(resize_decoded(&decoded, height, width, method))
+    check_size(target.height, target.width)?;
+    let decoded = decode_rgb8_for_resize(bytes, origin, target)?;
+    Ok(resize_decoded(
+        &decoded,
+        target.height,
+        target.width,
+        target.method,
+    ))
 }
 
 /// Resizes a [`DecodedImage`]; a reduced JPEG decode is mapped onto the output by the

@@ -32,9 +32,10 @@ pub use dataset::{
     Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class,
 };
 pub use decode::{
-    DecodedImage, JpegScaling, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, ResizeMethod, decode_rgb8,
-    decode_rgb8_for_resize, image_dimensions, load_image, load_image_bytes, load_image_bytes_with,
-    load_image_bytes_with_scaling, read_image_file, resize_decoded, resize_rgb8, rgb8_to_chw,
+    DecodedImage, JpegScaling, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, ResizeMethod, ResizeTarget,
+    decode_rgb8, decode_rgb8_for_resize, image_dimensions, load_image, load_image_bytes,
+    load_image_bytes_with, load_image_bytes_with_scaling, read_image_file, resize_decoded,
+    resize_rgb8, rgb8_to_chw,
 };
 pub use error::{DataError, Result, SplitOverlap};
 pub use import::{

@@ -26,7 +26,8 @@ use crate::augment::Augmentation;
 use crate::cache::ResizedImageCache;
 use crate::dataset::Example;
 use crate::decode::{
-    JpegScaling, ResizeMethod, check_size, load_image_bytes_with_scaling, read_image_file,
+    JpegScaling, ResizeMethod, ResizeTarget, check_size, load_image_bytes_with_scaling,
+    read_image_file,
 };
 use crate::error::{DataError, Result};
 
@@ -335,10 +336,12 @@ fn load_resized(example: &Example, config: &LoaderConfig) -> Loaded {
     let image = Arc::new(load_image_bytes_with_scaling(
         &bytes,
         &example.path,
-        config.height,
-        config.width,
-        config.resize,
-        config.jpeg_scaling,
+        ResizeTarget::new(
+            config.height,
+            config.width,
+            config.resize,
+            config.jpeg_scaling,
+        ),
     )?);
     if let Some(cache) = &config.cache {
         let stored_hash = config.hash_contents.then(|| hash.clone());

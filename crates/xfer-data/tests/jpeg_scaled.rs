@@ -8,8 +8,8 @@ use std::path::Path;
 use image::{ExtendedColorType, RgbImage};
 use ndarray::Array3;
 use xfer_data::{
-    DataError, DecodedImage, Example, JpegScaling, LoaderConfig, ResizeMethod, decode_rgb8,
-    decode_rgb8_for_resize, load_batch, load_image_bytes, load_image_bytes_with,
+    DataError, DecodedImage, Example, JpegScaling, LoaderConfig, ResizeMethod, ResizeTarget,
+    decode_rgb8, decode_rgb8_for_resize, load_batch, load_image_bytes, load_image_bytes_with,
     load_image_bytes_with_scaling, resize_decoded, resize_rgb8,
 };
 
@@ -30,7 +30,12 @@ fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
 }
 
 fn decode_for(bytes: &[u8], h: u32, w: u32, method: ResizeMethod) -> DecodedImage {
-    decode_rgb8_for_resize(bytes, origin(), h, w, method, JpegScaling::Auto).expect("decode")
+    decode_rgb8_for_resize(
+        bytes,
+        origin(),
+        ResizeTarget::new(h, w, method, JpegScaling::Auto),
+    )
+    .expect("decode")
 }
 
 /// (mean, 99th percentile) of the absolute differences.
@@ -83,8 +88,12 @@ fn bilinear_full_scaling_and_non_jpegs_decode_the_full_image_bit_exactly() {
     let bilinear = decode_for(&bytes, 150, 150, ResizeMethod::Bilinear);
     assert_eq!(bilinear.scale_denom, 1);
     assert_eq!(bilinear.rgb.as_raw(), full.as_raw());
-    let forced =
-        decode_rgb8_for_resize(&bytes, origin(), 150, 150, AA, JpegScaling::Full).expect("full");
+    let forced = decode_rgb8_for_resize(
+        &bytes,
+        origin(),
+        ResizeTarget::new(150, 150, AA, JpegScaling::Full),
+    )
+    .expect("full");
     assert_eq!(forced.scale_denom, 1);
     assert_eq!(forced.rgb.as_raw(), full.as_raw());
     let near = decode_for(&bytes, 600, 800, AA);
@@ -113,9 +122,12 @@ fn scaled_antialias_stays_close_to_full_decode_antialias_and_wrong_variants_do_n
         (1203, 797, 160, 224, 2),
     ] {
         let bytes = photo_jpeg(w, h);
-        let full =
-            load_image_bytes_with_scaling(&bytes, origin(), out_h, out_w, AA, JpegScaling::Full)
-                .expect("full decode + antialias");
+        let full = load_image_bytes_with_scaling(
+            &bytes,
+            origin(),
+            ResizeTarget::new(out_h, out_w, AA, JpegScaling::Full),
+        )
+        .expect("full decode + antialias");
         let d = decode_for(&bytes, out_h, out_w, AA);
         assert_eq!(d.scale_denom, denom, "{w}×{h}");
         let scaled = resize_decoded(&d, out_h, out_w, AA);
@@ -198,15 +210,22 @@ fn grayscale_jpeg_scaled_is_replicated_gray() {
 }
 
 fn error_text(bytes: &[u8], path: &str, method: ResizeMethod, scaling: JpegScaling) -> String {
-    let err = load_image_bytes_with_scaling(bytes, Path::new(path), 150, 150, method, scaling)
-        .expect_err("must fail");
+    let err = load_image_bytes_with_scaling(
+        bytes,
+        Path::new(path),
+        ResizeTarget::new(150, 150, method, scaling),
+    )
+    .expect_err("must fail");
     format!("{}: {err}", err.kind())
 }
 
 /// The same outcome, success or the same error, as the unchanged full-decode path.
 fn assert_same_outcome_as_before(bytes: &[u8], path: &str) -> Option<String> {
-    let before =
-        load_image_bytes_with_scaling(bytes, Path::new(path), 150, 150, AA, JpegScaling::Full);
+    let before = load_image_bytes_with_scaling(
+        bytes,
+        Path::new(path),
+        ResizeTarget::new(150, 150, AA, JpegScaling::Full),
+    );
     let now = load_image_bytes_with(bytes, Path::new(path), 150, 150, AA);
     match (before, now) {
         (Err(a), Err(b)) => {
@@ -296,8 +315,9 @@ fn loader_uses_scaled_decoding_for_antialias_unless_told_not_to() {
         config.resize = AA;
         config.jpeg_scaling = scaling;
         let batch = load_batch(&examples, &config).expect("load batch");
-        let expected = load_image_bytes_with_scaling(&bytes, &path, 150, 150, AA, scaling)
-            .expect("load image");
+        let expected =
+            load_image_bytes_with_scaling(&bytes, &path, ResizeTarget::new(150, 150, AA, scaling))
+                .expect("load image");
         assert_eq!(batch.pixels.index_axis(ndarray::Axis(0), 0), expected);
     }
     assert_eq!(LoaderConfig::new(1, 1, 1).jpeg_scaling, JpegScaling::Auto);
