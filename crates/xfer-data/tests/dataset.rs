@@ -26,11 +26,7 @@ fn class_folders_are_sorted_recursive_and_skip_hidden_files() {
     assert_eq!(ds.source(), &DatasetSource::ClassFolders);
     // Byte order, like Python's sorted(): uppercase before lowercase.
     assert_eq!(ds.classes(), ["Zebra", "cat", "dog"]);
-    let listed: Vec<(&str, u32)> = ds
-        .examples()
-        .iter()
-        .map(|e| (e.id.as_str(), e.label))
-        .collect();
+    let listed = ids_and_labels(&ds);
     assert_eq!(
         listed,
         [
@@ -116,6 +112,20 @@ fn empty_or_missing_datasets_are_clear_errors() {
     ));
 }
 
+/// `(id, label)` of every example, in the dataset's order.
+fn ids_and_labels(ds: &Dataset) -> Vec<(&str, u32)> {
+    ds.examples()
+        .iter()
+        .map(|e| (e.id.as_str(), e.label))
+        .collect()
+}
+
+fn every_path_resolves(ds: &Dataset) {
+    for e in ds.examples() {
+        load_image(&e.path, 4, 4).expect("manifest path resolves");
+    }
+}
+
 #[test]
 fn csv_manifest_paths_are_relative_to_the_csv() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -133,11 +143,7 @@ fn csv_manifest_paths_are_relative_to_the_csv() {
     assert_eq!(ds.source(), &DatasetSource::CsvManifest);
     // Integer labels sort numerically: "2" before "10".
     assert_eq!(ds.classes(), ["2", "10"]);
-    let listed: Vec<(&str, u32)> = ds
-        .examples()
-        .iter()
-        .map(|e| (e.id.as_str(), e.label))
-        .collect();
+    let listed = ids_and_labels(&ds);
     assert_eq!(
         listed,
         [
@@ -146,9 +152,7 @@ fn csv_manifest_paths_are_relative_to_the_csv() {
             ("imgs/two, three.png", 0)
         ]
     );
-    for e in ds.examples() {
-        load_image(&e.path, 4, 4).expect("manifest path resolves");
-    }
+    every_path_resolves(&ds);
 }
 
 #[test]
@@ -189,11 +193,7 @@ fn csv_manifest_quoted_fields_hold_commas_and_line_breaks() {
     );
     let ds = Dataset::open(&csv).expect("quoted comma and line break");
     assert_eq!(ds.classes(), ["cat, indoor", "dog"]);
-    let listed: Vec<(&str, u32)> = ds
-        .examples()
-        .iter()
-        .map(|e| (e.id.as_str(), e.label))
-        .collect();
+    let listed = ids_and_labels(&ds);
     assert_eq!(
         listed,
         [
@@ -202,9 +202,7 @@ fn csv_manifest_quoted_fields_hold_commas_and_line_breaks() {
             ("two\nlines.png", 1)
         ]
     );
-    for e in ds.examples() {
-        load_image(&e.path, 4, 4).expect("manifest path resolves");
-    }
+    every_path_resolves(&ds);
     // Line numbers count the line break inside the quoted field: the duplicate is on line 5.
     common::write(
         &csv,
