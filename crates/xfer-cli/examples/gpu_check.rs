@@ -1,0 +1,412 @@
+//! The GPU check (`scripts/gpu_check.sh`): the same model on the CPU and on `--device`, in one
+//! process and one ONNX Runtime library (the GPU build's CPU provider is the reference):
+//!
+//! 1. extraction: features of one batch, max |cpu - device| / max |cpu| <= 1e-3 (TF32);
+//! 2. one all-layers training step (forward + loss + every gradient), loss and each gradient
+//!    within 1e-2 of the CPU's (same measure);
+//! 3. images/s of extraction and of training steps on both.
+//!
+//! The model is `--model DIR` (model.onnx for extraction, its training graph for the step), or,
+//! offline with a small payload, `--skeleton FILE`: a weight-free copy of the training graph
+//! (`--write-skeleton FILE` makes one, about 40 KB) filled with seeded random weights of each
+//! tensor's mean and standard deviation (absolute values where the original had no negative
+//! value, e.g. BatchNorm variances). Both sides then run exactly the same synthetic model.
+//!
+//! `cargo run --release -p xfer-cli --features cuda --example gpu_check -- --device cuda`
+//! Exits 1 when a check fails.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+use xfer_autodiff::{HeadSpec, Loss, Trainable, TrainingGraphBuilder, TrainingGraphs};
+use xfer_onnx::{DataType, ModelProto, TensorProto};
+use xfer_runtime::{Device, InputTensor, Model, ModelManifest, SessionOptions};
+
+const STATS_KEY: &str = "xfer_gpu_check_stats";
+const FEATURE_TOLERANCE: f64 = 1e-3;
+const TRAINING_TOLERANCE: f64 = 1e-2;
+
+struct Options {
+    device: Device,
+    model: PathBuf,
+    skeleton: Option<PathBuf>,
+    write_skeleton: Option<PathBuf>,
+    seed: u64,
+    batch: usize,
+    images: usize,
+    ort_lib: Option<PathBuf>,
+}
+
+fn main() {
+    match parse().and_then(run) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn parse() -> Result<Options, String> {
+    let mut o = Options {
+        device: Device::Cuda,
+        model: PathBuf::from("models/xception"),
+        skeleton: None,
+        write_skeleton: None,
+        seed: 1,
+        batch: 8,
+        images: 64,
+        ort_lib: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--device" => o.device = value()?.parse()?,
+            "--model" => o.model = value()?.into(),
+            "--skeleton" => o.skeleton = Some(value()?.into()),
+            "--write-skeleton" => o.write_skeleton = Some(value()?.into()),
+            "--seed" => o.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--batch" => o.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--images" => o.images = value()?.parse().map_err(|e| format!("--images: {e}"))?,
+            "--ort-lib" => o.ort_lib = Some(value()?.into()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if o.batch == 0 {
+        return Err("--batch must be at least 1".to_owned());
+    }
+    Ok(o)
+}
+
+/// The graphs compared: (extraction graph, training forward, features output, [h, w]).
+fn load_graphs(o: &Options) -> Result<(ModelProto, ModelProto, String, [u32; 2]), String> {
+    let manifest = ModelManifest::read(&o.model).ok();
+    if let Some(skeleton) = &o.skeleton {
+        let mut model = xfer_onnx::read_model(skeleton).map_err(|e| e.to_string())?;
+        fill_synthetic(&mut model, o.seed)?;
+        let output = model
+            .graph
+            .as_ref()
+            .and_then(|g| g.output.first())
+            .map(|v| v.name.clone())
+            .ok_or("the skeleton has no output")?;
+        let size = manifest.as_ref().map_or([150, 150], |m| m.image_size);
+        return Ok((model.clone(), model, output, size));
+    }
+    let manifest = manifest.ok_or(format!(
+        "{}: no model.json (run `just setup`, or pass --skeleton FILE)",
+        o.model.display()
+    ))?;
+    let read = |p: PathBuf| xfer_onnx::read_model(&p).map_err(|e| e.to_string());
+    let extraction = read(manifest.onnx_path(&o.model))?;
+    let forward = read(
+        manifest
+            .training_onnx_path(&o.model)
+            .unwrap_or_else(|| manifest.onnx_path(&o.model)),
+    )?;
+    Ok((extraction, forward, manifest.output, manifest.image_size))
+}
+
+fn run(o: Options) -> Result<bool, String> {
+    if let Some(out) = &o.write_skeleton {
+        return write_skeleton(&o, out).map(|()| true);
+    }
+    let (extraction, forward, output, [h, w]) = load_graphs(&o)?;
+    let source = match &o.skeleton {
+        Some(s) => format!("synthetic weights (seed {}) on {}", o.seed, s.display()),
+        None => o.model.display().to_string(),
+    };
+    println!(
+        "gpu_check: {source}, {h}x{w}, batch {}, cpu vs {}",
+        o.batch, o.device
+    );
+    let cpu = SessionOptions {
+        ort_lib: o.ort_lib.clone(),
+        device: Device::Cpu,
+        ..Default::default()
+    };
+    let dev = SessionOptions {
+        device: o.device,
+        ..cpu.clone()
+    };
+    // Load the library the device needs first (.ort-gpu/ for a GPU): both sides share it.
+    xfer_runtime::init_for(o.ort_lib.as_deref(), o.device).map_err(|e| e.to_string())?;
+    println!(
+        "ONNX Runtime: {}",
+        xfer_runtime::loaded_library().map_or("?".into(), |p| p.display().to_string())
+    );
+    let features_ok = check_extraction(&o, &extraction, [h, w], &cpu, &dev)?;
+    let training_ok = check_training(&o, forward, &output, [h, w], &cpu, &dev)?;
+    let ok = features_ok && training_ok;
+    println!("gpu_check: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+/// Deterministic pixels: (x*3 + y*5 + 40c + 97n + 13*offset) mod 256, NCHW.
+fn pixels(n: usize, h: usize, w: usize, offset: usize) -> ArrayD<f32> {
+    ArrayD::from_shape_fn(IxDyn(&[n, 3, h, w]), |i| {
+        ((i[3] * 3 + i[2] * 5 + 40 * i[1] + 97 * (i[0] + offset)) % 256) as f32
+    })
+}
+
+/// max |a - b| / max |a| (0 when both are zero).
+fn relative(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    let scale = a.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
+    if a.shape() != b.shape() {
+        return f64::INFINITY;
+    }
+    if scale == 0.0 { diff } else { diff / scale }
+}
+
+fn session(bytes: &[u8], name: &str, options: &SessionOptions) -> Result<Model, String> {
+    Model::from_bytes(bytes, name, options).map_err(|e| e.to_string())
+}
+
+fn check_extraction(
+    o: &Options,
+    model: &ModelProto,
+    [h, w]: [u32; 2],
+    cpu: &SessionOptions,
+    dev: &SessionOptions,
+) -> Result<bool, String> {
+    let bytes = xfer_onnx::write_model_bytes(model);
+    let input = model
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.first())
+        .map(|v| v.name.clone())
+        .ok_or("the model has no input")?;
+    let (h, w) = (h as usize, w as usize);
+    let x = pixels(o.batch, h, w, 0);
+    let mut results = Vec::new();
+    for options in [cpu, dev] {
+        let mut m = session(&bytes, "extraction", options)?;
+        let y = m.run_single(&input, x.view()).map_err(|e| e.to_string())?;
+        let batches = o.images.div_ceil(o.batch).max(1);
+        let start = Instant::now();
+        for b in 0..batches {
+            m.run_single(&input, pixels(o.batch, h, w, b + 1).view())
+                .map_err(|e| e.to_string())?;
+        }
+        let rate = (batches * o.batch) as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "extraction on {:<8} {rate:8.1} images/s ({} images)",
+            m.device().to_string(),
+            batches * o.batch
+        );
+        results.push(y);
+    }
+    let rel = relative(&results[0], &results[1]);
+    let ok = rel <= FEATURE_TOLERANCE;
+    println!(
+        "features: max |cpu - {}| / max |cpu| = {rel:.2e} (<= {FEATURE_TOLERANCE:.0e}: {})",
+        dev.device,
+        if ok { "ok" } else { "FAIL" }
+    );
+    Ok(ok)
+}
+
+fn build_training(
+    forward: ModelProto,
+    output: &str,
+    [h, w]: [u32; 2],
+    cpu: &SessionOptions,
+) -> Result<TrainingGraphs, String> {
+    TrainingGraphBuilder::new(forward)
+        .features(output)
+        .head(HeadSpec::Dense {
+            units: 1,
+            dropout: 0.0,
+        })
+        .trainable(Trainable::All)
+        .loss(Loss::BinaryCrossEntropyWithLogits)
+        .example_shape(&[3, i64::from(h), i64::from(w)])
+        .seed(1)
+        .session_options(cpu.clone())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn check_training(
+    o: &Options,
+    forward: ModelProto,
+    output: &str,
+    size: [u32; 2],
+    cpu: &SessionOptions,
+    dev: &SessionOptions,
+) -> Result<bool, String> {
+    let tg = build_training(forward, output, size, cpu)?;
+    let bytes = xfer_onnx::write_model_bytes(&tg.training);
+    let [h, w] = size.map(|v| v as usize);
+    let x = pixels(o.batch, h, w, 0);
+    let labels = ArrayD::from_shape_fn(IxDyn(&[o.batch]), |i| (i[0] % 2) as f32);
+    let params: Vec<ArrayD<f32>> = tg
+        .params
+        .iter()
+        .map(|p| ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut feeds: Vec<(&str, InputTensor<'_>)> = vec![
+        (tg.spec.data_input.name.as_str(), InputTensor::F32(x.view())),
+        (
+            tg.spec.labels.name.as_str(),
+            InputTensor::F32(labels.view()),
+        ),
+    ];
+    feeds.extend(
+        tg.params
+            .iter()
+            .zip(&params)
+            .map(|(p, a)| (p.name.as_str(), InputTensor::F32(a.view()))),
+    );
+    let mut outputs = Vec::new();
+    for options in [cpu, dev] {
+        let mut m = session(&bytes, "training step", options)?;
+        let start = Instant::now();
+        let out = m.run(&feeds).map_err(|e| e.to_string())?;
+        let first = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        m.run(&feeds).map_err(|e| e.to_string())?;
+        let rate = o.batch as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "training step on {:<8} {rate:8.1} images/s (all layers, batch {}; first step {first:.2} s)",
+            m.device().to_string(),
+            o.batch
+        );
+        let named: Vec<(String, ArrayD<f32>)> = out
+            .into_iter()
+            .filter_map(|(n, t)| t.into_f32().map(|a| (n, a)))
+            .collect();
+        outputs.push(named);
+    }
+    let (reference, device) = (&outputs[0], &outputs[1]);
+    let mut worst = (0f64, String::new());
+    let mut loss = (f64::NAN, f64::NAN);
+    for ((name, a), (_, b)) in reference.iter().zip(device) {
+        if name == "loss" {
+            loss = (first_value(a), first_value(b));
+        }
+        if name == "loss" || name.ends_with("_grad") {
+            let rel = relative(a, b);
+            if rel > worst.0 || worst.1.is_empty() {
+                worst = (rel, name.clone());
+            }
+        }
+    }
+    let grads = reference
+        .iter()
+        .filter(|(n, _)| n.ends_with("_grad"))
+        .count();
+    let ok = worst.0 <= TRAINING_TOLERANCE && grads == tg.params.len();
+    println!(
+        "training: loss cpu {:.6} vs {} {:.6}; {grads} gradients; worst relative difference {:.2e} ({}) (<= {TRAINING_TOLERANCE:.0e}: {})",
+        loss.0,
+        dev.device,
+        loss.1,
+        worst.0,
+        worst.1,
+        if ok { "ok" } else { "FAIL" }
+    );
+    Ok(ok)
+}
+
+fn first_value(a: &ArrayD<f32>) -> f64 {
+    a.iter().next().map_or(f64::NAN, |v| f64::from(*v))
+}
+
+/// Writes the training forward with every float initializer emptied and its (mean, std,
+/// non-negative) kept in the metadata.
+fn write_skeleton(o: &Options, out: &std::path::Path) -> Result<(), String> {
+    let (_, mut forward, _, _) = load_graphs(o)?;
+    let graph = forward.graph.as_mut().ok_or("the model has no graph")?;
+    let mut stats = serde_json::Map::new();
+    for t in &mut graph.initializer {
+        if t.data_type != DataType::Float as i32 {
+            continue;
+        }
+        let v = t.to_f32().map_err(|e| e.to_string())?;
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+        let var = v
+            .iter()
+            .map(|x| (f64::from(*x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let nonneg = v.iter().all(|x| *x >= 0.0);
+        stats.insert(
+            t.name.clone(),
+            serde_json::json!([mean, var.sqrt(), nonneg]),
+        );
+        *t = TensorProto {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            data_type: t.data_type,
+            ..Default::default()
+        };
+    }
+    forward.set_metadata(STATS_KEY, &serde_json::Value::Object(stats).to_string());
+    xfer_onnx::write_model(&forward, out).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(out).map_or(0, |m| m.len());
+    println!("wrote {} ({size} bytes)", out.display());
+    Ok(())
+}
+
+/// Fills the skeleton's emptied initializers with seeded normal values of their statistics.
+fn fill_synthetic(model: &mut ModelProto, seed: u64) -> Result<(), String> {
+    let stats = model.metadata(STATS_KEY).ok_or(format!(
+        "not a gpu_check skeleton (no {STATS_KEY} metadata)"
+    ))?;
+    let stats: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(stats).map_err(|e| e.to_string())?;
+    let graph = model.graph.as_mut().ok_or("the skeleton has no graph")?;
+    for (k, t) in graph.initializer.iter_mut().enumerate() {
+        let Some(s) = stats.get(&t.name).and_then(|s| s.as_array()) else {
+            continue;
+        };
+        let num = |i: usize| s.get(i).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let (mean, std) = (num(0), num(1));
+        let nonneg = s
+            .get(2)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let n: i64 = t.dims.iter().product();
+        let mut rng = SplitMix(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let v = (mean + std * rng.normal()) as f32;
+                if nonneg { v.abs() } else { v }
+            })
+            .collect();
+        *t = TensorProto::from_f32(t.name.clone(), &t.dims.clone(), &data);
+    }
+    Ok(())
+}
+
+/// SplitMix64 with Box-Muller normals: small, seeded, the same on every machine.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}

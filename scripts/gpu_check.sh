@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU check, for any CUDA machine (no network needed): the same Xception on the CPU and on
+# DEVICE in one process (crates/xfer-cli/examples/gpu_check.rs):
+#   - extraction features of one batch: max |cpu - gpu| / max |cpu| <= 1e-3 (TF32 on);
+#   - one all-layers training step: loss and every gradient within 1e-2 (same measure);
+#   - images/s of extraction and of training steps on both.
+# Exit status 0 when every check passes.
+#
+# Usage: scripts/gpu_check.sh [--device cuda|tensorrt|cpu] [--synthetic] [--bin FILE] [-- GPU_CHECK_ARGS]
+#   --device     what to compare with the CPU (default cuda; `cpu` runs both sides on the CPU,
+#                which checks the script end to end on a machine without a GPU)
+#   --synthetic  seeded random weights (each tensor's mean/std) on the weight-free skeleton
+#                scripts/gpu/xception_skeleton.onnx (about 60 KB) instead of models/xception:
+#                the payload for a machine that cannot fetch or convert the real weights.
+#                It is also used when models/xception is missing.
+#   --bin FILE   a gpu_check binary built elsewhere (cargo build --release -p xfer-cli
+#                --features cuda,tensorrt --example gpu_check: target/release/examples/gpu_check);
+#                default: build it here.
+# Extra arguments after `--` go to gpu_check (--batch N, --images N, --seed N, --ort-lib FILE).
+# The GPU side needs .ort-gpu/ (`just fetch-gpu`, or bring it along; `xfer doctor --device cuda`
+# says what is missing). Output: the terminal and target/gpu_check.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+device=cuda
+synthetic=0
+bin=""
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) device=$2; shift 2 ;;
+        --synthetic) synthetic=1; shift ;;
+        --bin) bin=$2; shift 2 ;;
+        --) shift; extra=("$@"); break ;;
+        *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+
+if [ -z "$bin" ]; then
+    features=()
+    [ "$device" != cpu ] && features=(--features cuda,tensorrt)
+    cargo build --release --locked -q -p xfer-cli "${features[@]}" --example gpu_check
+    bin=target/release/examples/gpu_check
+fi
+
+model=(--model models/xception)
+if [ "$synthetic" = 1 ] || [ ! -f models/xception/model.json ]; then
+    model=(--skeleton scripts/gpu/xception_skeleton.onnx)
+fi
+
+mkdir -p target
+{
+    echo "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    else
+        echo "no nvidia-smi on this machine"
+    fi
+    "$bin" --device "$device" "${model[@]}" "${extra[@]}"
+} 2>&1 | tee target/gpu_check.txt
+exit "${PIPESTATUS[0]}"
