@@ -10,7 +10,7 @@
 #   --device     what to compare with the CPU (default cuda; `cpu` runs both sides on the CPU,
 #                which checks the script end to end on a machine without a GPU)
 #   --synthetic  seeded random weights (each tensor's mean/std) on the weight-free skeleton
-#                scripts/gpu/xception_skeleton.onnx (about 60 KB) instead of models/xception:
+#                scripts/gpu/xception_skeleton.onnx (about 55 KB) instead of models/xception:
 #                the payload for a machine that cannot fetch or convert the real weights.
 #                It is also used when models/xception is missing.
 #   --bin FILE   a gpu_check binary built elsewhere (cargo build --release -p xfer-cli

@@ -8,7 +8,7 @@
 //!
 //! The model is `--model DIR` (model.onnx for extraction, its training graph for the step), or,
 //! offline with a small payload, `--skeleton FILE`: a weight-free copy of the training graph
-//! (`--write-skeleton FILE` makes one, about 40 KB) filled with seeded random weights of each
+//! (`--write-skeleton FILE` makes one, about 55 KB for Xception) filled with seeded random weights of each
 //! tensor's mean and standard deviation (absolute values where the original had no negative
 //! value, e.g. BatchNorm variances). Both sides then run exactly the same synthetic model.
 //!
