@@ -72,7 +72,9 @@ impl Dataset {
     /// in [`Dataset::listing_problems`] instead of failing the whole listing.
     ///
     /// CSV manifest: rows `path,label` (an optional header `path,label`), paths relative to
-    /// the CSV's folder; classes are the distinct labels in sorted order (numeric order
+    /// the CSV's folder and listed in normal form (`./img/a.png` is `img/a.png`; a file
+    /// listed twice is refused, naming both lines; a UTF-8 byte order mark is skipped by
+    /// the csv reader); classes are the distinct labels in sorted order (numeric order
     /// when every label is a non-negative integer).
     pub fn open(root: &Path) -> Result<Dataset> {
         let meta = fs::metadata(root).map_err(|e| DataError::io("open dataset", root, e))?;
@@ -355,6 +357,29 @@ fn csv_records(csv: &Path, text: &str) -> Result<Vec<ManifestRecord>> {
     Ok(records)
 }
 
+/// The normal form of a manifest path: `/`-separated, without `.` components, `..` applied
+/// to the component before it, so `img/00.png`, `./img/00.png` and `img/x/../00.png` are
+/// one id. A leading `/` (an absolute path) and leading `..` are kept.
+fn normal_manifest_path(text: &str) -> String {
+    let unified = text.replace('\\', "/");
+    let mut parts: Vec<&str> = Vec::new();
+    for part in unified.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|last| *last != "..") => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if unified.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
 fn open_manifest(csv: &Path) -> Result<Dataset> {
     let text = fs::read_to_string(csv).map_err(|e| DataError::io("read manifest", csv, e))?;
     let base = csv.parent().unwrap_or(Path::new("."));
@@ -384,13 +409,18 @@ fn open_manifest(csv: &Path) -> Result<Dataset> {
         if path_text.is_empty() || label.is_empty() {
             return Err(bad("empty path or label".into()));
         }
-        let id = path_text.replace('\\', "/");
+        let id = normal_manifest_path(path_text);
         if let Some(first) = seen.insert(id.clone(), line_no) {
+            let spelled = if id == path_text {
+                String::new()
+            } else {
+                format!(" (written `{path_text}`)")
+            };
             return Err(bad(format!(
-                "`{id}` is listed twice (first on line {first})"
+                "`{id}`{spelled} is listed twice (first on line {first}); list each image once"
             )));
         }
-        rows.push((id, base.join(path_text), label.to_string()));
+        rows.push((id.clone(), base.join(&id), label.to_string()));
     }
     if rows.is_empty() {
         return Err(DataError::InvalidDataset {

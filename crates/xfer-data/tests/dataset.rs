@@ -217,3 +217,52 @@ fn csv_manifest_quoted_fields_hold_commas_and_line_breaks() {
     let err = Dataset::open(&csv).expect_err("unterminated quote");
     assert!(err.to_string().contains("unterminated"), "{err}");
 }
+
+/// Issue 18 item 5: Excel's "CSV UTF-8" starts with a byte order mark; the header is still
+/// a header, not a data row with a phantom class `label`.
+#[test]
+fn csv_manifest_with_a_utf8_bom_reads_its_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let png = tiny_png();
+    common::write(&root.join("a.png"), &png);
+    common::write(&root.join("b.png"), &png);
+    let csv = root.join("excel.csv");
+    common::write(
+        &csv,
+        b"\xef\xbb\xbfpath,label\r\na.png,cat\r\nb.png,dog\r\n",
+    );
+    let ds = Dataset::open(&csv).expect("BOM manifest opens");
+    assert_eq!(ds.classes(), ["cat", "dog"]);
+    assert_eq!(ids_and_labels(&ds), [("a.png", 0), ("b.png", 1)]);
+}
+
+/// Issue 18 item 6: `img/00.png` and `./img/00.png` are the same file; the manifest is
+/// refused with a message naming both lines, and paths are listed in their normal form.
+#[test]
+fn csv_manifest_listing_one_file_twice_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let png = tiny_png();
+    common::write(&root.join("img/00.png"), &png);
+    common::write(&root.join("img/01.png"), &png);
+    let csv = root.join("twice.csv");
+    common::write(
+        &csv,
+        b"path,label\nimg/00.png,cat\nimg/01.png,dog\n./img/00.png,cat\n",
+    );
+    let err = Dataset::open(&csv).expect_err("one file listed twice");
+    let text = err.to_string();
+    assert!(
+        matches!(err, DataError::Manifest { line: 4, .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("img/00.png") && text.contains("twice") && text.contains("line 2"),
+        "{text}"
+    );
+    common::write(&csv, b"img/./00.png,cat\nimg/sub/../01.png,dog\n");
+    let ds = Dataset::open(&csv).expect("normalised paths");
+    assert_eq!(ids_and_labels(&ds), [("img/00.png", 0), ("img/01.png", 1)]);
+    every_path_resolves(&ds);
+}
