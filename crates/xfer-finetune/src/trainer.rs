@@ -540,16 +540,14 @@ impl<'a> Run<'a> {
             &model_path.display().to_string(),
             &self.options.session,
         )?;
+        // Test images are predicted once: caching them would only take memory.
+        let loader = prediction_loader(self.config, self.options, self.setup, None);
         let (probs, labels) = predict(
             &mut model,
             input,
             xfer_head::PROBABILITIES_OUTPUT,
-            self.setup,
             &self.setup.test,
-            self.config.batch_size,
-            self.options,
-            // Test images are predicted once: caching them would only take memory.
-            None,
+            loader,
         )?;
         let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &self.setup.classes)?;
         xfer_head::save_metrics(
@@ -1007,16 +1005,13 @@ impl PhaseRun<'_> {
         let bytes = xfer_onnx::write_model_bytes(&eval);
         let mut model = Model::from_bytes(&bytes, "eval graph", &self.options.session)?;
         let input = self.graphs.spec.data_input.name.clone();
-        let (logits, labels) = predict(
-            &mut model,
-            &input,
-            "logits",
-            self.setup,
-            &self.setup.val,
-            self.config.batch_size,
+        let loader = prediction_loader(
+            self.config,
             self.options,
+            self.setup,
             self.caches.val.as_ref(),
-        )?;
+        );
+        let (logits, labels) = predict(&mut model, &input, "logits", &self.setup.val, loader)?;
         Ok(loss_and_accuracy(&logits, &labels, self.setup.loss))
     }
 
@@ -1117,25 +1112,31 @@ impl FloatOutputs {
     }
 }
 
-/// Runs `model` over `examples` (no augmentation) and returns output `output` as
-/// `[n, k]` f64 rows plus the labels of the examples that loaded; `cache` keeps their
-/// resized images for the next call over the same examples.
-#[allow(clippy::too_many_arguments)]
+/// The loader of validation and test images: no augmentation, unreadable images
+/// skipped; `cache` keeps their resized images for the next pass over the same examples.
+fn prediction_loader(
+    config: &FinetuneConfig,
+    options: &RunOptions,
+    setup: &Setup,
+    cache: Option<&Arc<ResizedImageCache>>,
+) -> LoaderConfig {
+    let mut lc = LoaderConfig::new(setup.size[0], setup.size[1], config.batch_size);
+    lc.threads = options.loader_threads;
+    lc.hash_contents = false;
+    lc.cache = cache.cloned();
+    lc
+}
+
+/// Runs `model` over `examples` (loaded as `loader` says) and returns output `output`
+/// as `[n, k]` f64 rows plus the labels of the examples that loaded.
 fn predict(
     model: &mut Model,
     input: &str,
     output: &str,
-    setup: &Setup,
     examples: &[Example],
-    batch_size: usize,
-    options: &RunOptions,
-    cache: Option<&Arc<ResizedImageCache>>,
+    loader: LoaderConfig,
 ) -> Result<(ndarray::Array2<f64>, Vec<i32>)> {
-    let mut lc = LoaderConfig::new(setup.size[0], setup.size[1], batch_size);
-    lc.threads = options.loader_threads;
-    lc.hash_contents = false;
-    lc.cache = cache.cloned();
-    let loader = BatchLoader::start(examples.to_vec(), lc)?;
+    let loader = BatchLoader::start(examples.to_vec(), loader)?;
     let mut rows: Vec<f64> = Vec::new();
     let mut labels = Vec::new();
     let mut width = 0;
