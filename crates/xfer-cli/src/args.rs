@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
 use xfer_runtime::{Device, SessionOptions};
 
 /// How a model runs: the ONNX Runtime library, the execution provider and its threads.
@@ -38,6 +39,29 @@ impl RuntimeArgs {
             disable_optimizations: false,
             trt_lib_dir: self.trt_lib_dir.clone(),
         }
+    }
+}
+
+/// Which images go to which split, the same way in every subcommand that takes splits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// Split tags: `name=SPEC,name=SPEC,...` (SPEC slices the seeded order of the whole
+    /// dataset, e.g. `train[:70%]`, `train[70%:85%]`, unions with `+`), or one SPEC tagged
+    /// with its own name. Splits that share images are refused; images in none are left out.
+    #[arg(long = "split", default_value = DEMO_SPLITS, value_name = "SPEC")]
+    pub splits: SplitAssignment,
+    /// Seed of the split order.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Slice each class separately, so every split keeps the class balance.
+    #[arg(long)]
+    pub stratified: bool,
+}
+
+impl SplitArgs {
+    /// The assignment asked for (stratified or not).
+    pub fn assignment(&self) -> SplitAssignment {
+        self.splits.clone().stratified(self.stratified)
     }
 }
 

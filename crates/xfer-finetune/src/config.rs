@@ -55,6 +55,19 @@ pub struct SplitConfig {
     pub stratified: bool,
 }
 
+impl SplitConfig {
+    /// The three splits as one assignment (`test` left out when blank), sliced per class
+    /// when `stratified`; selecting it refuses splits that share images.
+    pub fn assignment(&self) -> Result<xfer_data::SplitAssignment> {
+        let named = [
+            ("train", self.train.as_str()),
+            ("val", self.val.as_str()),
+            ("test", self.test.as_str()),
+        ];
+        Ok(xfer_data::SplitAssignment::from_named(&named)?.stratified(self.stratified))
+    }
+}
+
 impl Default for SplitConfig {
     fn default() -> Self {
         // The same split as `xfer extract` / `xfer train-head` (seed 1337), so

@@ -12,7 +12,7 @@ use xfer_autodiff::{
 };
 use xfer_data::{
     Augmentation, Batch, BatchLoader, CacheStats, Dataset, Example, FillMode, LoaderConfig,
-    OnError, ResizedImageCache, SplitSpec,
+    OnError, ResizedImageCache,
 };
 use xfer_head::argmax;
 use xfer_onnx::ModelProto;
@@ -642,17 +642,20 @@ fn read_training_graph(config: &FinetuneConfig, manifest: &ModelManifest) -> Res
 
 /// The train, val and test examples; train and val must not be empty.
 fn take_splits(config: &FinetuneConfig, dataset: &Dataset) -> Result<[Vec<Example>; 3]> {
-    let split = |text: &str| -> Result<Vec<Example>> {
-        if text.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let spec = SplitSpec::parse(text)?.stratified(config.splits.stratified);
-        Ok(dataset.split(&spec, config.seed)?)
+    // One assignment: splits that share images are refused (test images never train).
+    let mut selected = config
+        .splits
+        .assignment()?
+        .select(dataset.examples(), config.seed)?;
+    let mut take = |name: &str| -> Vec<Example> {
+        selected
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, examples)| std::mem::take(examples))
+            .unwrap_or_default()
     };
+    let (train, val, test) = (take("train"), take("val"), take("test"));
     let splits = &config.splits;
-    let train = split(&splits.train)?;
-    let val = split(&splits.val)?;
-    let test = split(&splits.test)?;
     for (name, text, part) in [("train", &splits.train, &train), ("val", &splits.val, &val)] {
         if part.is_empty() {
             return Err(Error::Config {

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use xfer_data::{Dataset, DatasetSource, OnError, SplitSpec};
+use xfer_data::{Dataset, DatasetInfo, DatasetSource, OnError, SplitSpec};
+
+use crate::args::SplitArgs;
 
 /// Subcommands of `xfer data`.
 #[derive(Debug, clap::Subcommand)]
@@ -40,15 +42,9 @@ pub struct ImportArgs {
 pub struct InfoArgs {
     /// Dataset folder (one subfolder per class) or CSV manifest `path,label`.
     pub dir: PathBuf,
-    /// Splits to count, TFDS-style (repeatable), e.g. `--split 'train[:80%]' --split 'train[80%:]'`.
-    #[arg(long = "split")]
-    pub splits: Vec<String>,
-    /// Seed of the example order that splits slice (the same default as `xfer extract`).
-    #[arg(long, default_value_t = xfer_store::extract::DEFAULT_SEED)]
-    pub seed: u64,
-    /// Slice each class separately so every split keeps the class balance.
-    #[arg(long)]
-    pub stratified: bool,
+    /// The splits to count, as `xfer extract` takes them.
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Decode every image (catches truncated files whose header is intact); default reads headers only.
     #[arg(long)]
     pub decode: bool,
@@ -105,76 +101,99 @@ fn import(args: ImportArgs) -> Result<()> {
 fn info(args: InfoArgs) -> Result<()> {
     let dataset = Dataset::open(&args.dir)
         .with_context(|| format!("opening dataset {}", args.dir.display()))?;
-    let specs = args
-        .splits
-        .iter()
-        .map(|s| SplitSpec::parse(s).map(|spec| spec.stratified(args.stratified)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let info = xfer_data::dataset_info(&dataset, &specs, args.seed, args.decode)?;
-    let source = match dataset.source() {
-        DatasetSource::ClassFolders => "class folders",
-        DatasetSource::CsvManifest => "CSV manifest",
-    };
-    if args.json {
-        let value = serde_json::json!({
-            "root": dataset.root().display().to_string(),
-            "source": source,
-            "classes": info.classes,
-            "counts": info.counts,
-            "images": dataset.len(),
-            "seed": args.seed,
-            "stratified": args.stratified,
-            "splits": info.splits.iter().map(|(spec, counts)| serde_json::json!({
-                "split": spec, "counts": counts, "total": counts.iter().sum::<usize>()
-            })).collect::<Vec<_>>(),
-            "sizes": info.size_histogram.iter().map(|((w, h), n)| serde_json::json!({
-                "width": w, "height": h, "images": n
-            })).collect::<Vec<_>>(),
-            "unreadable": info.unreadable.iter().map(|u| serde_json::json!({
-                "id": u.id, "path": u.path.display().to_string(), "kind": u.kind, "reason": u.reason
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value:#}");
-    } else {
-        println!("dataset: {} ({source})", dataset.root().display());
-        println!("classes: {}, images: {}", info.classes.len(), dataset.len());
-        println!("  {:>5}  {:<24} {:>8}", "label", "class", "images");
-        for (label, (class, count)) in info.classes.iter().zip(&info.counts).enumerate() {
-            println!("  {label:>5}  {class:<24} {count:>8}");
-        }
-        if !info.splits.is_empty() {
-            let mode = if args.stratified { ", stratified" } else { "" };
-            println!("splits (seed {}{mode}):", args.seed);
-            for (spec, counts) in &info.splits {
-                let per_class: Vec<String> = info
-                    .classes
-                    .iter()
-                    .zip(counts)
-                    .map(|(c, n)| format!("{c} {n}"))
-                    .collect();
-                println!(
-                    "  {spec:<24} {:>8}  ({})",
-                    counts.iter().sum::<usize>(),
-                    per_class.join(", ")
-                );
-            }
-        }
-        println!("image sizes (width×height):");
-        for ((w, h), n) in &info.size_histogram {
-            println!("  {:>12} {n:>8}", format!("{w}×{h}"));
-        }
-        println!("unreadable: {}", info.unreadable.len());
-        for u in &info.unreadable {
-            println!("  {} [{}]: {}", u.path.display(), u.kind, u.reason);
-        }
+    let assignment = args.splits.assignment();
+    // Refuses splits that share images, as every other subcommand does.
+    assignment.select(dataset.examples(), args.splits.seed)?;
+    let specs: Vec<SplitSpec> = assignment.specs().iter().map(|(_, s)| s.clone()).collect();
+    let mut info = xfer_data::dataset_info(&dataset, &specs, args.splits.seed, args.decode)?;
+    for ((label, _), (name, _)) in info.splits.iter_mut().zip(assignment.specs()) {
+        *label = format!("{name}={label}");
     }
-    if args.on_error == OnError::Fail && !info.unreadable.is_empty() {
+    if args.json {
+        print_info_json(&dataset, &info, &args);
+    } else {
+        print_info(&dataset, &info, &args);
+    }
+    if args.on_error == OnError::Fail
+        && let Some(first) = info.unreadable.first()
+    {
         bail!(
             "{} unreadable file(s) in {} (first: {})",
             info.unreadable.len(),
             args.dir.display(),
-            info.unreadable[0].reason
+            first.reason
         );
     }
     Ok(())
+}
+
+fn source_name(dataset: &Dataset) -> &'static str {
+    match dataset.source() {
+        DatasetSource::ClassFolders => "class folders",
+        DatasetSource::CsvManifest => "CSV manifest",
+    }
+}
+
+fn print_info_json(dataset: &Dataset, info: &DatasetInfo, args: &InfoArgs) {
+    let value = serde_json::json!({
+        "root": dataset.root().display().to_string(),
+        "source": source_name(dataset),
+        "classes": info.classes,
+        "counts": info.counts,
+        "images": dataset.len(),
+        "seed": args.splits.seed,
+        "stratified": args.splits.stratified,
+        "splits": info.splits.iter().map(|(spec, counts)| serde_json::json!({
+            "split": spec, "counts": counts, "total": counts.iter().sum::<usize>()
+        })).collect::<Vec<_>>(),
+        "sizes": info.size_histogram.iter().map(|((w, h), n)| serde_json::json!({
+            "width": w, "height": h, "images": n
+        })).collect::<Vec<_>>(),
+        "unreadable": info.unreadable.iter().map(|u| serde_json::json!({
+            "id": u.id, "path": u.path.display().to_string(), "kind": u.kind, "reason": u.reason
+        })).collect::<Vec<_>>(),
+    });
+    println!("{value:#}");
+}
+
+fn print_info(dataset: &Dataset, info: &DatasetInfo, args: &InfoArgs) {
+    println!(
+        "dataset: {} ({})",
+        dataset.root().display(),
+        source_name(dataset)
+    );
+    println!("classes: {}, images: {}", info.classes.len(), dataset.len());
+    println!("  {:>5}  {:<24} {:>8}", "label", "class", "images");
+    for (label, (class, count)) in info.classes.iter().zip(&info.counts).enumerate() {
+        println!("  {label:>5}  {class:<24} {count:>8}");
+    }
+    if !info.splits.is_empty() {
+        let mode = if args.splits.stratified {
+            ", stratified"
+        } else {
+            ""
+        };
+        println!("splits (seed {}{mode}):", args.splits.seed);
+        for (spec, counts) in &info.splits {
+            let per_class: Vec<String> = info
+                .classes
+                .iter()
+                .zip(counts)
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            println!(
+                "  {spec:<32} {:>8}  ({})",
+                counts.iter().sum::<usize>(),
+                per_class.join(", ")
+            );
+        }
+    }
+    println!("image sizes (width×height):");
+    for ((w, h), n) in &info.size_histogram {
+        println!("  {:>12} {n:>8}", format!("{w}×{h}"));
+    }
+    println!("unreadable: {}", info.unreadable.len());
+    for u in &info.unreadable {
+        println!("  {} [{}]: {}", u.path.display(), u.kind, u.reason);
+    }
 }

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
 use xfer_head::{Evaluation, ExportedModel, Head};
 use xfer_store::StoreReader;
-use xfer_store::extract::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
 
 use super::head::load_split;
 use crate::args::{BatchArgs, RuntimeArgs};
@@ -28,12 +28,16 @@ pub struct Args {
     /// Dataset folder (one subfolder per class, or a CSV manifest), with --model.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Split tags over the dataset's seeded order, as `xfer extract` assigns them (with --data).
-    #[arg(long, default_value = DEMO_SPLITS)]
+    /// Split tags over the dataset's seeded order, as `xfer extract --split` takes them
+    /// (with --data); splits that share images are refused.
+    #[arg(long, default_value = DEMO_SPLITS, value_name = "SPEC")]
     pub splits: SplitAssignment,
     /// Seed of the dataset order (with --data).
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// Slice each class separately, so every split keeps the class balance (with --data).
+    #[arg(long)]
+    pub stratified: bool,
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -127,21 +131,19 @@ fn examples_of_split(
     dataset: &xfer_data::Dataset,
     args: &Args,
 ) -> anyhow::Result<Vec<xfer_data::Example>> {
-    let chosen: Vec<xfer_data::Example> = args
-        .splits
-        .assign(dataset.examples(), args.seed)?
+    let assignment = args.splits.clone().stratified(args.stratified);
+    assignment
+        .select(dataset.examples(), args.seed)?
         .into_iter()
-        .filter(|(_, s)| *s == args.split)
-        .map(|(e, _)| e)
-        .collect();
-    if chosen.is_empty() {
-        bail!(
-            "split `{}` is not among {:?} of --splits",
-            args.split,
-            args.splits.names()
-        );
-    }
-    Ok(chosen)
+        .find(|(name, _)| *name == args.split)
+        .map(|(_, examples)| examples)
+        .with_context(|| {
+            format!(
+                "split `{}` is not among {:?} of --splits",
+                args.split,
+                assignment.names()
+            )
+        })
 }
 
 /// Prints the metrics as JSON or as a table.

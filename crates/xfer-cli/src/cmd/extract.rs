@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::args::RuntimeArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use xfer_data::OnError;
-use xfer_store::extract::{
-    DEFAULT_SEED, DEMO_SPLITS, ExtractConfig, Shard, SplitAssignment, extract,
-};
+use xfer_store::extract::{ExtractConfig, Shard, extract};
+
+use crate::args::{RuntimeArgs, SplitArgs};
 
 /// Arguments of `xfer extract`.
 #[derive(Debug, clap::Args)]
@@ -17,14 +16,9 @@ pub struct Args {
     /// Dataset root: one subfolder per class, or a CSV manifest `path,label`.
     #[arg(long, default_value = "data/cats_vs_dogs", value_name = "DIR")]
     pub data: PathBuf,
-    /// Split tags: `name=SPEC,name=SPEC,...` (SPEC slices the seeded order of the whole
-    /// dataset, e.g. `train[:70%]`, `train[70%:85%]`, unions with `+`), or one SPEC tagged
-    /// with its own name. Slices must not overlap; images in none are not extracted.
-    #[arg(long, default_value = DEMO_SPLITS, value_name = "SPEC")]
-    pub split: SplitAssignment,
-    /// Seed of the split order.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
+    /// Which images go to which split (images in none are not extracted).
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Model folder (model.onnx + model.json).
     #[arg(long, default_value = "models/xception", value_name = "DIR")]
     pub model: PathBuf,
@@ -74,8 +68,8 @@ fn parse_on_error(s: &str) -> Result<OnError, String> {
 /// Runs `xfer extract`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ExtractConfig::new(&args.data, &args.model, &args.store)?;
-    config.splits = args.split;
-    config.seed = args.seed;
+    config.splits = args.splits.assignment();
+    config.seed = args.splits.seed;
     config.batch_size = args.batch_size;
     config.session = args.runtime.session_options();
     config.shard = args.shard;
