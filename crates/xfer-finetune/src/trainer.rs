@@ -21,8 +21,8 @@ use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptio
 use crate::checkpoint::{Checkpoint, PartialEpoch, TensorMap, TrainingState};
 use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
 use crate::{
-    EpochRecord, Error, FinetuneConfig, MetricsLog, PhaseConfig, Result, draw_curves,
-    epoch_permutation,
+    AugmentationConfig, EpochRecord, Error, FinetuneConfig, MetricsLog, PhaseConfig, Result,
+    draw_curves, epoch_permutation,
 };
 
 /// File name of the exported model inside a run folder.
@@ -189,7 +189,7 @@ impl Caches {
         let train_bytes = u64::try_from(u128::from(bytes) * train / (train + val).max(1))
             .unwrap_or(bytes)
             .min(bytes);
-        // The loaders of `PhaseRun::loader` and `predict` keep `LoaderConfig::new`'s
+        // Every loader of the run (`loader_config`) keeps `LoaderConfig::new`'s
         // resize method and JPEG scaling.
         let resize = LoaderConfig::new(setup.size[0], setup.size[1], 1);
         let make = |capacity| Some(Arc::new(ResizedImageCache::for_config(&resize, capacity)));
@@ -541,7 +541,7 @@ impl<'a> Run<'a> {
             &self.options.session,
         )?;
         // Test images are predicted once: caching them would only take memory.
-        let loader = prediction_loader(self.config, self.options, self.setup, None);
+        let loader = loader_config(self.config, self.options, self.setup, None);
         let (probs, labels) = predict(
             &mut model,
             input,
@@ -783,33 +783,17 @@ impl PhaseRun<'_> {
         }
     }
 
-    fn loader(&self, examples: Vec<Example>, augment: bool, epoch: u64) -> Result<BatchLoader> {
-        let mut lc = LoaderConfig::new(
-            self.setup.size[0],
-            self.setup.size[1],
-            self.config.batch_size,
+    /// The loader of training examples: the epoch's augmentation, the training cache.
+    fn loader(&self, examples: Vec<Example>, epoch: u64) -> Result<BatchLoader> {
+        let mut lc = loader_config(
+            self.config,
+            self.options,
+            self.setup,
+            self.caches.train.as_ref(),
         );
         lc.seed = self.config.seed;
         lc.epoch = epoch;
-        lc.threads = self.options.loader_threads;
-        lc.hash_contents = false;
-        lc.on_error = OnError::Skip;
-        lc.cache.clone_from(&self.caches.train);
-        if augment {
-            let a = &self.config.augmentation;
-            let fill = match a.fill.as_str() {
-                "constant" => FillMode::Constant(0.0),
-                "nearest" => FillMode::Nearest,
-                _ => FillMode::Reflect,
-            };
-            if a.flip || a.rotation > 0.0 {
-                lc.augmentation = Some(Augmentation {
-                    flip_horizontal: a.flip,
-                    rotation_factor: a.rotation,
-                    fill,
-                });
-            }
-        }
+        lc.augmentation = augmentation(&self.config.augmentation);
         Ok(BatchLoader::start(examples, lc)?)
     }
 
@@ -883,7 +867,7 @@ impl PhaseRun<'_> {
             .iter()
             .map(|&i| self.setup.train[i].clone())
             .collect();
-        self.loader(examples, true, global_epoch as u64)
+        self.loader(examples, global_epoch as u64)
     }
 
     /// One optimizer step per batch of `loader`, summed into `partial`; stops early
@@ -1008,7 +992,7 @@ impl PhaseRun<'_> {
         let bytes = xfer_onnx::write_model_bytes(&eval);
         let mut model = Model::from_bytes(&bytes, "eval graph", &self.options.session)?;
         let input = self.graphs.spec.data_input.name.clone();
-        let loader = prediction_loader(
+        let loader = loader_config(
             self.config,
             self.options,
             self.setup,
@@ -1115,9 +1099,10 @@ impl FloatOutputs {
     }
 }
 
-/// The loader of validation and test images: no augmentation, unreadable images
-/// skipped; `cache` keeps their resized images for the next pass over the same examples.
-fn prediction_loader(
+/// How training, validation and test images load: resized to the run's size,
+/// unreadable images skipped, no content hashing; `cache` keeps their resized images
+/// for the next pass over the same examples.
+fn loader_config(
     config: &FinetuneConfig,
     options: &RunOptions,
     setup: &Setup,
@@ -1126,8 +1111,26 @@ fn prediction_loader(
     let mut lc = LoaderConfig::new(setup.size[0], setup.size[1], config.batch_size);
     lc.threads = options.loader_threads;
     lc.hash_contents = false;
+    lc.on_error = OnError::Skip;
     lc.cache = cache.cloned();
     lc
+}
+
+/// The training augmentation (`None` when it neither flips nor rotates).
+fn augmentation(a: &AugmentationConfig) -> Option<Augmentation> {
+    if !(a.flip || a.rotation > 0.0) {
+        return None;
+    }
+    let fill = match a.fill.as_str() {
+        "constant" => FillMode::Constant(0.0),
+        "nearest" => FillMode::Nearest,
+        _ => FillMode::Reflect,
+    };
+    Some(Augmentation {
+        flip_horizontal: a.flip,
+        rotation_factor: a.rotation,
+        fill,
+    })
 }
 
 /// Runs `model` over `examples` (loaded as `loader` says) and returns output `output`
