@@ -1,8 +1,8 @@
-//! Argument types shared by several subcommands: how a model runs, image sizes.
+//! Argument types shared by several subcommands: how a model runs, image sizes, unreadable images.
 
 use std::path::PathBuf;
 
-use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, SplitAssignment};
+use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, LoadSummary, OnError, SplitAssignment};
 use xfer_runtime::{Device, SessionOptions};
 
 /// How a model runs: the ONNX Runtime library, the execution provider and its threads.
@@ -74,6 +74,25 @@ pub struct BatchArgs {
     /// Image decoding threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub decode_threads: Option<usize>,
+}
+
+/// What to do with images that cannot be read, for the subcommands that read images.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OnErrorArgs {
+    /// Unreadable images: `skip` (report each with its reason and go on) or `fail` (stop).
+    #[arg(long, default_value = "skip", value_name = "skip|fail")]
+    pub on_error: OnError,
+}
+
+/// Prints what a run skipped to stderr: the count per kind, then each file and its reason.
+pub fn report_skipped(summary: &LoadSummary) {
+    if summary.skipped.is_empty() {
+        return;
+    }
+    eprintln!("{summary}");
+    for s in &summary.skipped {
+        eprintln!("  skipped {}: {}", s.path.display(), s.reason);
+    }
 }
 
 /// Parses an image size `HxW` (or one number for a square), as a clap value parser.

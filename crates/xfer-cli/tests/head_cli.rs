@@ -350,3 +350,106 @@ fn train_evaluate_export_predict_agree() {
     assert!(!ok);
     assert!(stderr.contains("xfer export"), "{stderr}");
 }
+
+/// Trains a head on the tiny backbone's store and exports it; returns the exported model.
+fn exported_model(root: &Path, data: &Path, cwd: &Path) -> PathBuf {
+    let model_dir = root.join("models/tiny");
+    let store = root.join("store");
+    let run = root.join("runs/head");
+    tiny_backbone(&model_dir, 0.0);
+    let rows = images(data);
+    fill_store(&store, &model_dir, data, &rows);
+    let (ok, stdout, stderr) = xfer(
+        &["train-head", "--store", path(&store), "--out", path(&run)],
+        cwd,
+    );
+    assert!(ok, "train-head failed:\n{stdout}\n{stderr}");
+    let exported = run.join("model.onnx");
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "export",
+            "--model",
+            path(&model_dir),
+            "--head",
+            path(&run),
+            "--out",
+            path(&exported),
+        ],
+        cwd,
+    );
+    assert!(ok, "export failed:\n{stdout}\n{stderr}");
+    exported
+}
+
+/// Issue 18 item 9: one unreadable image does not abort `predict` or `evaluate --model`;
+/// both skip it with a count and its name by default, and stop under `--on-error fail`.
+#[test]
+fn predict_and_evaluate_skip_an_unreadable_image() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = root.join("data");
+    let cwd = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let exported = exported_model(root, &data, &cwd);
+    let broken = data.join("cat/broken.png");
+    std::fs::write(&broken, b"not a png at all").expect("write broken");
+
+    let good = [data.join("cat/000.png"), data.join("dog/000.png")];
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", path(&exported)];
+        args.extend_from_slice(extra);
+        args.extend([path(&good[0]), path(&broken), path(&good[1])]);
+        xfer(&args, &cwd)
+    };
+    let (ok, stdout, stderr) = predict(&[]);
+    assert!(ok, "predict with one bad image failed:\n{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with(path(&good[0])) && lines[0].contains("\tcat\t"));
+    assert!(lines[1].starts_with(path(&good[1])) && lines[1].contains("\tdog\t"));
+    assert!(
+        stderr.contains("broken.png") && stderr.contains("skipped 1"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = predict(&["--json"]);
+    assert!(ok, "{stderr}");
+    let json: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("predict json");
+    assert_eq!(json.len(), 3, "{stdout}");
+    assert_eq!(json[0]["label"], "cat");
+    assert!(
+        json[1]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{stdout}"
+    );
+    assert_eq!(json[2]["label"], "dog");
+    let (ok, stdout, stderr) = predict(&["--on-error", "fail"]);
+    assert!(!ok && stderr.contains("broken.png"), "{stdout}\n{stderr}");
+
+    let evaluate = |extra: &[&str]| {
+        let mut args = vec![
+            "evaluate",
+            "--model",
+            path(&exported),
+            "--data",
+            path(&data),
+            "--splits",
+            "all=train[:100%]",
+            "--split",
+            "all",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        xfer(&args, &cwd)
+    };
+    let (ok, stdout, stderr) = evaluate(&[]);
+    assert!(
+        ok,
+        "evaluate with one bad image failed:\n{stdout}\n{stderr}"
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&stdout).expect("metrics json");
+    assert_eq!(metrics["rows"], 60);
+    assert!(
+        stderr.contains("broken.png") && stderr.contains("skipped 1"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = evaluate(&["--on-error", "fail"]);
+    assert!(!ok && stderr.contains("broken.png"), "{stdout}\n{stderr}");
+}

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use ndarray::{Array2, ArrayView2, ArrayView4, Axis, s};
+use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
 use serde::Serialize;
-use xfer_data::{BatchLoader, Example, LoaderConfig};
+use xfer_data::{BatchLoader, Example, LoadSummary, LoaderConfig, OnError};
 use xfer_runtime::{Device, Model, SessionOptions};
 
 use crate::fsutil::write_atomic;
@@ -81,27 +81,54 @@ impl ExportedModel {
             .map_err(|e| Error::Onnx(e.to_string()))
     }
 
-    /// Probabilities `[n, classes]` of `examples`, in their order: decoded and resized to
-    /// the model's size in parallel ([`BatchLoader`]); the first unreadable image is an error.
-    pub fn probabilities(
+    /// Classifies `examples`: decoded and resized to the model's size in parallel
+    /// ([`BatchLoader`]), in their order. An unreadable image is skipped and counted in
+    /// [`Classified::summary`] under [`OnError::Skip`], and is an error under [`OnError::Fail`].
+    pub fn classify(
         &mut self,
         examples: Vec<Example>,
         batch_size: usize,
         threads: Option<usize>,
-    ) -> Result<Array2<f32>> {
-        let mut out = Array2::<f32>::zeros((examples.len(), self.metadata.classes.len()));
+        on_error: OnError,
+    ) -> Result<Classified> {
         let [h, w] = self.metadata.image_size;
-        let config = LoaderConfig::for_inference(h, w, batch_size, threads);
-        let mut done = 0;
+        let mut config = LoaderConfig::for_inference(h, w, batch_size, threads);
+        config.on_error = on_error;
+        let mut read = Vec::with_capacity(examples.len());
+        let mut rows = Vec::with_capacity(examples.len());
+        let mut summary = LoadSummary::default();
         for batch in BatchLoader::start(examples, config)? {
             let batch = batch?;
-            let probs = self.run(batch.pixels.view())?;
-            out.slice_mut(s![done..done + probs.nrows(), ..])
-                .assign(&probs);
-            done += probs.nrows();
+            summary.record(&batch);
+            if batch.examples.is_empty() {
+                continue;
+            }
+            rows.push(self.run(batch.pixels.view())?);
+            read.extend(batch.examples);
         }
-        Ok(out)
+        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+        let probabilities = if views.is_empty() {
+            Array2::zeros((0, self.metadata.classes.len()))
+        } else {
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Onnx(e.to_string()))?
+        };
+        Ok(Classified {
+            examples: read,
+            probabilities,
+            summary,
+        })
     }
+}
+
+/// What [`ExportedModel::classify`] read.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    /// The examples whose images loaded, in the order given.
+    pub examples: Vec<Example>,
+    /// Probabilities `[examples, classes]`.
+    pub probabilities: Array2<f32>,
+    /// Images loaded and skipped (with names and reasons).
+    pub summary: LoadSummary,
 }
 
 /// Metrics of a model on one split, with what `--predictions` writes.
@@ -117,6 +144,8 @@ pub struct Evaluation {
     pub classes: Vec<String>,
     /// The metrics.
     pub metrics: Metrics,
+    /// Images loaded and skipped, when the rows came from images (empty for stored embeddings).
+    pub load: LoadSummary,
 }
 
 /// `head` on stored embeddings `features` (of the backbone `fingerprint`), rows `ids`/`labels`.
@@ -136,19 +165,24 @@ pub fn evaluate_embeddings(
         probabilities,
         classes: head.classes.clone(),
         metrics,
+        load: LoadSummary::default(),
     })
 }
 
-/// An exported model on the images of `examples` (sorted by id first, as the store keeps them).
+/// An exported model on the images of `examples` (sorted by id first, as the store keeps
+/// them); unreadable images are skipped and counted, or an error, as `on_error` says.
 pub fn evaluate_exported(
     model: &mut ExportedModel,
     mut examples: Vec<Example>,
     batch_size: usize,
     threads: Option<usize>,
+    on_error: OnError,
 ) -> Result<Evaluation> {
     examples.sort_by(|a, b| a.id.cmp(&b.id));
-    let ids: Vec<String> = examples.iter().map(|e| e.id.clone()).collect();
-    let labels = examples
+    let classified = model.classify(examples, batch_size, threads, on_error)?;
+    let ids: Vec<String> = classified.examples.iter().map(|e| e.id.clone()).collect();
+    let labels = classified
+        .examples
         .iter()
         .map(|e| {
             i32::try_from(e.label).map_err(|_| {
@@ -156,9 +190,7 @@ pub fn evaluate_exported(
             })
         })
         .collect::<Result<Vec<i32>>>()?;
-    let probabilities = model
-        .probabilities(examples, batch_size, threads)?
-        .mapv(f64::from);
+    let probabilities = classified.probabilities.mapv(f64::from);
     let classes = model.classes().to_vec();
     let metrics = Metrics::compute(probabilities.view(), &labels, &classes)?;
     Ok(Evaluation {
@@ -167,6 +199,7 @@ pub fn evaluate_exported(
         probabilities,
         classes,
         metrics,
+        load: classified.summary,
     })
 }
 

@@ -9,7 +9,7 @@ use xfer_head::{Evaluation, ExportedModel, Head};
 use xfer_store::StoreReader;
 
 use super::head::load_split;
-use crate::args::{BatchArgs, RuntimeArgs};
+use crate::args::{BatchArgs, OnErrorArgs, RuntimeArgs, report_skipped};
 
 /// Arguments of `xfer evaluate`: a head on stored embeddings (`--head`), or an
 /// exported model on the images of a dataset (`--model FILE --data DIR`).
@@ -50,6 +50,9 @@ pub struct Args {
     /// How the model runs (with --model).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Unreadable images (with --model).
+    #[command(flatten)]
+    pub errors: OnErrorArgs,
     /// Print the metrics as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -118,12 +121,15 @@ fn evaluate_exported(model_path: &Path, args: &Args) -> anyhow::Result<Evaluatio
         );
     }
     let chosen = examples_of_split(&dataset, args)?;
-    Ok(xfer_head::evaluate_exported(
+    let evaluation = xfer_head::evaluate_exported(
         &mut model,
         chosen,
         args.batches.batch_size,
         args.batches.decode_threads,
-    )?)
+        args.errors.on_error,
+    )?;
+    report_skipped(&evaluation.load);
+    Ok(evaluation)
 }
 
 /// The examples `--splits`/`--seed` tag with `--split`.

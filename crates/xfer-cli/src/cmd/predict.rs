@@ -9,7 +9,7 @@ use serde::Serialize;
 use xfer_data::Example;
 use xfer_head::ExportedModel;
 
-use crate::args::{BatchArgs, RuntimeArgs};
+use crate::args::{BatchArgs, OnErrorArgs, RuntimeArgs, report_skipped};
 
 /// Arguments of `xfer predict`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +32,9 @@ pub struct Args {
     /// How the model runs.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Unreadable images.
+    #[command(flatten)]
+    pub errors: OnErrorArgs,
 }
 
 /// One class and its probability.
@@ -50,24 +53,69 @@ struct Prediction {
     top_k: Vec<Ranked>,
 }
 
-/// Runs `xfer predict`.
+/// What became of one image: its prediction, or why it could not be read.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Predicted(Prediction),
+    Unreadable { image: String, error: String },
+}
+
+/// Runs `xfer predict`: every image it could read is printed, in the order given; an
+/// unreadable one gets an error line (`--on-error skip`) or stops the run (`fail`).
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.top_k == 0 || args.batches.batch_size == 0 {
         bail!("--top-k and --batch-size must be at least 1");
     }
     let mut model = ExportedModel::open(&args.model, &args.runtime.session_options())?;
-    let probs = model.probabilities(
-        args.images.iter().map(|p| Example::from_path(p)).collect(),
-        args.batches.batch_size,
-        args.batches.decode_threads,
-    )?;
-    let predictions: Vec<Prediction> = args
+    // Ids are positions, so that an image named twice is predicted twice.
+    let examples: Vec<Example> = args
         .images
         .iter()
-        .zip(probs.axis_iter(Axis(0)))
-        .map(|(path, p)| rank(path, p, model.classes(), args.top_k))
+        .enumerate()
+        .map(|(i, path)| Example {
+            id: i.to_string(),
+            path: path.clone(),
+            label: 0,
+        })
         .collect();
-    print_predictions(&predictions, args.json)
+    let classified = model.classify(
+        examples,
+        args.batches.batch_size,
+        args.batches.decode_threads,
+        args.errors.on_error,
+    )?;
+    let mut outcomes: Vec<Option<Outcome>> = args.images.iter().map(|_| None).collect();
+    for (example, p) in classified
+        .examples
+        .iter()
+        .zip(classified.probabilities.axis_iter(Axis(0)))
+    {
+        let prediction = rank(&example.path, p, model.classes(), args.top_k);
+        place(&mut outcomes, &example.id, Outcome::Predicted(prediction));
+    }
+    for skipped in &classified.summary.skipped {
+        let image = skipped.path.display().to_string();
+        let error = skipped.reason.clone();
+        place(
+            &mut outcomes,
+            &skipped.id,
+            Outcome::Unreadable { image, error },
+        );
+    }
+    print_predictions(
+        &outcomes.into_iter().flatten().collect::<Vec<_>>(),
+        args.json,
+    )?;
+    report_skipped(&classified.summary);
+    Ok(())
+}
+
+/// Puts `outcome` at the position its id names.
+fn place(outcomes: &mut [Option<Outcome>], id: &str, outcome: Outcome) {
+    if let Some(slot) = id.parse::<usize>().ok().and_then(|i| outcomes.get_mut(i)) {
+        *slot = Some(outcome);
+    }
 }
 
 /// The `top_k` most probable classes of one image.
@@ -99,15 +147,19 @@ fn rank(
     }
 }
 
-/// Prints the predictions as one JSON array or as one text line per image.
-fn print_predictions(predictions: &[Prediction], json: bool) -> anyhow::Result<()> {
+/// Prints the outcomes as one JSON array or as one text line per readable image (an
+/// unreadable one is reported on stderr by [`report_skipped`]).
+fn print_predictions(outcomes: &[Outcome], json: bool) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(predictions)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(outcomes)?)?;
         return Ok(());
     }
-    for p in predictions {
+    for outcome in outcomes {
+        let Outcome::Predicted(p) = outcome else {
+            continue;
+        };
         let rest: Vec<String> = p
             .top_k
             .iter()
