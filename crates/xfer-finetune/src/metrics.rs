@@ -63,7 +63,7 @@ impl MetricsLog {
     pub fn resume(run_dir: &Path, through_global_epoch: usize) -> Result<Self> {
         let path = run_dir.join(METRICS_LOG_FILE_NAME);
         let records = if path.exists() {
-            Self::read(&path)?
+            Self::read_dropping_torn_line(&path)?
         } else {
             Vec::new()
         };
@@ -84,11 +84,29 @@ impl MetricsLog {
 
     /// Reads every record of a log file.
     pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            op: "reading",
-            path: path.display().to_string(),
-            source,
-        })?;
+        Self::parse(&read_text(path)?, path)
+    }
+
+    /// Reads a log file whose last line may be half-written (a run killed while appending
+    /// it: the line has no final line break); that line is dropped with a warning.
+    fn read_dropping_torn_line(path: &Path) -> Result<Vec<EpochRecord>> {
+        let text = read_text(path)?;
+        let complete = match text.rfind('\n') {
+            Some(end) if end + 1 < text.len() => &text[..=end],
+            Some(_) => text.as_str(),
+            None => "",
+        };
+        if complete.len() < text.len() && !text[complete.len()..].trim().is_empty() {
+            tracing::warn!(
+                "{}: dropping its half-written last line (the run was stopped while writing it)",
+                path.display()
+            );
+        }
+        Self::parse(complete, path)
+    }
+
+    /// The records of the lines of `text`, read from `path`.
+    fn parse(text: &str, path: &Path) -> Result<Vec<EpochRecord>> {
         let mut records = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -140,4 +158,13 @@ fn to_line(record: &EpochRecord, path: &Path) -> Result<String> {
     })?;
     line.push('\n');
     Ok(line)
+}
+
+/// The text of the file at `path`.
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        op: "reading",
+        path: path.display().to_string(),
+        source,
+    })
 }

@@ -105,6 +105,33 @@ fn metrics_log_appends_and_a_resume_drops_epochs_after_the_checkpoint() {
     assert!(err.to_string().contains("line 1"), "{err}");
 }
 
+/// Issue 18 item 11: a run killed while appending leaves a half-written last line; a
+/// resume drops it (the checkpoint decides where to restart) instead of refusing.
+#[test]
+fn a_resume_drops_a_half_written_last_line_of_the_metrics_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = MetricsLog::create(dir.path()).expect("create");
+    for e in 1..=2 {
+        log.append(record(e, 1, 1.0 / e as f64)).expect("append");
+    }
+    let full = std::fs::read_to_string(log.path()).expect("read log");
+    let torn = to_line_prefix(&full);
+    std::fs::write(log.path(), format!("{full}{torn}")).expect("write torn line");
+    let resumed = MetricsLog::resume(dir.path(), 3).expect("resume past a torn line");
+    assert_eq!(resumed.records().len(), 2);
+    assert_eq!(MetricsLog::read(resumed.path()).expect("read").len(), 2);
+    // A broken line that is not the unfinished last one is still an error.
+    std::fs::write(log.path(), format!("{torn}\n{full}")).expect("write broken line");
+    let err = MetricsLog::resume(dir.path(), 3).expect_err("broken middle line");
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+/// The first half of the first line of `text`.
+fn to_line_prefix(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(line.chars().count() / 2).collect()
+}
+
 #[test]
 fn curves_are_a_png_and_a_labelled_svg_with_the_phase_boundary() {
     let dir = tempfile::tempdir().expect("tempdir");
