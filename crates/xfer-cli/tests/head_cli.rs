@@ -453,3 +453,33 @@ fn predict_and_evaluate_skip_an_unreadable_image() {
     let (ok, stdout, stderr) = evaluate(&["--on-error", "fail"]);
     assert!(!ok && stderr.contains("broken.png"), "{stdout}\n{stderr}");
 }
+
+/// `train-head` reports the `test` split by default when the store has one (issue 17, defect 3),
+/// and `--test none` turns it off.
+#[test]
+fn train_head_reports_the_test_split_by_default() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = root.join("data");
+    let model_dir = root.join("models/tiny");
+    let store = root.join("store");
+    let cwd = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tiny_backbone(&model_dir, 0.0);
+    let rows = images(&data);
+    fill_store(&store, &model_dir, &data, &rows);
+
+    let metrics_of = |run: &Path, extra: &[&str]| -> (serde_json::Value, String) {
+        let mut args = vec!["train-head", "--store", path(&store), "--out", path(run)];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = xfer(&args, &cwd);
+        assert!(ok, "train-head failed:\n{stdout}\n{stderr}");
+        let text = std::fs::read_to_string(run.join("metrics.json")).expect("metrics");
+        (serde_json::from_str(&text).expect("json"), stdout)
+    };
+    let (metrics, stdout) = metrics_of(&root.join("runs/default"), &[]);
+    assert_eq!(metrics["test"]["rows"], 12, "{metrics}");
+    assert!(stdout.contains("test"), "{stdout}");
+    let (metrics, _) = metrics_of(&root.join("runs/none"), &["--test", "none"]);
+    assert!(metrics.get("test").is_none(), "{metrics}");
+    assert_eq!(metrics["val"]["rows"], 12, "{metrics}");
+}

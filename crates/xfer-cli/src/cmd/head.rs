@@ -19,7 +19,8 @@ pub struct TrainArgs {
     /// Split that chooses the L2 strength (and is reported); `none` to skip (needs --l2).
     #[arg(long, default_value = "val")]
     pub val: String,
-    /// Split to report only (never used for choices).
+    /// Split to report only (never used for choices); default: `test` when the store has it;
+    /// `none` to skip.
     #[arg(long)]
     pub test: Option<String>,
     /// Run folder: gets head.json, head.onnx, metrics.json.
@@ -63,11 +64,16 @@ pub(crate) fn load_split(
         .with_context(|| format!("loading split `{split}` from {}", store.dir().display()))
 }
 
+/// The split `xfer train-head` reports as test when `--test` is not given and the store has it.
+const DEFAULT_TEST: &str = "test";
+
 /// The rows of `--train`, `--val` (unless `none`) and `--test`, all of one backbone.
 struct Rows {
     train: LoadedSplit,
     val: Option<LoadedSplit>,
     test: Option<LoadedSplit>,
+    /// Name of the test split (when `test` is loaded).
+    test_name: String,
 }
 
 impl Rows {
@@ -80,7 +86,8 @@ impl Rows {
             "none" => None,
             name => Some(load_split(&store, name, Some(&fp))?),
         };
-        let test = match &args.test {
+        let test_name = test_split(args, &store, &fp)?;
+        let test = match &test_name {
             Some(t) => Some(load_split(&store, t, Some(&fp))?),
             None => None,
         };
@@ -93,16 +100,38 @@ impl Rows {
                 );
             }
         }
-        Ok(Rows { train, val, test })
+        Ok(Rows {
+            train,
+            val,
+            test,
+            test_name: test_name.unwrap_or_default(),
+        })
     }
 
     /// `(name, rows)` of every split loaded, in the order train, val, test.
     fn named<'a>(&'a self, args: &'a TrainArgs) -> Vec<(&'a str, &'a LoadedSplit)> {
         let mut out = vec![(args.train.as_str(), &self.train)];
         out.extend(self.val.as_ref().map(|v| (args.val.as_str(), v)));
-        out.extend(args.test.as_deref().zip(self.test.as_ref()));
+        out.extend(self.test.as_ref().map(|t| (self.test_name.as_str(), t)));
         out
     }
+}
+
+/// The split to report as test: `--test NAME`, nothing for `--test none`, and by default
+/// `test` when the store has rows of that split for the backbone `fp`.
+fn test_split(args: &TrainArgs, store: &StoreReader, fp: &str) -> anyhow::Result<Option<String>> {
+    Ok(match args.test.as_deref() {
+        Some("none") => None,
+        Some(name) => Some(name.to_owned()),
+        None => {
+            let info = store.info()?;
+            let has_test = info
+                .models
+                .iter()
+                .any(|m| m.fingerprint == fp && m.per_split.contains_key(DEFAULT_TEST));
+            has_test.then(|| DEFAULT_TEST.to_owned())
+        }
+    })
 }
 
 /// The training options the flags ask for.
