@@ -70,6 +70,36 @@ impl TrainingGraphs {
     }
 }
 
+impl TrainingGraphs {
+    /// The eval model with the trainable parameters as graph inputs (named and shaped as
+    /// [`TrainingGraphs::params`]) instead of initializers: one session serves every set of
+    /// parameter values, fed with the data like the training graph's.
+    pub fn eval_fed(&self) -> Result<ModelProto> {
+        let mut model = self.eval.clone();
+        let graph = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Graph("eval model has no graph".to_owned()))?;
+        for p in &self.params {
+            let before = graph.initializer.len();
+            graph.initializer.retain(|t| t.name != p.name);
+            if graph.initializer.len() == before {
+                return Err(Error::Optimizer {
+                    name: p.name.clone(),
+                    reason: "not a parameter of the eval graph".to_owned(),
+                });
+            }
+            let dims: Vec<Dim> = p.shape.iter().map(|&d| Dim::Fixed(d as i64)).collect();
+            graph.input.push(ValueInfoProto::tensor(
+                p.name.clone(),
+                DataType::Float,
+                &dims,
+            ));
+        }
+        Ok(model)
+    }
+}
+
 /// Builds [`TrainingGraphs`] from a forward model.
 #[derive(Debug, Clone)]
 pub struct TrainingGraphBuilder {

@@ -178,6 +178,15 @@ impl Checkpoint {
         crate::fsutil::write_atomic(&path.with_extension("json"), json.as_bytes())
     }
 
+    /// Publishes the checkpoint saved at `from` also as `to` (and its `*.json` state), without
+    /// writing it again: a hard link (a copy where the file system has none), swapped in
+    /// atomically. A later [`Checkpoint::save`] to `from` replaces `from` by a new file, so
+    /// `to` keeps these bytes.
+    pub fn link(from: &Path, to: &Path) -> Result<()> {
+        link_atomic(from, to)?;
+        link_atomic(&from.with_extension("json"), &to.with_extension("json"))
+    }
+
     /// Reads a checkpoint written by [`Checkpoint::save`].
     pub fn load(path: &Path) -> Result<Self> {
         if !path.is_file() {
@@ -198,6 +207,25 @@ impl Checkpoint {
             reason: format!("has no tensor `{name}`"),
         })
     }
+}
+
+/// Makes `to` a hard link to `from` (a copy when linking fails), replacing `to` atomically.
+fn link_atomic(from: &Path, to: &Path) -> Result<()> {
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = to.with_file_name(format!(
+        ".{}.link-{}.tmp",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let io = |op: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { op, path, source }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_err() {
+        std::fs::copy(from, &tmp).map_err(io("copying", from))?;
+    }
+    std::fs::rename(&tmp, to).map_err(io("renaming", &tmp))
 }
 
 fn with_path(e: Error, path: &Path) -> Error {

@@ -81,6 +81,38 @@ impl Default for SplitConfig {
     }
 }
 
+/// Which epoch's parameters `model.onnx` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportChoice {
+    /// The epoch with the lowest validation loss (Keras's `ModelCheckpoint(save_best_only=True)`).
+    #[default]
+    Best,
+    /// The last epoch trained.
+    Last,
+}
+
+impl std::str::FromStr for ExportChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "best" => Ok(ExportChoice::Best),
+            "last" => Ok(ExportChoice::Last),
+            other => Err(format!("expected `best` or `last`, got `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for ExportChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExportChoice::Best => "best",
+            ExportChoice::Last => "last",
+        })
+    }
+}
+
 /// Everything that decides a fine-tuning run; saved as `runs/NAME/config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +144,8 @@ pub struct FinetuneConfig {
     pub augmentation: AugmentationConfig,
     /// Train, validation and test splits.
     pub splits: SplitConfig,
+    /// Which epoch `model.onnx` holds: `best` (lowest validation loss) or `last`.
+    pub export: ExportChoice,
 }
 
 impl Default for FinetuneConfig {
@@ -135,6 +169,7 @@ impl Default for FinetuneConfig {
             init_head: None,
             augmentation: AugmentationConfig::default(),
             splits: SplitConfig::default(),
+            export: ExportChoice::Best,
         }
     }
 }

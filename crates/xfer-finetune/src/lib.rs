@@ -8,10 +8,11 @@
 //! |---|---|
 //! | `config.toml` | the effective [`FinetuneConfig`] |
 //! | `metrics.jsonl` | one [`EpochRecord`] per finished epoch |
-//! | `curves.png`, `curves.svg` | loss and accuracy per epoch, phase boundary marked (the PNG has no text, the SVG has labels) |
-//! | `checkpoints/last.safetensors`, `best.safetensors` | parameters + Adam state; the training state (phase, epoch, step, RNG) in the safetensors metadata and beside it as `*.json` |
-//! | `model.onnx` | the fine-tuned backbone (BatchNorm folded) + head: pixels → probabilities |
-//! | `metrics.json` | test-split metrics of the exported model |
+//! | `curves.png`, `curves.svg` | loss and accuracy per epoch, phase boundary marked, with titles, axis labels and a legend (the PNG's text in the bundled DejaVu Sans) |
+//! | `checkpoints/last.safetensors`, `best.safetensors` | parameters + Adam state; the training state (phase, epoch, step, RNG) in the safetensors metadata and beside it as `*.json`; while the last epoch is the best, `best` is a hard link to `last` (written once) |
+//! | `model.onnx` | the fine-tuned backbone (BatchNorm folded) + head of the epoch [`FinetuneConfig::export`] chooses (default: lowest validation loss): pixels → probabilities |
+//! | `metrics.json` | test-split metrics of the exported model (`test`) and which epoch it holds (`exported`) |
+//! | `predictions.csv` | the exported model's prediction of every test image |
 
 mod checkpoint;
 mod config;
@@ -23,14 +24,16 @@ mod rng;
 mod trainer;
 
 pub use checkpoint::{CHECKPOINT_DIR, Checkpoint, PartialEpoch, TensorMap, TrainingState};
-pub use config::{AugmentationConfig, CONFIG_FILE_NAME, FinetuneConfig, PhaseConfig, SplitConfig};
+pub use config::{
+    AugmentationConfig, CONFIG_FILE_NAME, ExportChoice, FinetuneConfig, PhaseConfig, SplitConfig,
+};
 pub use curves::{CURVES_PNG, CURVES_SVG, draw_curves};
 pub use export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, trained_forward};
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};
 pub use trainer::{
-    DEFAULT_CACHE_BYTES, EXPORTED_MODEL, Event, Outcome, RunOptions, Summary,
-    checkpoint_parameters, finetune,
+    DEFAULT_CACHE_BYTES, EXPORTED_MODEL, Event, ExportedEpoch, Outcome, RunOptions, Summary,
+    TEST_PREDICTIONS, checkpoint_parameters, finetune,
 };
 
 /// Errors of this crate.

@@ -21,12 +21,29 @@ use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptio
 use crate::checkpoint::{Checkpoint, PartialEpoch, TensorMap, TrainingState};
 use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
 use crate::{
-    AugmentationConfig, EpochRecord, Error, FinetuneConfig, MetricsLog, PhaseConfig, Result,
-    draw_curves, epoch_permutation,
+    AugmentationConfig, EpochRecord, Error, ExportChoice, FinetuneConfig, MetricsLog, PhaseConfig,
+    Result, draw_curves, epoch_permutation,
 };
 
 /// File name of the exported model inside a run folder.
 pub const EXPORTED_MODEL: &str = "model.onnx";
+
+/// File name of the exported model's test predictions inside a run folder (one JSON line per
+/// image, as `xfer evaluate --predictions` writes them).
+pub const TEST_PREDICTIONS: &str = xfer_head::TEST_PREDICTIONS;
+
+/// The epoch whose parameters `model.onnx` holds (`exported` in `metrics.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportedEpoch {
+    /// What `--export` asked for.
+    pub choice: ExportChoice,
+    /// Epoch over both phases, from 1.
+    pub global_epoch: usize,
+    /// Phase of that epoch (1 or 2).
+    pub phase: u8,
+    /// Its validation loss.
+    pub val_loss: f64,
+}
 
 /// Default [`RunOptions::cache_bytes`]: 2 GiB (about 7 900 images at 150×150).
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
@@ -147,6 +164,10 @@ pub struct Summary {
     pub test: Option<xfer_head::Metrics>,
     /// Lowest validation loss and the global epoch it came from.
     pub best: Option<(f64, usize)>,
+    /// The epoch `model` holds.
+    pub exported: ExportedEpoch,
+    /// Validation sessions this process built: one per phase it trained.
+    pub eval_sessions: usize,
     /// Every epoch of the run.
     pub epochs: Vec<EpochRecord>,
     /// The training images' cache over this process's epochs (`None`: cache disabled).
@@ -284,6 +305,8 @@ struct Run<'a> {
     trained: BTreeMap<String, Parameter>,
     /// Adam's moments from the checkpoint, for the phase it was written in.
     optimizer_state: Vec<Parameter>,
+    /// Validation sessions built so far.
+    eval_sessions: usize,
 }
 
 impl<'a> Run<'a> {
@@ -331,6 +354,7 @@ impl<'a> Run<'a> {
             log,
             trained,
             optimizer_state,
+            eval_sessions: 0,
         })
     }
 
@@ -372,6 +396,13 @@ impl<'a> Run<'a> {
             &format!("training graph (phase {phase})"),
             &self.options.session,
         )?;
+        // One validation session for the phase; every epoch feeds it the current parameters.
+        let eval = Model::from_bytes(
+            &xfer_onnx::write_model_bytes(&graphs.eval_fed()?),
+            &format!("eval graph (phase {phase})"),
+            &self.options.session,
+        )?;
+        self.eval_sessions += 1;
         let mut run = PhaseRun {
             config: self.config,
             options: self.options,
@@ -381,6 +412,7 @@ impl<'a> Run<'a> {
             learning_rate: phase_config.learning_rate,
             caches: self.caches,
             session,
+            eval,
             params,
             adam,
         };
@@ -492,7 +524,47 @@ impl<'a> Run<'a> {
         Ok(None)
     }
 
-    /// Exports the trained model, measures it on the test split and sums the run up.
+    /// The epoch `--export` chooses and its parameters: the last epoch's (trained so far),
+    /// or those of `checkpoints/best.safetensors` when an earlier epoch had a lower
+    /// validation loss. The checkpoint holds the parameters its phase trained; the others
+    /// are the model's own, as they were in that epoch.
+    fn export_params(&self) -> Result<(ExportedEpoch, BTreeMap<String, Parameter>)> {
+        let records = self.log.records();
+        let last = records.last().ok_or_else(|| Error::Model {
+            reason: "no epoch was trained: nothing to export".to_owned(),
+        })?;
+        let chosen = match (self.config.export, self.state.best) {
+            (ExportChoice::Best, Some((_, epoch))) => records
+                .iter()
+                .find(|r| r.global_epoch == epoch)
+                .unwrap_or(last),
+            _ => last,
+        };
+        let exported = ExportedEpoch {
+            choice: self.config.export,
+            global_epoch: chosen.global_epoch,
+            phase: chosen.phase,
+            val_loss: chosen.val_loss,
+        };
+        if chosen.global_epoch == last.global_epoch {
+            return Ok((exported, self.trained.clone()));
+        }
+        let path = Checkpoint::best_path(&self.options.run_dir);
+        let best = Checkpoint::load(&path)?;
+        let epoch = best.state.global_epochs_done(self.config.phase1.epochs);
+        if epoch != chosen.global_epoch {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: format!(
+                    "holds epoch {epoch}, but the run's best epoch is {}; export with --export last",
+                    chosen.global_epoch
+                ),
+            });
+        }
+        Ok((exported, checkpoint_parameters(&best)))
+    }
+
+    /// Exports the chosen epoch's model, measures it on the test split and sums the run up.
     fn export_and_test(self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Outcome> {
         let setup = self.setup;
         let info = ExportInfo {
@@ -504,7 +576,8 @@ impl<'a> Run<'a> {
             backbone_name: setup.manifest.name.clone(),
             fingerprint: setup.manifest.fingerprint.clone(),
         };
-        let exported = export_model(&setup.forward, &self.trained, &info)?;
+        let (epoch, params) = self.export_params()?;
+        let exported = export_model(&setup.forward, &params, &info)?;
         let model_path = self.options.run_dir.join(EXPORTED_MODEL);
         xfer_onnx::write_model(&exported, &model_path)?;
         on_event(Event::Exported(&model_path));
@@ -513,6 +586,7 @@ impl<'a> Run<'a> {
         } else {
             Some(self.test(&exported, &model_path, &info.input)?)
         };
+        save_run_metrics(&self.options.run_dir, test.as_ref(), &epoch)?;
         tracing::info!(
             "image cache at the end of the run: {}",
             self.caches.describe()
@@ -521,13 +595,15 @@ impl<'a> Run<'a> {
             model: model_path,
             test,
             best: self.state.best,
+            exported: epoch,
+            eval_sessions: self.eval_sessions,
             epochs: self.log.records().to_vec(),
             train_cache: Caches::stats(self.caches.train.as_ref()),
             val_cache: Caches::stats(self.caches.val.as_ref()),
         }))
     }
 
-    /// Test-split metrics of the exported model, saved to the run folder.
+    /// Test-split metrics of the exported model; its predictions are saved to the run folder.
     fn test(
         &self,
         exported: &ModelProto,
@@ -542,20 +618,55 @@ impl<'a> Run<'a> {
         )?;
         // Test images are predicted once: caching them would only take memory.
         let loader = loader_config(self.config, self.options, self.setup, None);
-        let (probs, labels) = predict(
+        let (probs, examples) = predict(
             &mut model,
             input,
+            &[],
             xfer_head::PROBABILITIES_OUTPUT,
             &self.setup.test,
             loader,
         )?;
+        let labels = labels_of(&examples);
         let metrics = xfer_head::Metrics::compute(probs.view(), &labels, &self.setup.classes)?;
-        xfer_head::save_metrics(
-            &self.options.run_dir,
-            &[("test".to_owned(), metrics.clone())],
-        )?;
-        Ok(metrics)
+        let evaluation = xfer_head::Evaluation {
+            ids: examples.into_iter().map(|e| e.id).collect(),
+            labels,
+            probabilities: probs,
+            classes: self.setup.classes.clone(),
+            metrics,
+            // the run counts the images it skips itself
+            load: Default::default(),
+        };
+        evaluation.write_predictions(&self.options.run_dir.join(TEST_PREDICTIONS))?;
+        Ok(evaluation.metrics)
     }
+}
+
+/// `metrics.json` of a fine-tuning run: the exported model's test metrics and which epoch it is.
+fn save_run_metrics(
+    run_dir: &Path,
+    test: Option<&xfer_head::Metrics>,
+    exported: &ExportedEpoch,
+) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct RunMetrics<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test: Option<&'a xfer_head::Metrics>,
+        exported: &'a ExportedEpoch,
+    }
+    let path = run_dir.join(xfer_head::METRICS_JSON);
+    let json = serde_json::to_string_pretty(&RunMetrics { test, exported }).map_err(|e| {
+        Error::Metrics {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    crate::fsutil::write_atomic(&path, json.as_bytes())
+}
+
+/// The labels of `examples`, as the metrics take them.
+fn labels_of(examples: &[Example]) -> Vec<i32> {
+    examples.iter().map(|e| e.label as i32).collect()
 }
 
 /// Refuses a checkpoint written for another backbone.
@@ -771,6 +882,8 @@ struct PhaseRun<'a> {
     learning_rate: f32,
     caches: &'a Caches,
     session: Model,
+    /// The phase's validation session ([`TrainingGraphs::eval_fed`]).
+    eval: Model,
     params: Vec<Parameter>,
     adam: Adam,
 }
@@ -940,9 +1053,10 @@ impl PhaseRun<'_> {
             tracing::warn!("could not draw the curves: {e}");
         }
         let last = Checkpoint::last_path(&self.options.run_dir);
-        let checkpoint = self.save_checkpoint(state, &last)?;
+        self.save_checkpoint(state, &last)?;
         if improved {
-            checkpoint.save(&Checkpoint::best_path(&self.options.run_dir))?;
+            // The same bytes: a hard link, not a second write of the whole checkpoint.
+            Checkpoint::link(&last, &Checkpoint::best_path(&self.options.run_dir))?;
         }
         tracing::debug!(
             "image cache after phase {} epoch {}: {}",
@@ -986,23 +1100,37 @@ impl PhaseRun<'_> {
         Ok((loss, correct))
     }
 
-    /// Validation loss and accuracy with the eval graph (no dropout, no augmentation).
-    fn validate(&self) -> Result<(f64, f64)> {
-        let eval = self.graphs.eval_with(&self.params)?;
-        let bytes = xfer_onnx::write_model_bytes(&eval);
-        let mut model = Model::from_bytes(&bytes, "eval graph", &self.options.session)?;
-        let input = self.graphs.spec.data_input.name.clone();
+    /// Validation loss and accuracy with the eval graph (no dropout, no augmentation), the
+    /// current parameters fed to the phase's session.
+    fn validate(&mut self) -> Result<(f64, f64)> {
+        let mut feeds = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;
+            feeds.push((p.name.as_str(), InputTensor::F32(view)));
+        }
+        let input = self.graphs.spec.data_input.name.as_str();
         let loader = loader_config(
             self.config,
             self.options,
             self.setup,
             self.caches.val.as_ref(),
         );
-        let (logits, labels) = predict(&mut model, &input, "logits", &self.setup.val, loader)?;
-        Ok(loss_and_accuracy(&logits, &labels, self.setup.loss))
+        let (logits, examples) = predict(
+            &mut self.eval,
+            input,
+            &feeds,
+            "logits",
+            &self.setup.val,
+            loader,
+        )?;
+        Ok(loss_and_accuracy(
+            &logits,
+            &labels_of(&examples),
+            self.setup.loss,
+        ))
     }
 
-    fn save_checkpoint(&self, state: &TrainingState, path: &Path) -> Result<Checkpoint> {
+    fn save_checkpoint(&self, state: &TrainingState, path: &Path) -> Result<()> {
         let mut tensors = TensorMap::new();
         for p in &self.params {
             tensors.insert(format!("param.{}", p.name), to_array(p)?);
@@ -1014,8 +1142,7 @@ impl PhaseRun<'_> {
             state: state.clone(),
             tensors,
         };
-        checkpoint.save(path)?;
-        Ok(checkpoint)
+        checkpoint.save(path)
     }
 }
 
@@ -1133,25 +1260,30 @@ fn augmentation(a: &AugmentationConfig) -> Option<Augmentation> {
     })
 }
 
-/// Runs `model` over `examples` (loaded as `loader` says) and returns output `output`
-/// as `[n, k]` f64 rows plus the labels of the examples that loaded.
+/// Runs `model` over `examples` (loaded as `loader` says), with the fixed inputs `feeds`
+/// beside the pixels, and returns output `output` as `[n, k]` f64 rows plus the examples
+/// that loaded.
 fn predict(
     model: &mut Model,
     input: &str,
+    feeds: &[(&str, InputTensor<'_>)],
     output: &str,
     examples: &[Example],
     loader: LoaderConfig,
-) -> Result<(ndarray::Array2<f64>, Vec<i32>)> {
+) -> Result<(ndarray::Array2<f64>, Vec<Example>)> {
     let loader = BatchLoader::start(examples.to_vec(), loader)?;
     let mut rows: Vec<f64> = Vec::new();
-    let mut labels = Vec::new();
+    let mut loaded = Vec::new();
     let mut width = 0;
     for batch in loader {
         let batch = batch?;
         if batch.examples.is_empty() {
             continue;
         }
-        let outputs = model.run(&[(input, InputTensor::F32(batch.pixels.view().into_dyn()))])?;
+        let mut inputs = vec![(input, InputTensor::F32(batch.pixels.view().into_dyn()))];
+        inputs.extend(feeds.iter().map(|(name, t)| (*name, reborrow(t))));
+        let outputs = model.run(&inputs)?;
+        drop(inputs);
         let values = outputs
             .into_iter()
             .find(|(n, _)| n == output)
@@ -1161,11 +1293,19 @@ fn predict(
             })?;
         width = values.len() / batch.examples.len();
         rows.extend(values.iter().map(|&v| f64::from(v)));
-        labels.extend(batch.examples.iter().map(|e| e.label as i32));
+        loaded.extend(batch.examples);
     }
-    let n = labels.len();
+    let n = loaded.len();
     let array = ndarray::Array2::from_shape_vec((n, width), rows).map_err(shape_err)?;
-    Ok((array, labels))
+    Ok((array, loaded))
+}
+
+/// A view of `t` for as long as `t` is borrowed.
+fn reborrow<'s>(t: &'s InputTensor<'_>) -> InputTensor<'s> {
+    match t {
+        InputTensor::F32(a) => InputTensor::F32(a.view()),
+        InputTensor::I64(a) => InputTensor::I64(a.view()),
+    }
 }
 
 /// Mean loss and accuracy of logits `[n, units]` (f64).

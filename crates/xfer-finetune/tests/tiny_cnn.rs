@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use ndarray::{Array4, ArrayD, IxDyn};
 use xfer_autodiff::{HeadSpec, Loss, Parameter, Trainable, TrainingGraphBuilder};
 use xfer_finetune::{
-    Checkpoint, Error, Event, FinetuneConfig, MetricsLog, Outcome, RunOptions,
-    checkpoint_parameters, finetune, trained_forward,
+    Checkpoint, Error, Event, ExportChoice, ExportInfo, FinetuneConfig, MetricsLog, Outcome,
+    RunOptions, TEST_PREDICTIONS, checkpoint_parameters, export_model, finetune, trained_forward,
 };
 use xfer_onnx::{Dim, GraphBuilder, ModelProto, TensorProto, attr};
 use xfer_runtime::{InputTensor, Model, ModelManifest, ModelSource, SessionOptions};
@@ -32,8 +32,13 @@ impl Lcg {
 
 /// Two classes told apart by colour: `blue` images are blue-ish, `red` ones red-ish, with noise.
 fn write_dataset(root: &Path) {
+    write_dataset_coloured(root, [(70.0, 170.0), (170.0, 70.0)]);
+}
+
+/// The two classes with red and blue means `colours` (equal means: only noise tells them apart).
+fn write_dataset_coloured(root: &Path, colours: [(f32, f32); 2]) {
     let mut rng = Lcg(7);
-    for (class, (r, b)) in [("blue", (70.0, 170.0)), ("red", (170.0, 70.0))] {
+    for (class, (r, b)) in ["blue", "red"].into_iter().zip(colours) {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).expect("mkdir");
         for i in 0..PER_CLASS {
@@ -670,4 +675,142 @@ fn init_head_starts_phase1_from_a_head_of_train_head() {
     std::fs::write(head_dir.join("head.json"), other.to_string()).expect("write");
     let err = finetune(&cfg, &options(&f.root.join("run2")), &mut |_| {}).expect_err("fingerprint");
     assert!(err.to_string().contains("0123"), "{err}");
+}
+
+/// `model.onnx` of the fine-tuned tiny CNN as [`export_model`] writes it for `params`.
+fn exported_bytes(f: &Fixture, params: &BTreeMap<String, Parameter>) -> Vec<u8> {
+    let manifest = ModelManifest::read(&f.root.join("model")).expect("manifest");
+    let info = ExportInfo {
+        input: manifest.input.clone(),
+        features: manifest.output.clone(),
+        classes: vec!["blue".to_owned(), "red".to_owned()],
+        image_size: [SIDE, SIDE],
+        value_range: manifest.value_range,
+        backbone_name: manifest.name.clone(),
+        fingerprint: manifest.fingerprint.clone(),
+    };
+    xfer_onnx::write_model_bytes(&export_model(&f.forward, params, &info).expect("export"))
+}
+
+/// Classes of equal colour (the labels are noise) and a high learning rate: the head
+/// overfits the training images, so that an earlier epoch has the lowest validation loss.
+fn overfitting_run() -> (Fixture, FinetuneConfig) {
+    let f = fixture();
+    let data = f.root.join("noise");
+    write_dataset_coloured(&data, [(120.0, 120.0), (120.0, 120.0)]);
+    let mut c = config(&f, 4, 1);
+    c.data = data;
+    c.phase1.learning_rate = 0.2;
+    c.phase2.learning_rate = 0.05;
+    (f, c)
+}
+
+/// `--export best` (the default) exports the epoch with the lowest validation loss in
+/// metrics.jsonl and says so in metrics.json; `--export last` the last (issue 17, defect 4).
+#[test]
+fn export_best_holds_the_epoch_with_the_lowest_validation_loss() {
+    let (f, cfg) = overfitting_run();
+    let run = f.root.join("best");
+    assert_eq!(cfg.export, ExportChoice::Best, "best is the default");
+    let summary = run_to_end(&cfg, &options(&run));
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    let lowest = records
+        .iter()
+        .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
+        .expect("epochs");
+    let last = records.last().expect("epochs");
+    assert_ne!(
+        lowest.global_epoch,
+        last.global_epoch,
+        "the fixture must make an earlier epoch the best: {:?}",
+        records.iter().map(|r| r.val_loss).collect::<Vec<_>>()
+    );
+    assert_eq!(summary.exported.global_epoch, lowest.global_epoch);
+    assert_eq!(summary.exported.phase, lowest.phase);
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("metrics.json")).expect("metrics.json"),
+    )
+    .expect("json");
+    assert_eq!(metrics["exported"]["global_epoch"], lowest.global_epoch);
+    assert_eq!(metrics["exported"]["choice"], "best");
+    assert_eq!(metrics["test"]["rows"], 8);
+    // model.onnx is the best checkpoint's model, not the last one's.
+    let best = Checkpoint::load(&Checkpoint::best_path(&run)).expect("best");
+    assert_eq!(
+        best.state.global_epochs_done(cfg.phase1.epochs),
+        lowest.global_epoch
+    );
+    let model = std::fs::read(&summary.model).expect("model.onnx");
+    assert!(model == exported_bytes(&f, &checkpoint_parameters(&best)));
+    let last_ckpt = Checkpoint::load(&Checkpoint::last_path(&run)).expect("last");
+    assert!(model != exported_bytes(&f, &checkpoint_parameters(&last_ckpt)));
+    // one prediction line per test image
+    let predictions = std::fs::read_to_string(run.join(TEST_PREDICTIONS)).expect("predictions");
+    assert_eq!(predictions.lines().count(), 8);
+
+    let run_last = f.root.join("last");
+    let mut cfg_last = cfg.clone();
+    cfg_last.export = ExportChoice::Last;
+    let summary = run_to_end(&cfg_last, &options(&run_last));
+    assert_eq!(summary.exported.global_epoch, last.global_epoch);
+    let last_ckpt = Checkpoint::load(&Checkpoint::last_path(&run_last)).expect("last");
+    assert!(
+        std::fs::read(&summary.model).expect("model.onnx")
+            == exported_bytes(&f, &checkpoint_parameters(&last_ckpt))
+    );
+}
+
+/// While the last epoch is the best, `best` is a hard link to `last` (one write, not two);
+/// once a later epoch is worse, `best` keeps the best epoch's file (issue 17, defect 5).
+#[test]
+fn best_is_a_hard_link_to_last_while_the_last_epoch_is_the_best() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let inode = |p: PathBuf| std::fs::metadata(p).expect("metadata").ino();
+    let run = f.root.join("improving");
+    run_to_end(&config(&f, 3, 0), &options(&run));
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    assert!(records.windows(2).all(|w| w[1].val_loss < w[0].val_loss));
+    assert_eq!(
+        inode(Checkpoint::best_path(&run)),
+        inode(Checkpoint::last_path(&run))
+    );
+
+    let (f, cfg) = overfitting_run();
+    let run = f.root.join("overfitting");
+    let summary = run_to_end(&cfg, &options(&run));
+    assert_ne!(
+        inode(Checkpoint::best_path(&run)),
+        inode(Checkpoint::last_path(&run))
+    );
+    let best = Checkpoint::load(&Checkpoint::best_path(&run)).expect("best");
+    assert_eq!(
+        best.state.global_epochs_done(cfg.phase1.epochs),
+        summary.exported.global_epoch
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Checkpoint::best_path(&run).with_extension("json")).expect("json"),
+    )
+    .expect("state json");
+    assert_eq!(json["epochs_done"], best.state.epochs_done);
+    let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Validation builds one ONNX Runtime session per phase, not one per epoch (issue 17,
+/// defect 6), and a resumed run builds one for each phase it still trains.
+#[test]
+fn validation_builds_one_session_per_phase() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let summary = run_to_end(&config(&f, 3, 2), &options(&run));
+    assert_eq!(summary.epochs.len(), 5);
+    assert_eq!(summary.eval_sessions, 2);
+    let run = f.root.join("phase1-only");
+    let summary = run_to_end(&config(&f, 4, 0), &options(&run));
+    assert_eq!(summary.eval_sessions, 1);
 }

@@ -14,6 +14,10 @@ use crate::metadata::ModelMetadata;
 use crate::metrics::{Metrics, argmax};
 use crate::{Error, Result};
 
+/// File name of a run's per-image test predictions ([`Evaluation::write_predictions`]):
+/// `xfer train-head` and `xfer finetune` write it into their run folders.
+pub const TEST_PREDICTIONS: &str = "predictions.jsonl";
+
 /// A model written by `xfer export` or `xfer finetune`, loaded, with its metadata.
 pub struct ExportedModel {
     model: Model,

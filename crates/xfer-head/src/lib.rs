@@ -16,7 +16,9 @@ mod metrics;
 mod standardize;
 mod train;
 
-pub use evaluate::{Classified, Evaluation, ExportedModel, evaluate_embeddings, evaluate_exported};
+pub use evaluate::{
+    Classified, Evaluation, ExportedModel, TEST_PREDICTIONS, evaluate_embeddings, evaluate_exported,
+};
 pub use export::{
     ExportOptions, METADATA_CLASSES, METADATA_IMAGE_SIZE, METADATA_INPUT, PROBABILITIES_OUTPUT,
     merge,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use xfer_finetune::{CONFIG_FILE_NAME, Event, FinetuneConfig, Outcome, RunOptions, finetune};
+use xfer_finetune::{
+    CONFIG_FILE_NAME, Event, ExportChoice, FinetuneConfig, Outcome, RunOptions, finetune,
+};
 
 use crate::args::{RuntimeArgs, parse_size};
 
@@ -82,6 +84,9 @@ pub struct Args {
     /// Keep the class balance in every split.
     #[arg(long)]
     pub stratified: bool,
+    /// Which epoch model.onnx holds: `best` (lowest validation loss; default) or `last`.
+    #[arg(long, value_name = "best|last")]
+    pub export: Option<ExportChoice>,
     /// Image decoding threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub loader_threads: Option<usize>,
@@ -160,6 +165,9 @@ fn effective_config(args: &Args) -> anyhow::Result<FinetuneConfig> {
     }
     if args.stratified {
         c.splits.stratified = true;
+    }
+    if let Some(v) = args.export {
+        c.export = v;
     }
     c.validate()?;
     Ok(c)
@@ -300,6 +308,11 @@ fn report_outcome(outcome: Outcome, out: &Path) {
                     "best validation loss {loss:.4} at epoch {epoch} (checkpoints/best.safetensors)"
                 );
             }
+            let e = &summary.exported;
+            println!(
+                "model.onnx holds epoch {} (phase {}, validation loss {:.4}; --export {})",
+                e.global_epoch, e.phase, e.val_loss, e.choice
+            );
             if let Some(test) = &summary.test {
                 println!(
                     "{}",

@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// `none` to skip.
     #[arg(long)]
     pub test: Option<String>,
-    /// Run folder: gets head.json, head.onnx, metrics.json.
+    /// Run folder: gets head.json, head.onnx, metrics.json and the test split's predictions.jsonl.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Fingerprint of the backbone whose embeddings to use, when the store holds several.
@@ -197,6 +197,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     head.save(&args.out)
         .with_context(|| format!("saving the head in {}", args.out.display()))?;
     xfer_head::save_metrics(&args.out, &report)?;
+    if let Some(test) = &rows.test {
+        let evaluation = xfer_head::evaluate_embeddings(
+            &head,
+            test.features.view(),
+            &test.labels,
+            &test.ids,
+            &test.fingerprint,
+        )?;
+        evaluation.write_predictions(&args.out.join(xfer_head::TEST_PREDICTIONS))?;
+    }
     print_summary(&args, &head, &report, train_seconds);
     Ok(())
 }
@@ -211,7 +221,7 @@ fn print_summary(args: &TrainArgs, head: &Head, report: &[(String, Metrics)], se
     }
     println!("{}", xfer_head::format_table(report));
     println!(
-        "l2 {} ({}); trained in {seconds:.2} s; wrote {}/{{head.json,head.onnx,metrics.json}}",
+        "l2 {} ({}); trained in {seconds:.2} s; wrote {}/{{head.json,head.onnx,metrics.json,predictions.jsonl}}",
         head.hyper_parameters.l2,
         head.hyper_parameters.l2_source,
         args.out.display()
