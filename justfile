@@ -54,7 +54,7 @@ bench-extract n="512": setup fetch-data
 py-env:
     @if [ -f {{venv}}/.installed ] && cmp -s tests/python/requirements.txt {{venv}}/.installed; then echo "{{venv}} is up to date"; else python3 -m venv {{venv}} && {{venv}}/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt && cp tests/python/requirements.txt {{venv}}/.installed; fi
 
-# The whole recipe on the demo data: extract → train-head → short finetune → evaluate both → runs/demo/report.md.
+# The whole recipe on the demo data: extract → train-head → short finetune → evaluate both → runs/demo/report.md and runs/demo/report.html (`xfer report`).
 demo: setup fetch-data
     scripts/demo.sh
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `just demo`: both workflows of the Keras transfer-learning guide on the demo data, timed,
-# then a summary table and runs/demo/report.md. Expects `just setup fetch-data` to have run.
+# then a summary table, runs/demo/report.md and runs/demo/report.html (printed last). Expects `just setup fetch-data` to have run.
 # A second run reuses the store (nothing is re-embedded) and the converted model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,8 +59,16 @@ else
         "${unfreeze[@]}" "${resume[@]}"
 fi
 
+# --predictions: a fine-tuning run of an older xfer reused above has no predictions.jsonl yet.
 step evaluate-finetuned "$XFER" evaluate --model "$OUT/finetune/model.onnx" --data "$DATA" \
-    --splits "$SPLITS" --seed "$SEED" --split test --json > "$OUT/finetune/evaluate-test.json"
+    --splits "$SPLITS" --seed "$SEED" --split test --json \
+    --predictions "$OUT/finetune/predictions.jsonl" > "$OUT/finetune/evaluate-test.json"
+
+# One self-contained page: curves, confusion matrices, per-class figures, the misclassified
+# test images and the configs of both workflows, side by side.
+step report "$XFER" report "$OUT/head" "$OUT/finetune" --data "$DATA" --out "$OUT/report.html" > /dev/null
 
 echo
 python3 scripts/demo_report.py "$OUT"
+echo
+echo "report: $OUT/report.html"

@@ -50,6 +50,8 @@ enum Command {
     Finetune(cmd::finetune::Args),
     /// Check what a device needs: ONNX Runtime, the provider's libraries, the driver, the GPU.
     Doctor(cmd::doctor::Args),
+    /// Write one self-contained report.html about runs of train-head and finetune.
+    Report(cmd::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::TrainGraph(args) => cmd::train_graph::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Report(args) => cmd::report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,10 @@
 //! `curves.png` / `curves.svg`: loss and accuracy per epoch, both phases, the
-//! phase boundary marked.
+//! phase boundary marked (the grey vertical line), with titles, axis labels and
+//! a legend (blue = train, orange = validation).
 //!
-//! plotters is built without a font rasteriser (its `ttf` feature needs the
-//! system's fontconfig), so the PNG carries no text: left panel loss, right
-//! panel accuracy; blue = train, orange = validation; the grey vertical line is
-//! the start of phase 2. `curves.svg` is the same chart with titles, axis
-//! labels and a legend (SVG text needs no rasteriser).
+//! The PNG's text is rasterised by plotters' `ab_glyph` feature with DejaVu Sans,
+//! bundled in `fonts/` (its licence beside it), so no system font or fontconfig
+//! is needed.
 
 use std::path::Path;
 
@@ -15,7 +14,7 @@ use plotters::prelude::*;
 
 use crate::{EpochRecord, Error, Result};
 
-/// File name of the text-free PNG chart.
+/// File name of the PNG chart.
 pub const CURVES_PNG: &str = "curves.png";
 /// File name of the labelled SVG chart.
 pub const CURVES_SVG: &str = "curves.svg";
@@ -26,9 +25,31 @@ const BOUNDARY: RGBColor = RGBColor(150, 150, 150);
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 400;
 
+/// DejaVu Sans (Bitstream Vera licence and public domain: `fonts/LICENSE-DejaVu`).
+pub const FONT_TTF: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
+/// The font family the charts name; [`register_font`] maps it to [`FONT_TTF`].
+pub const FONT_FAMILY: &str = "sans-serif";
+
+/// Registers the bundled font with plotters as [`FONT_FAMILY`] (once per process).
+pub fn register_font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT_TTF).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Plot {
+            path: "fonts/DejaVuSans.ttf".to_owned(),
+            reason: "the bundled font could not be read".to_owned(),
+        })
+    }
+}
+
 /// Draws `run_dir/curves.png` and `run_dir/curves.svg` from the records so far
 /// (each written to a temporary name, then renamed).
 pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
+    register_font()?;
     let png = run_dir.join(CURVES_PNG);
     let plot_err = |path: &Path| {
         let path = path.display().to_string();
@@ -44,7 +65,7 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
     let tmp = run_dir.join(format!(".{CURVES_PNG}.{}.tmp.png", std::process::id()));
     let drawn = (|| {
         let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, records, false)?;
+        draw(&root, records)?;
         root.present().map_err(|e| e.to_string())
     })();
     if let Err(e) = drawn {
@@ -61,7 +82,7 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, records, true).map_err(plot_err(&svg_path))?;
+        draw(&root, records).map_err(plot_err(&svg_path))?;
         root.present()
             .map_err(|e| plot_err(&svg_path)(e.to_string()))?;
     }
@@ -81,17 +102,15 @@ struct Panel {
     getters: [Getter; 2],
 }
 
-/// What both panels share: the epoch range, the phase boundary, text or not.
+/// What both panels share: the epoch range and the phase boundary.
 struct Axes {
     last_epoch: f64,
     boundary: Option<f64>,
-    labels: bool,
 }
 
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     records: &[EpochRecord],
-    labels: bool,
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let axes = Axes {
@@ -106,7 +125,6 @@ fn draw<DB: DrawingBackend>(
             .find(|r| r.phase == 2)
             .map(|r| r.global_epoch as f64 - 0.5)
             .filter(|_| records.iter().any(|r| r.phase == 1)),
-        labels,
     };
     let loss_max = records
         .iter()
@@ -141,28 +159,22 @@ fn draw_panel<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let mut builder = ChartBuilder::on(area);
-    builder.margin(12);
-    if axes.labels {
-        builder
-            .caption(panel.title, ("sans-serif", 18))
-            .x_label_area_size(36)
-            .y_label_area_size(48);
-    }
+    builder
+        .margin(12)
+        .caption(panel.title, (FONT_FAMILY, 18))
+        .x_label_area_size(36)
+        .y_label_area_size(48);
     let mut chart = builder
         .build_cartesian_2d(0.5f64..axes.last_epoch + 0.5, 0.0f64..panel.y_max)
         .map_err(err)?;
-    let mut mesh = chart.configure_mesh();
-    if axes.labels {
-        mesh.x_desc("epoch").y_desc(panel.title);
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.light_line_style(RGBColor(235, 235, 235))
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(panel.title)
+        .label_style((FONT_FAMILY, 13))
+        .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(err)?;
-    if !axes.labels {
-        draw_frame(&mut chart, axes.last_epoch, panel.y_max)?;
-    }
     if let Some(x) = axes.boundary {
         chart
             .draw_series(LineSeries::new(
@@ -175,48 +187,14 @@ fn draw_panel<DB: DrawingBackend>(
         (panel.getters[0], TRAIN, "train"),
         (panel.getters[1], VAL, "validation"),
     ] {
-        draw_line(
-            &mut chart,
-            records,
-            getter,
-            color,
-            axes.labels.then_some(name),
-        )?;
+        draw_line(&mut chart, records, getter, color, name)?;
     }
-    if axes.labels {
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
-            .map_err(err)?;
-    }
-    Ok(())
-}
-
-/// Without text the mesh draws nothing: a frame, quarter lines and epoch ticks instead.
-fn draw_frame<DB: DrawingBackend>(
-    chart: &mut Chart<'_, DB>,
-    last_epoch: f64,
-    y_max: f64,
-) -> Result<(), String> {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    let (x0, x1) = (0.5, last_epoch + 0.5);
-    for k in 1..4 {
-        let y = y_max * f64::from(k) / 4.0;
-        chart
-            .draw_series(LineSeries::new([(x0, y), (x1, y)], RGBColor(225, 225, 225)))
-            .map_err(err)?;
-    }
-    let tick = y_max * 0.02;
-    let ticks = (1..=last_epoch as usize)
-        .map(|e| PathElement::new([(e as f64, 0.0), (e as f64, tick)], BLACK));
-    chart.draw_series(ticks).map_err(err)?;
     chart
-        .draw_series([Rectangle::new(
-            [(x0, 0.0), (x1, y_max)],
-            BLACK.stroke_width(1),
-        )])
+        .configure_series_labels()
+        .label_font((FONT_FAMILY, 13))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
         .map_err(err)?;
     Ok(())
 }
@@ -227,7 +205,7 @@ fn draw_line<DB: DrawingBackend>(
     records: &[EpochRecord],
     getter: Getter,
     color: RGBColor,
-    label: Option<&str>,
+    label: &str,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let points: Vec<(f64, f64)> = records
@@ -238,10 +216,8 @@ fn draw_line<DB: DrawingBackend>(
     let line = chart
         .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
         .map_err(err)?;
-    if let Some(label) = label {
-        line.label(label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
-    }
+    line.label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     chart
         .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
         .map_err(err)?;

@@ -159,3 +159,45 @@ fn curves_are_a_png_and_a_labelled_svg_with_the_phase_boundary() {
         "temporary files left: {names:?}"
     );
 }
+
+/// Dark pixels (every channel below 120: text, not the white background, the light grid or
+/// the coloured curves) in the rectangle `x0..x1` × `y0..y1` of an RGB image.
+fn dark_pixels(img: &image::RgbImage, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> usize {
+    (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 120))
+        .count()
+}
+
+/// curves.png has rendered text (issue 17, defect 7): the loss panel's title above the plot,
+/// its rotated y description at the left edge and the accuracy panel's "epoch" below it are
+/// not background.
+#[test]
+fn curves_png_has_rendered_title_axis_labels_and_legend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<EpochRecord> = (1..=5)
+        .map(|e| record(e, if e <= 3 { 1 } else { 2 }, 1.0 / e as f64))
+        .collect();
+    draw_curves(dir.path(), &records).expect("draw");
+    let img = image::open(dir.path().join("curves.png"))
+        .expect("png")
+        .to_rgb8();
+    assert_eq!(img.dimensions(), (1000, 400));
+    if let Some(keep) = std::env::var_os("XFER_KEEP_CURVES") {
+        std::fs::copy(dir.path().join("curves.png"), keep).expect("keep curves.png");
+    }
+    // title "loss", centred over the left panel (500 px wide), in the 12 px margin's band below
+    let title = dark_pixels(&img, (200, 300), (12, 36));
+    // y description "loss", rotated, at the left edge of the left panel
+    let y_desc = dark_pixels(&img, (14, 32), (120, 280));
+    // x description "epoch" under the right panel
+    let x_desc = dark_pixels(&img, (700, 820), (376, 398));
+    assert!(
+        title > 20 && y_desc > 20 && x_desc > 20,
+        "text regions are background: title {title}, y label {y_desc}, x label {x_desc} dark pixels"
+    );
+    // the legend ("train", "validation") sits in a box at the middle of each panel's right side
+    let legend =
+        dark_pixels(&img, (380, 490), (120, 280)) + dark_pixels(&img, (880, 990), (120, 280));
+    assert!(legend > 40, "no legend text: {legend} dark pixels");
+}

@@ -10,5 +10,6 @@ pub mod extract;
 pub mod finetune;
 pub mod head;
 pub mod predict;
+pub mod report;
 pub mod store;
 pub mod train_graph;
