@@ -26,12 +26,12 @@ const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 400;
 
 /// DejaVu Sans (Bitstream Vera licence and public domain: `fonts/LICENSE-DejaVu`).
-pub const FONT_TTF: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
+const FONT_TTF: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 /// The font family the charts name; [`register_font`] maps it to [`FONT_TTF`].
-pub const FONT_FAMILY: &str = "sans-serif";
+const FONT_FAMILY: &str = "sans-serif";
 
 /// Registers the bundled font with plotters as [`FONT_FAMILY`] (once per process).
-pub fn register_font() -> Result<()> {
+fn register_font() -> Result<()> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT_TTF).is_ok()
@@ -89,6 +89,17 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
     crate::fsutil::write_atomic(&svg_path, svg.as_bytes())
 }
 
+/// The top of a loss axis for `records`: 5 % above the largest finite train or validation loss.
+pub fn loss_axis_top(records: &[EpochRecord]) -> f64 {
+    records
+        .iter()
+        .flat_map(|r| [r.train_loss, r.val_loss])
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.05
+}
+
 /// Accessor of one plotted value of a record.
 type Getter = fn(&EpochRecord) -> f64;
 
@@ -126,13 +137,7 @@ fn draw<DB: DrawingBackend>(
             .map(|r| r.global_epoch as f64 - 0.5)
             .filter(|_| records.iter().any(|r| r.phase == 1)),
     };
-    let loss_max = records
-        .iter()
-        .flat_map(|r| [r.train_loss, r.val_loss])
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.05;
+    let loss_max = loss_axis_top(records);
     let panels = [
         Panel {
             title: "loss",

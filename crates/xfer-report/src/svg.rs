@@ -29,13 +29,7 @@ struct Panel {
 /// Two panels side by side (loss, accuracy) for `records`; `exported` is the global epoch
 /// `model.onnx` holds.
 pub fn curves_svg(records: &[EpochRecord], exported: Option<usize>) -> String {
-    let loss_max = records
-        .iter()
-        .flat_map(|r| [r.train_loss, r.val_loss])
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.05;
+    let loss_max = xfer_finetune::loss_axis_top(records);
     let panels = [
         Panel {
             title: "loss",
