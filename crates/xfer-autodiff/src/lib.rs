@@ -41,6 +41,7 @@ pub use builder::{TrainingGraphBuilder, TrainingGraphs, vjp_model};
 pub use io::{load_params, save_params};
 pub use optim::{Adam, NamedTensor, Optimizer, Sgd};
 pub use random::{dropout_mask, glorot_uniform};
+pub use select::check_trainable;
 pub use spec::{GraphSpec, HeadSpec, Loss, MaskSpec, Parameter, TensorSpec, Trainable};
 
 /// Batch size of the forward run that measures intermediate shapes.

@@ -2,8 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use xfer_onnx::{DataType, GraphProto};
+use xfer_onnx::{DataType, GraphProto, ModelProto};
 
+use crate::builder::{HEAD_BIAS, HEAD_KERNEL};
 use crate::spec::Trainable;
 use crate::{Error, Result};
 
@@ -54,6 +55,66 @@ fn layer_of(param: &str) -> &str {
     param.rsplit_once('.').map_or(param, |(l, _)| l)
 }
 
+/// Checks that `trainable` selects parameters that exist in the forward model (an
+/// `--unfreeze-from` layer with parameters, named parameters) without building a
+/// training graph, so that a run can refuse a bad selection before it trains.
+pub fn check_trainable(forward: &ModelProto, trainable: &Trainable) -> Result<()> {
+    let graph = forward
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("the model has no graph".to_owned()))?;
+    let head = [HEAD_KERNEL.to_owned(), HEAD_BIAS.to_owned()];
+    select(trainable, &parameter_candidates(graph), &head).map(|_| ())
+}
+
+/// How many of the closest layer names an unknown-layer error shows.
+const CLOSEST_SHOWN: usize = 5;
+
+/// The error for a layer that has no parameters: the layers closest to `layer` by edit
+/// distance (ties in graph order), so a typo shows its correction.
+fn unknown_layer(layer: &str, candidates: &[String]) -> Error {
+    let mut layers: Vec<&str> = Vec::new();
+    for c in candidates {
+        if !layers.contains(&layer_of(c)) {
+            layers.push(layer_of(c));
+        }
+    }
+    let mut ranked: Vec<(usize, usize, &str)> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (edit_distance(layer, name), i, *name))
+        .collect();
+    ranked.sort_unstable();
+    let closest: Vec<&str> = ranked
+        .iter()
+        .take(CLOSEST_SHOWN)
+        .map(|(_, _, n)| *n)
+        .collect();
+    Error::Selection(format!(
+        "no layer `{layer}` among the {} layers with parameters; closest: {}",
+        layers.len(),
+        closest.join(", ")
+    ))
+}
+
+/// Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row.last().copied().unwrap_or(0)
+}
+
 /// The parameters `trainable` selects among the backbone `candidates` and the `head` parameters.
 pub(crate) fn select(
     trainable: &Trainable,
@@ -65,19 +126,7 @@ pub(crate) fn select(
         Trainable::Head => head.to_vec(),
         Trainable::From(layer) => {
             let Some(start) = candidates.iter().position(|c| layer_of(c) == layer) else {
-                let mut layers: Vec<&str> = Vec::new();
-                for c in candidates {
-                    if layers.last() != Some(&layer_of(c)) {
-                        layers.push(layer_of(c));
-                    }
-                }
-                let shown: Vec<&str> = layers.iter().take(12).copied().collect();
-                return Err(Error::Selection(format!(
-                    "no layer `{layer}` among the {} layers with parameters (first ones: {}{})",
-                    layers.len(),
-                    shown.join(", "),
-                    if layers.len() > 12 { ", ..." } else { "" }
-                )));
+                return Err(unknown_layer(layer, candidates));
             };
             candidates[start..].iter().chain(head).cloned().collect()
         }
@@ -96,4 +145,25 @@ pub(crate) fn select(
                 .collect()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("block2_cnv", "block2_conv"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn an_unknown_layer_names_the_closest_ones_first() {
+        let candidates: Vec<String> = (0..30).map(|i| format!("block{i}_conv.kernel")).collect();
+        let err = select(&Trainable::From("block27_cnv".into()), &candidates, &[])
+            .expect_err("unknown layer");
+        let text = err.to_string();
+        assert!(text.contains("closest: block27_conv,"), "{text}");
+    }
 }

@@ -272,8 +272,12 @@ impl FinetuneConfig {
     }
 
     /// Refuses to resume `saved` under `self` when a setting that shapes the run changed.
-    pub fn check_resumable_from(&self, saved: &FinetuneConfig) -> Result<()> {
+    /// `unfreeze_from` may change until phase 2 has started (`phase2_started` false).
+    pub fn check_resumable_from(&self, saved: &FinetuneConfig, phase2_started: bool) -> Result<()> {
         for ((key, now), (_, before)) in self.resume_keys().into_iter().zip(saved.resume_keys()) {
+            if key == "unfreeze_from" && !phase2_started {
+                continue;
+            }
             if now != before {
                 return Err(Error::Config {
                     path: None,

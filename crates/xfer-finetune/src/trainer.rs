@@ -242,9 +242,10 @@ pub fn finetune(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Outcome> {
     config.validate()?;
+    // Every setting is checked against the model and the data before any work or file.
+    let setup = prepare(config)?;
     let resumed = open_run(config, options)?;
     config.save(&options.run_dir)?;
-    let setup = prepare(config)?;
     let caches = Caches::new(&setup, options.cache_bytes);
     on_event(Event::Started {
         classes: &setup.classes,
@@ -279,18 +280,50 @@ fn open_run(config: &FinetuneConfig, options: &RunOptions) -> Result<Option<Chec
         }
         return Ok(None);
     }
+    let resumed = if last_path.is_file() {
+        Some(resume_checkpoint(run_dir)?)
+    } else {
+        tracing::warn!(
+            "--resume: {} has no checkpoint yet; starting from the beginning",
+            run_dir.display()
+        );
+        None
+    };
     let saved_path = run_dir.join(crate::CONFIG_FILE_NAME);
     if saved_path.is_file() {
-        config.check_resumable_from(&FinetuneConfig::read(&saved_path)?)?;
+        let phase2_started = resumed.as_ref().is_some_and(|c| c.state.phase >= 2);
+        config.check_resumable_from(&FinetuneConfig::read(&saved_path)?, phase2_started)?;
     }
-    if last_path.is_file() {
-        return Ok(Some(Checkpoint::load(&last_path)?));
+    Ok(resumed)
+}
+
+/// The checkpoint a resume continues from: `last.safetensors`, or, when that cannot be
+/// read (a damaged file), `best.safetensors` with a warning; the epochs after it are redone.
+fn resume_checkpoint(run_dir: &Path) -> Result<Checkpoint> {
+    let last = Checkpoint::last_path(run_dir);
+    let last_error = match Checkpoint::load(&last) {
+        Ok(checkpoint) => return Ok(checkpoint),
+        Err(e) => e,
+    };
+    let best = Checkpoint::best_path(run_dir);
+    match Checkpoint::load(&best) {
+        Ok(checkpoint) => {
+            tracing::warn!(
+                "{last_error}; resuming from {} (phase {}, epoch {}) and redoing the epochs after it",
+                best.display(),
+                checkpoint.state.phase,
+                checkpoint.state.epochs_done
+            );
+            Ok(checkpoint)
+        }
+        Err(best_error) => Err(Error::Checkpoint {
+            path: last.display().to_string(),
+            reason: format!(
+                "cannot be read ({last_error}), and neither can best.safetensors ({best_error}); \
+                 start a new run folder"
+            ),
+        }),
     }
-    tracing::warn!(
-        "--resume: {} has no checkpoint yet; starting from the beginning",
-        run_dir.display()
-    );
-    Ok(None)
 }
 
 /// A run across its phases: where it stands, its log and what it trained so far.
@@ -718,6 +751,13 @@ fn prepare(config: &FinetuneConfig) -> Result<Setup> {
                 classes.len()
             ),
         });
+    }
+    if let Some(layer) = config
+        .unfreeze_from
+        .as_ref()
+        .filter(|_| config.phase2.epochs > 0)
+    {
+        xfer_autodiff::check_trainable(&forward, &Trainable::From(layer.clone()))?;
     }
     let [train, val, test] = take_splits(config, &dataset)?;
     let size = config.image_size.unwrap_or(manifest.image_size);

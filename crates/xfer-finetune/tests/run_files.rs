@@ -63,10 +63,12 @@ fn resuming_with_other_settings_is_refused() {
     let saved = FinetuneConfig::default();
     let mut now = saved.clone();
     now.phase2.epochs = 12; // more epochs: fine
-    now.check_resumable_from(&saved)
+    now.check_resumable_from(&saved, true)
         .expect("more epochs may be added");
     now.seed = 1;
-    let err = now.check_resumable_from(&saved).expect_err("seed changed");
+    let err = now
+        .check_resumable_from(&saved, true)
+        .expect_err("seed changed");
     assert!(err.to_string().contains("`seed`"), "{err}");
 }
 

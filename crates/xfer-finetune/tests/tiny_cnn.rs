@@ -814,3 +814,103 @@ fn validation_builds_one_session_per_phase() {
     let summary = run_to_end(&config(&f, 4, 0), &options(&run));
     assert_eq!(summary.eval_sessions, 1);
 }
+
+/// Runs `config` and sets the stop flag after `stop_after` optimizer steps (0: never);
+/// returns the outcome and the number of steps taken.
+fn run_counting_steps(
+    config: &FinetuneConfig,
+    options: &RunOptions,
+    stop_after: usize,
+) -> (xfer_finetune::Result<Outcome>, usize) {
+    options.stop.store(false, Ordering::SeqCst);
+    let stop = options.stop.clone();
+    let mut steps = 0usize;
+    let outcome = finetune(config, options, &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+            if steps == stop_after {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    (outcome, steps)
+}
+
+/// Issue 18 item 3: an unknown `--unfreeze-from` layer is refused before phase 1 trains,
+/// naming the closest layers; a run stopped in phase 1 resumes with a corrected name,
+/// while a run that is in phase 2 keeps its layer.
+#[test]
+fn an_unknown_unfreeze_layer_is_refused_before_training_and_a_resume_may_correct_it() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let mut cfg = config(&f, 2, 2);
+    cfg.unfreeze_from = Some("block2_cnv".to_owned());
+    let (outcome, steps) = run_counting_steps(&cfg, &options(&run), 0);
+    let err = outcome.expect_err("unknown layer");
+    assert_eq!(steps, 0, "trained before refusing: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("block2_cnv") && text.contains("block2_conv"),
+        "{text}"
+    );
+
+    // Stopped in phase 1 with one name, resumed with another: accepted.
+    cfg.unfreeze_from = Some("block2_conv".to_owned());
+    let mut opts = options(&run);
+    let (outcome, _) = run_counting_steps(&cfg, &opts, 1);
+    assert!(
+        matches!(outcome, Ok(Outcome::Interrupted { .. })),
+        "{outcome:?}"
+    );
+    cfg.unfreeze_from = Some("block1_conv".to_owned());
+    opts.resume = true;
+    let (outcome, _) = run_counting_steps(&cfg, &opts, 5);
+    assert!(
+        matches!(outcome, Ok(Outcome::Interrupted { .. })),
+        "{outcome:?}"
+    );
+    // Now in phase 2 (2 steps per epoch): the layer may no longer change.
+    cfg.unfreeze_from = Some("block2_conv".to_owned());
+    let (outcome, _) = run_counting_steps(&cfg, &opts, 0);
+    let err = outcome.expect_err("phase 2 started");
+    assert!(err.to_string().contains("unfreeze_from"), "{err}");
+    cfg.unfreeze_from = Some("block1_conv".to_owned());
+    opts.stop.store(false, Ordering::SeqCst);
+    run_to_end(&cfg, &opts);
+}
+
+/// Issue 18 item 11: a truncated `last.safetensors` falls back to `best.safetensors` (with
+/// the epochs after it redone), or says that neither can be read.
+#[test]
+fn a_truncated_last_checkpoint_falls_back_to_best() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let cfg = config(&f, 3, 0);
+    let mut opts = options(&run);
+    // 2 steps per epoch: stop inside epoch 3.
+    let (outcome, _) = run_counting_steps(&cfg, &opts, 5);
+    assert!(
+        matches!(outcome, Ok(Outcome::Interrupted { .. })),
+        "{outcome:?}"
+    );
+    let last = Checkpoint::last_path(&run);
+    let bytes = std::fs::read(&last).expect("read last");
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).expect("truncate last");
+    opts.resume = true;
+    opts.stop.store(false, Ordering::SeqCst);
+    let summary = run_to_end(&cfg, &opts);
+    assert_eq!(summary.epochs.len(), 3);
+    assert_eq!(
+        MetricsLog::read(&run.join("metrics.jsonl"))
+            .expect("log")
+            .len(),
+        3
+    );
+
+    let bytes = std::fs::read(&last).expect("read last");
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).expect("truncate last");
+    std::fs::remove_file(Checkpoint::best_path(&run)).expect("remove best");
+    let (outcome, _) = run_counting_steps(&cfg, &opts, 0);
+    let err = outcome.expect_err("no checkpoint to resume from");
+    assert!(err.to_string().contains("best.safetensors"), "{err}");
+}
