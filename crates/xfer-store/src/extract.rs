@@ -3,10 +3,12 @@
 //! [`extract`] is a short list of named steps:
 //!
 //! 1. `select_examples`: the split assignment, the shard and the limit pick the images;
-//! 2. `StorePlan::against`: what the store holds decides which images are cached, which
+//! 2. `lock_store`: the store's [`StoreLock`] (held to the end, so a concurrent writer waits)
+//!    and the removal of killed writers' temporary files;
+//! 3. `StorePlan::against`: what the store holds decides which images are cached, which
 //!    are re-embedded (changed bytes) and which keep their embedding under a new split
 //!    (`--retag`);
-//! 3. `embed_batches`: three stages overlap, joined by bounded channels so memory is
+//! 4. `embed_batches`: three stages overlap, joined by bounded channels so memory is
 //!    bounded by the queue depth, not by the dataset size:
 //!    * **read + decode**: xfer-data's [`BatchLoader`] reads each file once and hashes it;
 //!      its [`SkipHook`] counts a file whose `(id, content_hash, model)` is already stored
@@ -15,7 +17,7 @@
 //!      exactly `batch_size` and run through ONNX Runtime;
 //!    * **write** (a writer thread): [`EmbeddingWriter`] appends record batches and renames
 //!      each part file when complete;
-//! 4. `finish`: the counts are checked against the rows written.
+//! 5. `finish`: the counts are checked against the rows written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -33,6 +35,7 @@ use xfer_data::{
 };
 use xfer_runtime::{Backbone, Device, ModelManifest, SessionOptions};
 
+use crate::lock::{LockWait, StoreLock};
 use crate::reader::StoreReader;
 use crate::schema::{StoreMetadata, content_hash};
 use crate::writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
@@ -125,6 +128,8 @@ pub struct ExtractConfig {
     /// Set (e.g. by a ctrl-c handler) to stop after the batch in flight: the rows embedded
     /// so far are written, and `extract` returns [`Error::Cancelled`]; a rerun resumes.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Wait for another writer's store lock (with a message naming it) or fail at once.
+    pub wait: LockWait,
 }
 
 impl ExtractConfig {
@@ -148,6 +153,7 @@ impl ExtractConfig {
             resize: ResizeMethod::Bilinear,
             retag: false,
             cancel: None,
+            wait: LockWait::Wait,
         })
     }
 
@@ -204,6 +210,8 @@ pub struct ExtractSummary {
     pub skipped: Vec<SkippedFile>,
     /// Part files written.
     pub files: Vec<PathBuf>,
+    /// Temporary part files of killed writers removed.
+    pub temp_removed: usize,
     /// Wall time.
     pub elapsed: Duration,
     /// Time spent inside ONNX Runtime.
@@ -264,6 +272,13 @@ impl fmt::Display for ExtractSummary {
         for s in self.skipped.iter().take(5) {
             writeln!(f, "    {}: {}", s.id, s.reason)?;
         }
+        if self.temp_removed > 0 {
+            writeln!(
+                f,
+                "removed {} temporary part file(s) of killed writers",
+                self.temp_removed
+            )?;
+        }
         if self.not_in_split + self.other_shards + self.over_limit > 0 {
             writeln!(
                 f,
@@ -310,6 +325,7 @@ pub fn extract(
         ..Default::default()
     };
     let selected = select_examples(config, &dataset, &mut summary)?;
+    let _lock = lock_store(config, &mut summary)?;
     let store = StoreReader::open_or_empty(&config.store)?;
     let plan = StorePlan::against(&store, config, &manifest, dataset.classes(), selected)?;
     let mut state = ExtractProgress {
@@ -373,12 +389,25 @@ fn lowest_id_hashes(selected: Vec<(Example, String)>, limit: usize) -> Vec<(Exam
     keyed.into_iter().map(|(_, s)| s).collect()
 }
 
+/// The part-name tag (and shard lock name) of a `--shard` run.
+fn shard_tag(config: &ExtractConfig) -> Option<String> {
+    config.shard.map(|s| format!("s{}of{}", s.index, s.count))
+}
+
 fn writer_options(config: &ExtractConfig) -> WriterOptions {
     WriterOptions {
         rows_per_part: config.rows_per_part,
-        tag: config.shard.map(|s| format!("s{}of{}", s.index, s.count)),
+        tag: shard_tag(config),
         ..Default::default()
     }
+}
+
+/// Locks the store for this run (held until `extract` returns) and removes the temporary
+/// files killed writers left.
+fn lock_store(config: &ExtractConfig, summary: &mut ExtractSummary) -> Result<StoreLock> {
+    let lock = StoreLock::acquire(&config.store, shard_tag(config).as_deref(), config.wait)?;
+    summary.temp_removed = lock.remove_dead_temp_files()?;
+    Ok(lock)
 }
 
 /// The selected images measured against what the store holds for this model.

@@ -11,6 +11,7 @@
 //! * [`EmbeddingWriter`] appends rows and rolls part files.
 //! * [`StoreReader`] opens a store: cache keys, [`StoreReader::load_split`],
 //!   [`StoreReader::info`], [`StoreReader::compact`].
+//! * [`StoreLock`] is the advisory lock every writer (`extract`, `compact`) holds.
 //! * [`extract`] runs a backbone over a dataset into a store (decode on the
 //!   rayon pool, inference, writing — overlapped, memory bounded).
 //!
@@ -19,10 +20,12 @@
 //! time), and `compact` drops the superseded rows.
 
 pub mod extract;
+mod lock;
 mod reader;
 pub mod schema;
 mod writer;
 
+pub use lock::{LOCK_FILE, LockWait, StoreLock};
 pub use reader::{
     CompactSummary, LoadedSplit, ModelInfo, StoreFile, StoreInfo, StoreReader, StoredKey,
 };
@@ -112,6 +115,16 @@ pub enum Error {
     /// The runtime failed (library, session, inference).
     #[error(transparent)]
     Runtime(#[from] xfer_runtime::Error),
+    /// Another writer holds the store's lock and `--no-wait` was given.
+    #[error(
+        "store {store} is locked by {holder}; wait for it to finish (drop --no-wait to wait for it)"
+    )]
+    Locked {
+        /// Store directory.
+        store: String,
+        /// Who holds the lock (pid, host, command line), from its lock file.
+        holder: String,
+    },
     /// The extraction was cancelled through [`extract::ExtractConfig::cancel`].
     #[error(
         "extraction cancelled; the {stored} row(s) embedded before stopping are stored, rerun to resume"

@@ -550,8 +550,9 @@ impl StoreReader {
     /// The merged file is written under a temporary name and renamed into
     /// place before the old parts are removed; if interrupted in between, the
     /// merged file (newest) wins and a second `compact` removes the rest.
-    /// Temporary files of writers that are no longer running are removed.
-    pub fn compact(&self) -> Result<CompactSummary> {
+    /// Temporary files of writers that are no longer running are removed. Called under
+    /// the store's lock: [`crate::StoreLock::compact`].
+    pub(crate) fn compact(&self) -> Result<CompactSummary> {
         let index = self.index()?;
         let mut summary = CompactSummary {
             temp_removed: self.remove_dead_temp_files(),
@@ -633,7 +634,7 @@ impl StoreReader {
 
 impl StoreReader {
     /// Removes the temporary files of writers that are no longer running; how many.
-    fn remove_dead_temp_files(&self) -> usize {
+    pub(crate) fn remove_dead_temp_files(&self) -> usize {
         self.temp_files
             .iter()
             .filter(|t| writer_is_dead(t) && std::fs::remove_file(t).is_ok())

@@ -254,7 +254,10 @@ fn a_modified_image_is_re_embedded_and_supersedes_its_old_row() {
             .len()
     );
 
-    let compacted = reader.compact().expect("compact");
+    let compacted = xfer_store::StoreLock::acquire(&f.store, None, xfer_store::LockWait::NoWait)
+        .expect("lock")
+        .compact()
+        .expect("compact");
     assert_eq!(compacted.rows, 12);
     assert_eq!(compacted.dropped, 1);
     let after = rows(&f.store);

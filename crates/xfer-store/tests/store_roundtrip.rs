@@ -1,7 +1,10 @@
 //! Writer → reader round trips on a store written here (no model needed).
 
 use ndarray::Array2;
-use xfer_store::{EmbeddingRecord, EmbeddingWriter, StoreMetadata, StoreReader, WriterOptions};
+use xfer_store::{
+    EmbeddingRecord, EmbeddingWriter, LockWait, StoreLock, StoreMetadata, StoreReader,
+    WriterOptions,
+};
 
 fn meta(fp: &str, dim: usize) -> StoreMetadata {
     StoreMetadata {
@@ -123,7 +126,8 @@ fn newer_row_supersedes_and_compact_drops_it() {
     std::fs::write(&stale, b"half a file").expect("write");
     let store = StoreReader::open(dir.path()).expect("open");
     assert_eq!(store.temp_files().len(), 1);
-    let summary = store.compact().expect("compact");
+    let lock = StoreLock::acquire(dir.path(), None, LockWait::NoWait).expect("lock");
+    let summary = lock.compact().expect("compact");
     assert_eq!(summary.files_in, 2);
     assert_eq!(summary.files_out.len(), 1);
     assert_eq!(summary.rows, 2);
@@ -139,7 +143,7 @@ fn newer_row_supersedes_and_compact_drops_it() {
     assert_eq!(train.features.row(0).to_vec(), vec![9.0, 9.5, 9.25]);
     assert_eq!(train.features.row(1).to_vec(), vec![2.0, 2.5, 2.25]);
     // Nothing left to do: a second compact keeps the file.
-    let again = store.compact().expect("compact again");
+    let again = lock.compact().expect("compact again");
     assert!(again.files_out.is_empty());
     assert_eq!(again.rows, 2);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use xfer_data::OnError;
+use xfer_store::LockWait;
 use xfer_store::extract::{ExtractConfig, Shard, extract};
 
 use crate::args::{RuntimeArgs, SplitArgs};
@@ -59,6 +60,18 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Fail at once when another writer holds the store's lock, instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `--no-wait` as the store lock's wait mode.
+pub fn lock_wait(no_wait: bool) -> LockWait {
+    if no_wait {
+        LockWait::NoWait
+    } else {
+        LockWait::Wait
+    }
 }
 
 fn parse_on_error(s: &str) -> Result<OnError, String> {
@@ -80,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.limit = args.limit;
     config.rows_per_part = args.rows_per_part;
     config.queue_depth = args.queue_depth;
+    config.wait = lock_wait(args.no_wait);
 
     let bar = if args.quiet {
         ProgressBar::hidden()

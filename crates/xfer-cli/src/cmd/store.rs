@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use xfer_store::StoreReader;
+use xfer_store::{StoreLock, StoreReader};
 
 /// Subcommands of `xfer store`.
 #[derive(Debug, clap::Subcommand)]
@@ -14,12 +14,15 @@ pub enum Command {
         #[arg(default_value = "store", value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Merge the part files into one file per model and drop superseded rows
-    /// (run it when no `xfer extract` is writing to the store).
+    /// Merge the part files into one file per model and drop superseded rows (under the
+    /// store's lock: it waits for a running `xfer extract`).
     Compact {
         /// Store directory.
         #[arg(default_value = "store", value_name = "DIR")]
         dir: PathBuf,
+        /// Fail at once when another writer holds the store's lock, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -34,10 +37,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("reading store {}", dir.display()))?;
             print!("{info}");
         }
-        Command::Compact { dir } => {
-            let store = StoreReader::open(&dir)
-                .with_context(|| format!("opening store {}", dir.display()))?;
-            let s = store
+        Command::Compact { dir, no_wait } => {
+            StoreReader::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
+            let lock = StoreLock::acquire(&dir, None, super::extract::lock_wait(no_wait))
+                .with_context(|| format!("locking store {}", dir.display()))?;
+            let s = lock
                 .compact()
                 .with_context(|| format!("compacting store {}", dir.display()))?;
             if s.files_out.is_empty() {
