@@ -158,6 +158,8 @@ fn fine_tuning_run(run: &Path, data: &Path, predictions_from: &Path) {
             images_per_second: 50.0,
             train_seconds: 2.0,
             seconds: 2.5,
+            skipped_train: Vec::new(),
+            skipped_val: Vec::new(),
         })
         .expect("append");
     }

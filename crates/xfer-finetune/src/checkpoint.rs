@@ -31,6 +31,9 @@ pub struct PartialEpoch {
     pub seen: u64,
     /// Training seconds spent so far.
     pub seconds: f64,
+    /// Ids of the training images skipped so far as unreadable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Where a run stands; everything besides the tensors that resuming needs.
@@ -266,6 +269,7 @@ mod tests {
                     correct: 4,
                     seen: 6,
                     seconds: 0.25,
+                    skipped: vec!["cat/broken.png".to_owned()],
                 }),
                 best: Some((0.3, 2)),
                 model_fingerprint: "abc".to_owned(),

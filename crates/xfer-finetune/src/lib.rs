@@ -32,8 +32,8 @@ pub use export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, trained_forwa
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};
 pub use trainer::{
-    DEFAULT_CACHE_BYTES, EXPORTED_MODEL, Event, ExportedEpoch, Outcome, RunOptions, Summary,
-    TEST_PREDICTIONS, checkpoint_parameters, finetune,
+    DEFAULT_CACHE_BYTES, EXPORTED_MODEL, Event, ExportedEpoch, Outcome, RunOptions, SkippedImages,
+    Summary, TEST_PREDICTIONS, checkpoint_parameters, finetune,
 };
 
 /// Errors of this crate.

@@ -37,6 +37,12 @@ pub struct EpochRecord {
     pub train_seconds: f64,
     /// Wall time of the whole epoch, validation and checkpoint included.
     pub seconds: f64,
+    /// Ids of the training images skipped as unreadable (not written when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_train: Vec<String>,
+    /// Ids of the validation images skipped as unreadable (not written when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_val: Vec<String>,
 }
 
 /// The per-epoch log of a run.

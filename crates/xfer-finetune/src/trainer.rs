@@ -174,6 +174,39 @@ pub struct Summary {
     pub train_cache: Option<CacheStats>,
     /// The validation images' cache over this process's epochs (`None`: cache disabled).
     pub val_cache: Option<CacheStats>,
+    /// The images skipped as unreadable, per split.
+    pub skipped: SkippedImages,
+}
+
+/// Ids of the images a run skipped as unreadable, per split (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedImages {
+    /// Training images (over every epoch of the run).
+    pub train: Vec<String>,
+    /// Validation images.
+    pub val: Vec<String>,
+    /// Test images.
+    pub test: Vec<String>,
+}
+
+impl SkippedImages {
+    /// No image was skipped.
+    pub fn is_empty(&self) -> bool {
+        self.train.is_empty() && self.val.is_empty() && self.test.is_empty()
+    }
+
+    /// The training and validation images skipped in any of `epochs`.
+    fn of_epochs(epochs: &[EpochRecord]) -> Self {
+        let union = |ids: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+            let set: std::collections::BTreeSet<&String> = ids.collect();
+            set.into_iter().cloned().collect()
+        };
+        SkippedImages {
+            train: union(&mut epochs.iter().flat_map(|r| &r.skipped_train)),
+            val: union(&mut epochs.iter().flat_map(|r| &r.skipped_val)),
+            test: Vec::new(),
+        }
+    }
 }
 
 /// Everything fixed for the whole run.
@@ -614,12 +647,15 @@ impl<'a> Run<'a> {
         let model_path = self.options.run_dir.join(EXPORTED_MODEL);
         xfer_onnx::write_model(&exported, &model_path)?;
         on_event(Event::Exported(&model_path));
+        let mut skipped = SkippedImages::of_epochs(self.log.records());
         let test = if setup.test.is_empty() {
             None
         } else {
-            Some(self.test(&exported, &model_path, &info.input)?)
+            let (metrics, skipped_test) = self.test(&exported, &model_path, &info.input)?;
+            skipped.test = skipped_test;
+            Some(metrics)
         };
-        save_run_metrics(&self.options.run_dir, test.as_ref(), &epoch)?;
+        save_run_metrics(&self.options.run_dir, test.as_ref(), &epoch, &skipped)?;
         tracing::info!(
             "image cache at the end of the run: {}",
             self.caches.describe()
@@ -633,16 +669,18 @@ impl<'a> Run<'a> {
             epochs: self.log.records().to_vec(),
             train_cache: Caches::stats(self.caches.train.as_ref()),
             val_cache: Caches::stats(self.caches.val.as_ref()),
+            skipped,
         }))
     }
 
-    /// Test-split metrics of the exported model; its predictions are saved to the run folder.
+    /// Test-split metrics of the exported model and the test images skipped as unreadable;
+    /// its predictions are saved to the run folder.
     fn test(
         &self,
         exported: &ModelProto,
         model_path: &Path,
         input: &str,
-    ) -> Result<xfer_head::Metrics> {
+    ) -> Result<(xfer_head::Metrics, Vec<String>)> {
         let bytes = xfer_onnx::write_model_bytes(exported);
         let mut model = Model::from_bytes(
             &bytes,
@@ -651,7 +689,7 @@ impl<'a> Run<'a> {
         )?;
         // Test images are predicted once: caching them would only take memory.
         let loader = loader_config(self.config, self.options, self.setup, None);
-        let (probs, examples) = predict(
+        let (probs, examples, skipped) = predict(
             &mut model,
             input,
             &[],
@@ -671,7 +709,7 @@ impl<'a> Run<'a> {
             load: Default::default(),
         };
         evaluation.write_predictions(&self.options.run_dir.join(TEST_PREDICTIONS))?;
-        Ok(evaluation.metrics)
+        Ok((evaluation.metrics, skipped))
     }
 }
 
@@ -680,19 +718,25 @@ fn save_run_metrics(
     run_dir: &Path,
     test: Option<&xfer_head::Metrics>,
     exported: &ExportedEpoch,
+    skipped: &SkippedImages,
 ) -> Result<()> {
     #[derive(serde::Serialize)]
     struct RunMetrics<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         test: Option<&'a xfer_head::Metrics>,
         exported: &'a ExportedEpoch,
+        #[serde(skip_serializing_if = "SkippedImages::is_empty")]
+        skipped: &'a SkippedImages,
     }
     let path = run_dir.join(xfer_head::METRICS_JSON);
-    let json = serde_json::to_string_pretty(&RunMetrics { test, exported }).map_err(|e| {
-        Error::Metrics {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }
+    let json = serde_json::to_string_pretty(&RunMetrics {
+        test,
+        exported,
+        skipped,
+    })
+    .map_err(|e| Error::Metrics {
+        path: path.display().to_string(),
+        reason: e.to_string(),
     })?;
     crate::fsutil::write_atomic(&path, json.as_bytes())
 }
@@ -984,7 +1028,7 @@ impl PhaseRun<'_> {
             };
         let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         on_event(Event::Validating);
-        let (val_loss, val_accuracy) = self.validate()?;
+        let (val_loss, val_accuracy, skipped_val) = self.validate()?;
         if !val_loss.is_finite() {
             let value = format!("validation loss {val_loss}");
             return Err(self.non_finite(epoch, step_in_epoch, state.global_step, value));
@@ -1003,6 +1047,8 @@ impl PhaseRun<'_> {
             images_per_second: partial.seen as f64 / train_seconds.max(1e-9),
             train_seconds,
             seconds: 0.0,
+            skipped_train: sorted(std::mem::take(&mut partial.skipped)),
+            skipped_val,
         };
         let improved = finish_epoch(state, &record);
         record.seconds = seconds_before + started.elapsed().as_secs_f64();
@@ -1039,6 +1085,10 @@ impl PhaseRun<'_> {
         for batch in loader {
             let batch = batch?;
             step_in_epoch += 1;
+            for (example, error) in &batch.failures {
+                tracing::warn!("skipping training image {}: {error}", example.id);
+                partial.skipped.push(example.id.clone());
+            }
             if !batch.examples.is_empty() {
                 let (loss, correct) = self.step(&batch, state.global_step)?;
                 if !loss.is_finite() {
@@ -1142,7 +1192,8 @@ impl PhaseRun<'_> {
 
     /// Validation loss and accuracy with the eval graph (no dropout, no augmentation), the
     /// current parameters fed to the phase's session.
-    fn validate(&mut self) -> Result<(f64, f64)> {
+    /// Also returns the ids of the validation images skipped as unreadable.
+    fn validate(&mut self) -> Result<(f64, f64, Vec<String>)> {
         let mut feeds = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;
@@ -1155,7 +1206,7 @@ impl PhaseRun<'_> {
             self.setup,
             self.caches.val.as_ref(),
         );
-        let (logits, examples) = predict(
+        let (logits, examples, skipped) = predict(
             &mut self.eval,
             input,
             &feeds,
@@ -1163,11 +1214,8 @@ impl PhaseRun<'_> {
             &self.setup.val,
             loader,
         )?;
-        Ok(loss_and_accuracy(
-            &logits,
-            &labels_of(&examples),
-            self.setup.loss,
-        ))
+        let (loss, accuracy) = loss_and_accuracy(&logits, &labels_of(&examples), self.setup.loss);
+        Ok((loss, accuracy, skipped))
     }
 
     fn save_checkpoint(&self, state: &TrainingState, path: &Path) -> Result<()> {
@@ -1301,8 +1349,8 @@ fn augmentation(a: &AugmentationConfig) -> Option<Augmentation> {
 }
 
 /// Runs `model` over `examples` (loaded as `loader` says), with the fixed inputs `feeds`
-/// beside the pixels, and returns output `output` as `[n, k]` f64 rows plus the examples
-/// that loaded.
+/// beside the pixels, and returns output `output` as `[n, k]` f64 rows, the examples
+/// that loaded and the ids of those that could not be read (sorted).
 fn predict(
     model: &mut Model,
     input: &str,
@@ -1310,13 +1358,18 @@ fn predict(
     output: &str,
     examples: &[Example],
     loader: LoaderConfig,
-) -> Result<(ndarray::Array2<f64>, Vec<Example>)> {
+) -> Result<(ndarray::Array2<f64>, Vec<Example>, Vec<String>)> {
     let loader = BatchLoader::start(examples.to_vec(), loader)?;
     let mut rows: Vec<f64> = Vec::new();
     let mut loaded = Vec::new();
     let mut width = 0;
+    let mut skipped = Vec::new();
     for batch in loader {
         let batch = batch?;
+        for (example, error) in &batch.failures {
+            tracing::warn!("skipping image {}: {error}", example.id);
+            skipped.push(example.id.clone());
+        }
         if batch.examples.is_empty() {
             continue;
         }
@@ -1337,7 +1390,13 @@ fn predict(
     }
     let n = loaded.len();
     let array = ndarray::Array2::from_shape_vec((n, width), rows).map_err(shape_err)?;
-    Ok((array, loaded))
+    Ok((array, loaded, sorted(skipped)))
+}
+
+/// `ids` sorted.
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort_unstable();
+    ids
 }
 
 /// A view of `t` for as long as `t` is borrowed.

@@ -86,6 +86,8 @@ fn record(global_epoch: usize, phase: u8, loss: f64) -> EpochRecord {
         images_per_second: 100.0,
         train_seconds: 1.0,
         seconds: 1.5,
+        skipped_train: Vec::new(),
+        skipped_val: Vec::new(),
     }
 }
 

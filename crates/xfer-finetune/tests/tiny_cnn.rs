@@ -914,3 +914,43 @@ fn a_truncated_last_checkpoint_falls_back_to_best() {
     let err = outcome.expect_err("no checkpoint to resume from");
     assert!(err.to_string().contains("best.safetensors"), "{err}");
 }
+
+/// Issue 18 item 7: unreadable images are counted per split and named in the summary,
+/// metrics.json and metrics.jsonl, so "trained on 28 of 31" is visible.
+#[test]
+fn unreadable_images_are_counted_per_split_and_named() {
+    let f = fixture();
+    let broken = [
+        "blue/zz_broken.png",
+        "red/zz_broken.png",
+        "red/zz_empty.png",
+    ];
+    for id in &broken[..2] {
+        std::fs::write(f.root.join("data").join(id), b"not a png").expect("write broken");
+    }
+    std::fs::write(f.root.join("data").join(broken[2]), b"").expect("write empty");
+    let run = f.root.join("run");
+    let summary = run_to_end(&config(&f, 2, 0), &options(&run));
+    let skipped = &summary.skipped;
+    let mut named: Vec<&str> = [&skipped.train, &skipped.val, &skipped.test]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    named.sort_unstable();
+    assert_eq!(named, broken, "{skipped:?}");
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).expect("metrics");
+    for r in &records {
+        assert_eq!(r.skipped_train, skipped.train, "{r:?}");
+        assert_eq!(r.skipped_val, skipped.val, "{r:?}");
+    }
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("metrics.json")).expect("metrics.json"),
+    )
+    .expect("json");
+    let in_json: usize = ["train", "val", "test"]
+        .iter()
+        .map(|s| metrics["skipped"][s].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(in_json, 3, "{metrics}");
+}

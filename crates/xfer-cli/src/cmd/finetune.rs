@@ -299,6 +299,31 @@ impl<'a> Progress<'a> {
     }
 }
 
+/// Prints the unreadable images the run skipped: a count per split, then their ids.
+fn report_skipped_images(skipped: &xfer_finetune::SkippedImages) {
+    if skipped.is_empty() {
+        return;
+    }
+    let splits = [
+        ("train", &skipped.train),
+        ("val", &skipped.val),
+        ("test", &skipped.test),
+    ];
+    let counts: Vec<String> = splits
+        .iter()
+        .map(|(name, ids)| format!("{name} {}", ids.len()))
+        .collect();
+    println!(
+        "skipped unreadable images: {} (also in metrics.json)",
+        counts.join(", ")
+    );
+    for (name, ids) in splits {
+        for id in ids {
+            println!("  {name}: {id}");
+        }
+    }
+}
+
 /// Prints how the run ended; an interrupted run exits with status 130.
 fn report_outcome(outcome: Outcome, out: &Path) {
     match outcome {
@@ -322,6 +347,7 @@ fn report_outcome(outcome: Outcome, out: &Path) {
             if let (Some(train), Some(val)) = (&summary.train_cache, &summary.val_cache) {
                 eprintln!("image cache: train {train}; val {val}");
             }
+            report_skipped_images(&summary.skipped);
             println!("model: {}", summary.model.display());
         }
         Outcome::Interrupted {
