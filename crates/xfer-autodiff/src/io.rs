@@ -30,7 +30,7 @@ pub fn save_params(
         views.push((t.name.clone(), view));
     }
     let data = safetensors::serialize(views, metadata).map_err(|e| io(e.to_string()))?;
-    xfer_onnx::write_file_atomic(path, &data).map_err(|e| io(e.to_string()))
+    xfer_fs::write_atomic(path, &data).map_err(|e| io(e.to_string()))
 }
 
 /// Reads every float32 tensor of a safetensors file, sorted by name.

@@ -17,6 +17,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing or reading a file failed (the operation and the file are in the error).
+    #[error(transparent)]
+    File(#[from] xfer_fs::Error),
     /// The file is empty (zero bytes).
     #[error("{}: file is empty (0 bytes)", path.display())]
     EmptyFile {
@@ -145,6 +148,7 @@ impl DataError {
                 std::io::ErrorKind::NotFound => "not found",
                 _ => "io error",
             },
+            DataError::File(_) => "io error",
             DataError::EmptyFile { .. } => "empty file",
             DataError::UnsupportedFormat { .. } => "unsupported format",
             DataError::Decode { .. } => "decode error",

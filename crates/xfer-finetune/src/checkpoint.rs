@@ -173,12 +173,15 @@ impl Checkpoint {
     /// Writes the checkpoint to `path` (and its state to `path` with extension `json`), each atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes().map_err(|e| with_path(e, path))?;
-        crate::fsutil::write_atomic(path, &bytes)?;
+        xfer_fs::write_atomic(path, &bytes)?;
         let json = serde_json::to_string_pretty(&self.state).map_err(|e| Error::Checkpoint {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        crate::fsutil::write_atomic(&path.with_extension("json"), json.as_bytes())
+        Ok(xfer_fs::write_atomic(
+            &path.with_extension("json"),
+            json.as_bytes(),
+        )?)
     }
 
     /// Publishes the checkpoint saved at `from` also as `to` (and its `*.json` state), without
@@ -199,7 +202,7 @@ impl Checkpoint {
                     .to_owned(),
             });
         }
-        let bytes = crate::fsutil::read(path)?;
+        let bytes = xfer_fs::read(path)?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 

@@ -208,7 +208,10 @@ impl FinetuneConfig {
             "# Effective configuration of this xfer finetune run (flags applied over any --config file).\n{}",
             self.to_toml_string()?
         );
-        crate::fsutil::write_atomic(&run_dir.join(CONFIG_FILE_NAME), text.as_bytes())
+        Ok(xfer_fs::write_atomic(
+            &run_dir.join(CONFIG_FILE_NAME),
+            text.as_bytes(),
+        )?)
     }
 
     /// Checks every value; the error says which key is wrong and what it must be.

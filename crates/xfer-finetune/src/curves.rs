@@ -55,28 +55,14 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
         let path = path.display().to_string();
         move |e: String| Error::Plot { path, reason: e }
     };
-    // The bitmap encoder writes to a path chosen by extension: draw into a
-    // temporary `.png` beside the target, then rename it over the target.
-    std::fs::create_dir_all(run_dir).map_err(|source| Error::Io {
-        op: "creating",
-        path: run_dir.display().to_string(),
-        source,
-    })?;
-    let tmp = run_dir.join(format!(".{CURVES_PNG}.{}.tmp.png", std::process::id()));
-    let drawn = (|| {
-        let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, records)?;
-        root.present().map_err(|e| e.to_string())
-    })();
-    if let Err(e) = drawn {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(plot_err(&png)(e));
-    }
-    std::fs::rename(&tmp, &png).map_err(|source| Error::Io {
-        op: "renaming into",
-        path: png.display().to_string(),
-        source,
-    })?;
+    // The bitmap encoder writes to a path chosen by extension: draw into the
+    // temporary `.png` of an atomic file beside the target, then commit it.
+    let png_file = xfer_fs::AtomicFile::create_with_suffix(&png, ".png")?;
+    let root = BitMapBackend::new(png_file.temp_path(), (WIDTH, HEIGHT)).into_drawing_area();
+    draw(&root, records).map_err(plot_err(&png))?;
+    root.present().map_err(|e| plot_err(&png)(e.to_string()))?;
+    drop(root);
+    png_file.commit()?;
 
     let svg_path = run_dir.join(CURVES_SVG);
     let mut svg = String::new();
@@ -86,7 +72,7 @@ pub fn draw_curves(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
         root.present()
             .map_err(|e| plot_err(&svg_path)(e.to_string()))?;
     }
-    crate::fsutil::write_atomic(&svg_path, svg.as_bytes())
+    Ok(xfer_fs::write_atomic(&svg_path, svg.as_bytes())?)
 }
 
 /// The top of a loss axis for `records`: 5 % above the largest finite train or validation loss.

@@ -18,7 +18,6 @@ mod checkpoint;
 mod config;
 mod curves;
 mod export;
-mod fsutil;
 mod metrics;
 mod rng;
 mod trainer;
@@ -49,6 +48,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Writing or reading a file failed (the operation and the file are in the error).
+    #[error(transparent)]
+    File(#[from] xfer_fs::Error),
     /// The configuration (file or flags) is invalid.
     #[error("invalid fine-tuning configuration{}: {reason}", .path.as_ref().map(|p| format!(" in {p}")).unwrap_or_default())]
     Config {

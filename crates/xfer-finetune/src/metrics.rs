@@ -56,7 +56,7 @@ impl MetricsLog {
     /// Starts an empty log at `run_dir/metrics.jsonl`, replacing any old one.
     pub fn create(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_LOG_FILE_NAME);
-        crate::fsutil::write_atomic(&path, b"")?;
+        xfer_fs::write_atomic(&path, b"")?;
         Ok(MetricsLog {
             path,
             records: Vec::new(),
@@ -81,7 +81,7 @@ impl MetricsLog {
         for r in &kept {
             text.push_str(&to_line(r, &path)?);
         }
-        crate::fsutil::write_atomic(&path, text.as_bytes())?;
+        xfer_fs::write_atomic(&path, text.as_bytes())?;
         Ok(MetricsLog {
             path,
             records: kept,

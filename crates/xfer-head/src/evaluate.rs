@@ -8,11 +8,11 @@ use serde::Serialize;
 use xfer_data::{BatchLoader, Example, LoadSummary, LoaderConfig, OnError};
 use xfer_runtime::{Device, Model, SessionOptions};
 
-use crate::fsutil::write_atomic;
 use crate::head::Head;
 use crate::metadata::ModelMetadata;
 use crate::metrics::{Metrics, argmax};
 use crate::{Error, Result};
+use xfer_fs::write_atomic;
 
 /// File name of a run's per-image test predictions ([`Evaluation::write_predictions`]):
 /// `xfer train-head` and `xfer finetune` write it into their run folders.
@@ -240,6 +240,6 @@ impl Evaluation {
             text.push_str(&json);
             text.push('\n');
         }
-        write_atomic(path, text.as_bytes())
+        Ok(write_atomic(path, text.as_bytes())?)
     }
 }

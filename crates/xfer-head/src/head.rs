@@ -6,11 +6,11 @@ use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 use xfer_onnx::{Dim, GraphBuilder, ModelProto, attr};
 
-use crate::fsutil::{read_json, write_json};
 use crate::metrics::Metrics;
 use crate::standardize::Standardizer;
 use crate::train::{ClassWeight, GridPoint};
 use crate::{Error, Result};
+use xfer_fs::{read_json, write_json};
 
 /// File name of the head parameters inside a run folder.
 pub const HEAD_JSON: &str = "head.json";

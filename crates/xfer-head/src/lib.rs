@@ -9,7 +9,6 @@
 
 mod evaluate;
 mod export;
-mod fsutil;
 mod head;
 mod metadata;
 mod metrics;
@@ -23,7 +22,6 @@ pub use export::{
     ExportOptions, METADATA_CLASSES, METADATA_IMAGE_SIZE, METADATA_INPUT, PROBABILITIES_OUTPUT,
     merge,
 };
-pub use fsutil::write_atomic;
 pub use head::{FEATURES_INPUT, HEAD_JSON, HEAD_ONNX, Head, HeadKind, HyperParameters};
 pub use metadata::{METADATA_FINETUNED, ModelMetadata};
 pub use metrics::{ClassMetrics, METRICS_JSON, Metrics, argmax, format_table, save_metrics};
@@ -68,6 +66,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Writing or reading a file failed (the operation and the file are in the error).
+    #[error(transparent)]
+    File(#[from] xfer_fs::Error),
     /// A `head.json` (or other JSON file) could not be parsed or is inconsistent.
     #[error("{path}: {reason}")]
     Format {

@@ -8,8 +8,8 @@ use std::path::Path;
 use ndarray::{ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_json;
 use crate::{Error, Result};
+use xfer_fs::write_json;
 
 /// File name of the metrics inside a run folder.
 pub const METRICS_JSON: &str = "metrics.json";
@@ -205,7 +205,7 @@ fn roc_auc(scores: &[f64], labels: &[usize]) -> Option<f64> {
 /// Writes `dir/metrics.json`: one object per split name.
 pub fn save_metrics(dir: &Path, splits: &[(String, Metrics)]) -> Result<()> {
     let map: BTreeMap<&str, &Metrics> = splits.iter().map(|(s, m)| (s.as_str(), m)).collect();
-    write_json(&dir.join(METRICS_JSON), &map)
+    Ok(write_json(&dir.join(METRICS_JSON), &map)?)
 }
 
 /// A readable table: one summary line per split, then per-class figures and the

@@ -2,7 +2,10 @@
 //! `train.onnx` (BatchNorm kept, for training graphs) and the manifest `model.json`,
 //! written so that a manifest never describes files other than its own.
 
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
+
+use xfer_fs::AtomicFile;
 
 use xfer_runtime::{MANIFEST_FILE_NAME, ModelManifest, ModelSource, fingerprint};
 
@@ -124,26 +127,19 @@ fn manifest(pair: &ConvertedPair, info: PublishInfo, fingerprint: String) -> Mod
     }
 }
 
-/// Writes both graphs under temporary names, removes the old manifest (it must not
-/// describe the new files), then renames the graphs into place.
+/// Writes both graphs under temporary names (synced), removes the old manifest (it
+/// must not describe the new files), then renames the graphs into place. A failure
+/// before the renames leaves the folder as it was and no temporary file behind.
 fn replace_graphs(dir: &Path, model_bytes: &[u8], train_bytes: &[u8]) -> Result<()> {
-    let pid = std::process::id();
-    let tmp_model = dir.join(format!(".{MODEL_FILE}.{pid}.tmp"));
-    let tmp_train = dir.join(format!(".{TRAIN_FILE}.{pid}.tmp"));
-    let mut guard = Cleanup(vec![tmp_model.clone(), tmp_train.clone()]);
-    write_synced(&tmp_model, model_bytes)?;
-    write_synced(&tmp_train, train_bytes)?;
+    let model = synced_temp(&dir.join(MODEL_FILE), model_bytes)?;
+    let train = synced_temp(&dir.join(TRAIN_FILE), train_bytes)?;
     let manifest_path = dir.join(MANIFEST_FILE_NAME);
     if manifest_path.exists() {
         std::fs::remove_file(&manifest_path)
             .map_err(|e| io_error("removing the old", &manifest_path, e))?;
     }
-    std::fs::rename(&tmp_model, dir.join(MODEL_FILE))
-        .map_err(|e| io_error("renaming into", dir, e))?;
-    std::fs::rename(&tmp_train, dir.join(TRAIN_FILE))
-        .map_err(|e| io_error("renaming into", dir, e))?;
-    guard.disarm();
-    Ok(())
+    model.commit().map_err(fs_error)?;
+    train.commit().map_err(fs_error)
 }
 
 /// Whether `dir` already holds an intact conversion of a source with this sha256
@@ -170,31 +166,22 @@ pub fn current_conversion(
     Some(manifest)
 }
 
-/// Removes the listed files when dropped, unless disarmed (after they were renamed
-/// into place): a failed publish leaves no temporary files behind.
-struct Cleanup(Vec<PathBuf>);
-
-impl Cleanup {
-    /// Keeps the files: nothing is removed on drop.
-    fn disarm(&mut self) {
-        self.0.clear();
-    }
+/// `bytes` in a synced temporary file beside `path`, not yet renamed into place.
+fn synced_temp(path: &Path, bytes: &[u8]) -> Result<AtomicFile> {
+    let mut file = AtomicFile::create(path).map_err(fs_error)?;
+    file.write_all(bytes)
+        .map_err(|e| io_error("writing (is the disk full?)", file.temp_path(), e))?;
+    file.sync().map_err(fs_error)?;
+    Ok(file)
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+fn fs_error(e: xfer_fs::Error) -> Error {
+    let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+    Error::Publish {
+        op: e.op(),
+        path: e.path().display().to_string(),
+        reason,
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| io_error("creating", path, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io_error("writing (is the disk full?)", path, e))
 }
 
 fn io_error(op: &'static str, path: &Path, e: std::io::Error) -> Error {
@@ -209,18 +196,49 @@ fn io_error(op: &'static str, path: &Path, e: std::io::Error) -> Error {
 mod tests {
     use super::*;
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn cleanup_removes_its_files_unless_disarmed() {
+    fn replace_graphs_publishes_both_and_removes_the_old_manifest() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let a = tmp.path().join("a.tmp");
-        let b = tmp.path().join("b.tmp");
-        std::fs::write(&a, b"a").expect("write");
-        std::fs::write(&b, b"b").expect("write");
-        drop(Cleanup(vec![a.clone()]));
-        assert!(!a.exists(), "an armed guard removes its files");
-        let mut guard = Cleanup(vec![b.clone()]);
-        guard.disarm();
-        drop(guard);
-        assert!(b.exists(), "a disarmed guard keeps them");
+        let dir = tmp.path();
+        std::fs::write(dir.join(MANIFEST_FILE_NAME), b"{}").expect("old manifest");
+        replace_graphs(dir, b"model", b"train").expect("replace");
+        assert_eq!(
+            std::fs::read(dir.join(MODEL_FILE)).expect("model"),
+            b"model"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(TRAIN_FILE)).expect("train"),
+            b"train"
+        );
+        assert_eq!(names(dir), [MODEL_FILE, TRAIN_FILE]);
+    }
+
+    #[test]
+    fn a_failed_replace_names_the_file_and_leaves_no_temporary_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        // A non-empty folder where train.onnx goes: its rename fails.
+        let blocked = dir.join(TRAIN_FILE);
+        std::fs::create_dir(&blocked).expect("mkdir");
+        std::fs::write(blocked.join("keep"), b"x").expect("seed");
+        let err = replace_graphs(dir, b"model", b"train").expect_err("blocked rename");
+        assert!(
+            matches!(&err, Error::Publish { path, .. } if *path == blocked.display().to_string()),
+            "{err}"
+        );
+        assert!(
+            names(dir).iter().all(|n| !n.ends_with(".tmp")),
+            "{:?}",
+            names(dir)
+        );
     }
 }

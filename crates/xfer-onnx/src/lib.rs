@@ -15,7 +15,7 @@ mod proto;
 mod tensor;
 
 pub use builder::{Dim, GraphBuilder, attr};
-pub use io::{read_model, read_model_bytes, write_file_atomic, write_model, write_model_bytes};
+pub use io::{read_model, read_model_bytes, write_model, write_model_bytes};
 /// Every message, enum and nested module of `onnx.proto3` (`ModelProto`,
 /// `FunctionProto`, `type_proto`, ...), plus the [`AttributeType`] and
 /// [`DataType`] enums at the top level.
@@ -39,6 +39,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Writing or reading a file failed (the operation and the file are in the error).
+    #[error(transparent)]
+    File(#[from] xfer_fs::Error),
     /// The bytes are not a valid ONNX protobuf.
     #[error("{path} is not a valid ONNX model: {source}")]
     Decode {

@@ -1,6 +1,5 @@
 //! The model manifest (`model.json`) that describes an ONNX backbone to xfer.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,26 +75,9 @@ impl ModelManifest {
     /// Writes `dir/model.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(MANIFEST_FILE_NAME);
-        let err = |e: std::io::Error| Error::Manifest {
+        xfer_fs::write_json(&path, self).map_err(|e| Error::Manifest {
             path: path.display().to_string(),
             reason: e.to_string(),
-        };
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Manifest {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(".{MANIFEST_FILE_NAME}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(json.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e)
         })
     }
 

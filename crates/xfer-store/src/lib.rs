@@ -1,7 +1,7 @@
 //! The Parquet embeddings store of xfer: one row per (image, model).
 //!
 //! A store is a directory of Parquet files (`part-<run>-<seq>.parquet`), each
-//! written under a temporary name (`.part-….parquet.tmp`) and renamed when
+//! written under a temporary name (`.part-….parquet.….tmp`, an atomic file) and renamed when
 //! complete, so a killed run never leaves a half file. Columns (see
 //! [`schema::store_schema`]): `id`, `label`, `label_name`, `split`,
 //! `content_hash` (blake3 of the image file bytes), `model` (backbone
@@ -45,6 +45,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Writing a store file atomically failed (the operation and the file are in the error).
+    #[error(transparent)]
+    File(#[from] xfer_fs::Error),
     /// Parquet or Arrow failed on a store file.
     #[error("{op} {path}: {reason}")]
     Parquet {

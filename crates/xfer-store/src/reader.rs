@@ -12,6 +12,7 @@ use ndarray::Array2;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use xfer_fs::AtomicFile;
 
 use crate::schema::{
     COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_MODEL, COL_SPLIT, StoreMetadata,
@@ -580,11 +581,12 @@ impl StoreReader {
                 crate::writer::new_run_id(options.tag.as_deref())
             );
             let path = self.dir.join(&name);
-            let tmp = self.dir.join(format!(".{name}.tmp"));
             let props = crate::writer::part_properties(&meta, options.zstd_level, 4096)?;
             let schema = crate::schema::store_schema(meta.feature_dim);
+            // Dropped on failure, the atomic file removes the temporary part.
             let write = || -> Result<usize> {
-                let out = File::create(&tmp).map_err(io_err("create", &tmp))?;
+                let out = AtomicFile::create(&path)?;
+                let tmp = out.temp_path().to_path_buf();
                 let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props))
                     .map_err(pq_err("start parquet file", &tmp))?;
                 let mut kept = 0;
@@ -607,22 +609,13 @@ impl StoreReader {
                         writer.write(&kept_batch).map_err(pq_err("write", &tmp))?;
                     }
                 }
-                writer.finish().map_err(pq_err("finish", &tmp))?;
-                writer.inner().sync_all().map_err(io_err("sync", &tmp))?;
-                drop(writer);
-                std::fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-                if let Ok(d) = File::open(&self.dir) {
-                    let _ = d.sync_all();
-                }
+                writer
+                    .into_inner()
+                    .map_err(pq_err("finish", &tmp))?
+                    .commit()?;
                 Ok(kept)
             };
-            let kept = match write() {
-                Ok(k) => k,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-            };
+            let kept = write()?;
             self.remove_merged(&group, &mut summary)?;
             summary.dropped -= kept;
             summary.rows += kept;
@@ -692,7 +685,7 @@ fn writer_is_dead(tmp: &Path) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // .part-<millis>-[tag-]p<pid>-<seq>.parquet.tmp
+    // .part-<millis>-[tag-]p<pid>-<seq>.parquet.<random>.tmp
     let pid = name
         .split('-')
         .filter_map(|s| s.strip_prefix('p'))

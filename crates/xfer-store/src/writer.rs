@@ -1,7 +1,6 @@
 //! [`EmbeddingWriter`]: appends rows to part files written under a temporary
 //! name and renamed when complete.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use xfer_data::Example;
+use xfer_fs::AtomicFile;
 
 use crate::schema::{StoreMetadata, store_schema};
 use crate::{Error, Result, io_err, pq_err};
@@ -106,7 +106,7 @@ pub struct WriteSummary {
 }
 
 struct OpenPart {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<AtomicFile>,
     tmp: PathBuf,
     path: PathBuf,
     rows: usize,
@@ -114,7 +114,7 @@ struct OpenPart {
 
 /// Writes embedding rows into `part-<run>-<seq>.parquet` files of a store directory.
 ///
-/// Each part is written to `.part-<run>-<seq>.parquet.tmp` and renamed once it
+/// Each part is written to `.part-<run>-<seq>.parquet.<random>.tmp` (an atomic file) and renamed once it
 /// holds `rows_per_part` rows (or at [`EmbeddingWriter::finish`]); readers
 /// ignore the temporary names. Dropping the writer without `finish` discards
 /// the part in progress.
@@ -275,8 +275,8 @@ impl EmbeddingWriter {
         let name = format!("part-{}-{:05}.parquet", self.run_id, self.seq);
         self.seq += 1;
         let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let file = AtomicFile::create(&path)?;
+        let tmp = file.temp_path().to_path_buf();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
             .map_err(pq_err("start parquet file", &tmp))?;
         Ok(self.current.insert(OpenPart {
@@ -288,29 +288,27 @@ impl EmbeddingWriter {
     }
 
     fn close_part(&mut self) -> Result<()> {
-        let Some(mut part) = self.current.take() else {
+        let Some(part) = self.current.take() else {
             return Ok(());
         };
-        let result = (|| {
-            part.writer.finish().map_err(pq_err("finish", &part.tmp))?;
-            part.writer
-                .inner()
-                .sync_all()
-                .map_err(io_err("sync", &part.tmp))?;
-            std::fs::rename(&part.tmp, &part.path).map_err(io_err("rename", &part.tmp))?;
-            if let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
+        // Dropped on failure, the atomic file removes the temporary part.
+        let OpenPart {
+            writer,
+            tmp,
+            path,
+            rows,
+        } = part;
+        let result = writer
+            .into_inner()
+            .map_err(pq_err("finish", &tmp))
+            .and_then(|file| file.commit().map_err(Error::from));
         match result {
             Ok(()) => {
-                self.summary.files.push(part.path);
+                self.summary.files.push(path);
                 Ok(())
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&part.tmp);
-                self.summary.rows -= part.rows;
+                self.summary.rows -= rows;
                 Err(e)
             }
         }
@@ -325,15 +323,6 @@ impl EmbeddingWriter {
             op: "EmbeddingWriter::append",
             reason: e,
         })
-    }
-}
-
-impl Drop for EmbeddingWriter {
-    fn drop(&mut self) {
-        if let Some(part) = self.current.take() {
-            drop(part.writer);
-            let _ = std::fs::remove_file(&part.tmp);
-        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! `xfer embed`: runs a backbone over images given on the command line and prints
 //! a summary per image, or saves the feature vectors as `.npy` or `.json`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -129,7 +128,7 @@ fn save(
     features: &Array2<f32>,
 ) -> anyhow::Result<()> {
     match format {
-        OutFormat::Npy => write_atomic(path, &npy_bytes(features)),
+        OutFormat::Npy => Ok(xfer_fs::write_atomic(path, &npy_bytes(features))?),
         OutFormat::Json => {
             let rows: Vec<serde_json::Value> = images
                 .iter()
@@ -143,7 +142,7 @@ fn save(
                 "feature_dim": features.ncols(),
                 "images": rows,
             });
-            write_atomic(path, &serde_json::to_vec(&doc)?)
+            Ok(xfer_fs::write_atomic(path, &serde_json::to_vec(&doc)?)?)
         }
     }
 }
@@ -205,31 +204,6 @@ fn npy_bytes(a: &Array2<f32>) -> Vec<u8> {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
-}
-
-/// Writes `bytes` to a temporary file next to `path`, then renames it into place.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

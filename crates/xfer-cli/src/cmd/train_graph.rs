@@ -3,8 +3,7 @@
 //! says what to feed, so training can be driven from any ONNX Runtime binding.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use xfer_autodiff::{HeadSpec, Loss, Trainable, TrainingGraphBuilder};
@@ -89,8 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &graphs.params,
         Some(meta),
     )?;
-    let json = serde_json::to_string_pretty(&graphs.spec).context("encoding graph.json")?;
-    write_atomic(&args.out.join("graph.json"), json.as_bytes())?;
+    xfer_fs::write_json(&args.out.join("graph.json"), &graphs.spec)?;
 
     let values: usize = graphs.params.iter().map(|p| p.numel()).sum();
     let nodes = |m: &xfer_onnx::ModelProto| m.graph.as_ref().map_or(0, |g| g.node.len());
@@ -107,21 +105,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
