@@ -738,7 +738,7 @@ fn save_run_metrics(
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    crate::fsutil::write_atomic(&path, json.as_bytes())
+    Ok(xfer_fs::write_atomic(&path, json.as_bytes())?)
 }
 
 /// The labels of `examples`, as the metrics take them.

@@ -69,7 +69,7 @@ pub fn write_report(dirs: &[PathBuf], data: Option<&Path>, out: &Path) -> Result
         .map(|d| RunReport::load(d, data))
         .collect::<Result<Vec<_>>>()?;
     let page = render(&runs);
-    xfer_head::write_atomic(out, page.as_bytes()).map_err(|e| Error::Format {
+    xfer_fs::write_atomic(out, page.as_bytes()).map_err(|e| Error::Format {
         path: out.display().to_string(),
         reason: e.to_string(),
     })?;
