@@ -327,13 +327,15 @@ pub fn extract(
     let selected = select_examples(config, &dataset, &mut summary)?;
     let _lock = lock_store(config, &mut summary)?;
     let store = StoreReader::open_or_empty(&config.store)?;
+    let meta = StoreMetadata::from_manifest(&manifest, dataset.classes().to_vec())
+        .with_resize(config.resize);
+    check_identity(&store, config, &meta)?;
     let plan = StorePlan::against(&store, config, &manifest, dataset.classes(), selected)?;
     let mut state = ExtractProgress {
         total: plan.to_embed.len(),
         ..Default::default()
     };
     progress(&state);
-    let meta = StoreMetadata::from_manifest(&manifest, dataset.classes().to_vec());
     let mut writer = EmbeddingWriter::create(&config.store, meta, &writer_options(config))?;
     summary.retagged = plan.write_retagged(&store, &manifest.fingerprint, &mut writer)?;
     if summary.retagged > 0 {
@@ -501,6 +503,31 @@ fn check_models(
             .join(", "),
         requested: format!("{} ({})", manifest.fingerprint, manifest.name),
     })
+}
+
+/// Refuses a store holding rows of the same ONNX bytes made another way (input size,
+/// preprocessing, resize...), whatever `--allow-mixed-models` says: such rows carry the
+/// same `model` value, so no reader could tell them apart.
+fn check_identity(store: &StoreReader, config: &ExtractConfig, meta: &StoreMetadata) -> Result<()> {
+    let identity = meta.model_identity();
+    for f in store.files() {
+        if f.meta.fingerprint != meta.fingerprint {
+            continue;
+        }
+        if let Some((field, stored, requested)) = f.meta.model_identity().difference(&identity) {
+            return Err(Error::IdentityMismatch {
+                store: config.store.display().to_string(),
+                field,
+                stored: format!(
+                    "`{stored}` (fingerprint {}, e.g. in {})",
+                    meta.fingerprint,
+                    f.path.display()
+                ),
+                requested,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_classes(

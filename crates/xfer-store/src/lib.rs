@@ -29,7 +29,7 @@ pub use lock::{LOCK_FILE, LockWait, StoreLock};
 pub use reader::{
     CompactSummary, LoadedSplit, ModelInfo, StoreFile, StoreInfo, StoreReader, StoredKey,
 };
-pub use schema::{StoreMetadata, content_hash};
+pub use schema::{ModelIdentity, StoreMetadata, content_hash};
 pub use writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 
 /// Errors of the embeddings store.
@@ -84,6 +84,21 @@ pub enum Error {
         /// Fingerprints already in the store, comma separated (name in parentheses).
         existing: String,
         /// Fingerprint of the model being written.
+        requested: String,
+    },
+    /// The store holds rows of this model's ONNX bytes made another way (input size,
+    /// preprocessing, resize, ...): the rows could not be told apart, so they are not mixed.
+    #[error(
+        "store {store} holds rows of this model's ONNX bytes made with {field} {stored}, but this run makes them with {field} `{requested}`; the two cannot share a store: use another --store, or the same {field}"
+    )]
+    IdentityMismatch {
+        /// Store directory.
+        store: String,
+        /// The first differing field of the [`ModelIdentity`] (`image_size`, `resize`, ...).
+        field: &'static str,
+        /// Its value in the store, with the fingerprint and a file holding such rows.
+        stored: String,
+        /// Its value for this run.
         requested: String,
     },
     /// The store's files disagree with each other or with the request (classes, dimension, splits).

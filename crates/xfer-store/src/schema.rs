@@ -36,6 +36,137 @@ pub const META_FEATURE_DIM: &str = "xfer.feature_dim";
 pub const META_CLASSES: &str = "xfer.classes";
 /// Metadata key: version of xfer that wrote the file.
 pub const META_XFER_VERSION: &str = "xfer.version";
+/// Metadata key: the [`ModelIdentity`] of the rows, as a JSON object.
+pub const META_IDENTITY: &str = "xfer.identity";
+
+/// Everything that changes the numbers of an embedding row, beyond the ONNX bytes (the
+/// fingerprint; a size-dynamic graph has one fingerprint for every input size).
+///
+/// Rows of one fingerprint with different identities cannot be told apart in the `model`
+/// column, so `extract` refuses to mix them, naming the differing field. Files written
+/// before the identity existed lack `xfer.identity`: their identity is their footer's
+/// fingerprint, input size and preprocessing with what xfer always used then (NCHW, RGB,
+/// values 0..255, bilinear resize).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    /// sha256 of the ONNX bytes.
+    pub fingerprint: String,
+    /// Input size `HxW`.
+    pub image_size: String,
+    /// Preprocessing inside the graph, in words.
+    pub preprocessing: String,
+    /// Input layout (`NCHW`).
+    pub layout: String,
+    /// Channel order (`RGB`).
+    pub channel_order: String,
+    /// Input value range (`0..255`).
+    pub value_range: String,
+    /// Resize method (`bilinear`, `bilinear-antialias`).
+    pub resize: String,
+    /// Execution provider, once a provider changes the numbers (bf16/int8 work); `None`: any.
+    pub provider: Option<String>,
+    /// Numeric precision, once it is not fp32 (bf16/int8 work); `None`: fp32.
+    pub precision: Option<String>,
+}
+
+impl ModelIdentity {
+    /// The identity of `manifest`'s model run with `resize`.
+    pub fn of(manifest: &xfer_runtime::ModelManifest, resize: xfer_data::ResizeMethod) -> Self {
+        let [lo, hi] = manifest.value_range;
+        ModelIdentity {
+            fingerprint: manifest.fingerprint.clone(),
+            image_size: size_text(manifest.image_size),
+            preprocessing: manifest.preprocessing.clone(),
+            layout: manifest.layout.clone(),
+            channel_order: manifest.channel_order.clone(),
+            value_range: format!("{lo}..{hi}"),
+            resize: resize_name(resize).to_owned(),
+            provider: None,
+            precision: None,
+        }
+    }
+
+    /// The identity of a file written before `xfer.identity` existed.
+    fn legacy(fingerprint: &str, image_size: [u32; 2], preprocessing: &str) -> Self {
+        ModelIdentity {
+            fingerprint: fingerprint.to_owned(),
+            image_size: size_text(image_size),
+            preprocessing: preprocessing.to_owned(),
+            layout: "NCHW".to_owned(),
+            channel_order: "RGB".to_owned(),
+            value_range: "0..255".to_owned(),
+            resize: resize_name(xfer_data::ResizeMethod::Bilinear).to_owned(),
+            provider: None,
+            precision: None,
+        }
+    }
+
+    /// `(field, value)` pairs, in the order they are compared and written.
+    fn fields(&self) -> [(&'static str, Option<&str>); 9] {
+        [
+            ("fingerprint", Some(self.fingerprint.as_str())),
+            ("image_size", Some(self.image_size.as_str())),
+            ("preprocessing", Some(self.preprocessing.as_str())),
+            ("layout", Some(self.layout.as_str())),
+            ("channel_order", Some(self.channel_order.as_str())),
+            ("value_range", Some(self.value_range.as_str())),
+            ("resize", Some(self.resize.as_str())),
+            ("provider", self.provider.as_deref()),
+            ("precision", self.precision.as_deref()),
+        ]
+    }
+
+    /// The first field in which `other` differs: `(field, self's value, other's value)`.
+    pub fn difference(&self, other: &ModelIdentity) -> Option<(&'static str, String, String)> {
+        let show = |v: Option<&str>| v.unwrap_or("(default)").to_owned();
+        self.fields()
+            .into_iter()
+            .zip(other.fields())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((field, a), (_, b))| (field, show(a), show(b)))
+    }
+
+    fn to_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.map_or(serde_json::Value::Null, Into::into)))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    fn from_json(text: &str, path: &str) -> Result<Self> {
+        let bad = || Error::Format {
+            path: path.to_owned(),
+            reason: format!("footer metadata `{META_IDENTITY}` = `{text}` is malformed"),
+        };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
+        let opt = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let req = |k: &str| opt(k).ok_or_else(bad);
+        Ok(ModelIdentity {
+            fingerprint: req("fingerprint")?,
+            image_size: req("image_size")?,
+            preprocessing: req("preprocessing")?,
+            layout: req("layout")?,
+            channel_order: req("channel_order")?,
+            value_range: req("value_range")?,
+            resize: req("resize")?,
+            provider: opt("provider"),
+            precision: opt("precision"),
+        })
+    }
+}
+
+fn size_text(size: [u32; 2]) -> String {
+    format!("{}x{}", size[0], size[1])
+}
+
+fn resize_name(resize: xfer_data::ResizeMethod) -> &'static str {
+    match resize {
+        xfer_data::ResizeMethod::Bilinear => "bilinear",
+        xfer_data::ResizeMethod::BilinearAntialias => "bilinear-antialias",
+    }
+}
 
 /// The Arrow schema of a store file with `dim`-long embeddings.
 pub fn store_schema(dim: usize) -> SchemaRef {
@@ -84,6 +215,9 @@ pub struct StoreMetadata {
     pub classes: Vec<String>,
     /// xfer version that wrote the file.
     pub xfer_version: String,
+    /// Everything that changes the numbers (`None`: derived from the fields above, as for
+    /// files written before the identity existed).
+    pub identity: Option<ModelIdentity>,
 }
 
 impl StoreMetadata {
@@ -97,7 +231,26 @@ impl StoreMetadata {
             feature_dim: manifest.feature_dim,
             classes,
             xfer_version: env!("CARGO_PKG_VERSION").to_owned(),
+            identity: Some(ModelIdentity::of(
+                manifest,
+                xfer_data::ResizeMethod::Bilinear,
+            )),
         }
+    }
+
+    /// The same metadata for rows resized with `resize`.
+    pub fn with_resize(mut self, resize: xfer_data::ResizeMethod) -> Self {
+        if let Some(identity) = self.identity.as_mut() {
+            identity.resize = resize_name(resize).to_owned();
+        }
+        self
+    }
+
+    /// The identity of the rows: the recorded one, or the one derived for older files.
+    pub fn model_identity(&self) -> ModelIdentity {
+        self.identity.clone().unwrap_or_else(|| {
+            ModelIdentity::legacy(&self.fingerprint, self.image_size, &self.preprocessing)
+        })
     }
 
     /// The key/value pairs written into the Parquet footer.
@@ -116,6 +269,7 @@ impl StoreMetadata {
                 serde_json::Value::from(self.classes.clone()).to_string(),
             ),
             (META_XFER_VERSION.to_owned(), self.xfer_version.clone()),
+            (META_IDENTITY.to_owned(), self.model_identity().to_json()),
         ]
     }
 
@@ -154,6 +308,10 @@ impl StoreMetadata {
             feature_dim,
             classes,
             xfer_version: get(META_XFER_VERSION)?,
+            identity: kv
+                .get(META_IDENTITY)
+                .map(|text| ModelIdentity::from_json(text, path))
+                .transpose()?,
         })
     }
 }
@@ -172,16 +330,53 @@ mod tests {
             feature_dim: 8,
             classes: vec!["cat".into(), "dog \"x\"".into()],
             xfer_version: "0.1.0".into(),
+            identity: None,
         };
         let kv: HashMap<String, String> = meta.to_key_values().into_iter().collect();
+        let back = StoreMetadata::from_key_values(&kv, "f").expect("parse");
         assert_eq!(
-            StoreMetadata::from_key_values(&kv, "f").expect("parse"),
+            StoreMetadata {
+                identity: None,
+                ..back.clone()
+            },
             meta
         );
+        assert_eq!(back.model_identity(), meta.model_identity());
         let mut broken = kv.clone();
         broken.insert(META_IMAGE_SIZE.into(), "150".into());
         let err = StoreMetadata::from_key_values(&broken, "f").expect_err("must fail");
         assert!(err.to_string().contains(META_IMAGE_SIZE), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_an_identity_gets_the_one_xfer_used_then_and_size_is_named() {
+        let mut kv: HashMap<String, String> = [
+            (META_MODEL_NAME, "m"),
+            (META_FINGERPRINT, "abc"),
+            (META_PREPROCESSING, "x/127.5 - 1"),
+            (META_IMAGE_SIZE, "150x150"),
+            (META_FEATURE_DIM, "8"),
+            (META_CLASSES, "[\"cat\"]"),
+            (META_XFER_VERSION, "0.1.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let old = StoreMetadata::from_key_values(&kv, "f").expect("old file");
+        assert_eq!(old.identity, None);
+        let legacy = old.model_identity();
+        assert_eq!(legacy.image_size, "150x150");
+        assert_eq!(legacy.resize, "bilinear");
+        let mut bigger = legacy.clone();
+        bigger.image_size = "224x224".into();
+        assert_eq!(
+            legacy.difference(&bigger),
+            Some(("image_size", "150x150".into(), "224x224".into()))
+        );
+        assert_eq!(legacy.difference(&legacy.clone()), None);
+        kv.insert(META_IDENTITY.into(), "{\"fingerprint\": 1}".into());
+        let err = StoreMetadata::from_key_values(&kv, "f").expect_err("malformed identity");
+        assert!(err.to_string().contains(META_IDENTITY), "{err}");
     }
 
     #[test]

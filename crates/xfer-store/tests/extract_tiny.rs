@@ -439,3 +439,34 @@ fn a_cancelled_run_stores_what_it_embedded_and_a_rerun_resumes() {
     assert_eq!((rest.embedded, rest.cached), (12, 8));
     assert_eq!(rows(&f.store).len(), 20);
 }
+
+#[test]
+fn same_onnx_bytes_at_another_input_size_or_resize_is_refused_naming_the_field() {
+    let f = fixture(3);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("first extract");
+    // `xfer convert --size`: same size-dynamic ONNX bytes (same fingerprint), other input size.
+    let mut manifest = ModelManifest::read(&f.model).expect("manifest");
+    let fingerprint = manifest.fingerprint.clone();
+    manifest.image_size = [8, 8];
+    manifest.write(&f.model).expect("write manifest");
+    let mut c = config(&f, &f.store);
+    c.allow_mixed_models = true;
+    let err = extract(&c, &mut |_| {}).expect_err("another input size must be refused");
+    let text = err.to_string();
+    assert!(matches!(err, Error::IdentityMismatch { .. }), "{err:?}");
+    assert!(
+        text.contains("image_size `6x6`") && text.contains("image_size `8x8`"),
+        "{text}"
+    );
+    assert!(text.contains(&fingerprint), "{text}");
+    assert_eq!(rows(&f.store).len(), 6, "nothing written");
+
+    manifest.image_size = [6, 6];
+    manifest.write(&f.model).expect("write manifest");
+    c.resize = xfer_data::ResizeMethod::BilinearAntialias;
+    let err = extract(&c, &mut |_| {}).expect_err("another resize must be refused");
+    assert!(err.to_string().contains("resize `bilinear`"), "{err}");
+    // The original identity is still served from the store.
+    let again = extract(&config(&f, &f.store), &mut |_| {}).expect("same identity");
+    assert_eq!((again.embedded, again.cached), (0, 6));
+}

@@ -15,6 +15,7 @@ fn meta(fp: &str, dim: usize) -> StoreMetadata {
         feature_dim: dim,
         classes: vec!["cat".into(), "dog".into()],
         xfer_version: "test".into(),
+        identity: None,
     }
 }
 
