@@ -92,7 +92,7 @@ def test_a_killed_writer_blocks_nobody_and_its_temp_files_go(tmp_path):
     deadline = time.monotonic() + 120
     # Kill it once it holds the lock and is writing its first part (a temp file of its own).
     while time.monotonic() < deadline:
-        mine = list(store.glob(f".part-*-p{victim.pid}-*.parquet.tmp"))
+        mine = list(store.glob(f".part-*-p{victim.pid}-*.tmp"))
         if mine and lock.is_file() and str(victim.pid) in lock.read_text():
             break
         time.sleep(0.05)
@@ -101,7 +101,7 @@ def test_a_killed_writer_blocks_nobody_and_its_temp_files_go(tmp_path):
         pytest.fail(f"the writer never started a part: {victim.communicate()}")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    assert list(store.glob(f".part-*-p{victim.pid}-*.parquet.tmp"))
+    assert list(store.glob(f".part-*-p{victim.pid}-*.tmp"))
     # And one of a writer killed long ago (its pid is not running).
     (store / ".part-0000000000001-p999999999-00000.parquet.tmp").write_bytes(b"half a parquet file")
 
