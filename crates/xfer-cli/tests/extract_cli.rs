@@ -259,3 +259,45 @@ fn store_info_and_compact_report_the_store() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("xfer extract"));
 }
+
+/// Issue 18 item 4: entries extract cannot list (a dangling link, a symlink loop) are
+/// reported with a count and their names, and fail the run under `--on-error fail`; an
+/// empty class folder is a warning.
+#[cfg(unix)]
+#[test]
+fn entries_that_cannot_be_listed_are_reported_and_fail_under_on_error_fail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = dataset(&tmp.path().join("data"), 6);
+    std::os::unix::fs::symlink(data.join("nowhere.png"), data.join("cat/gone.png"))
+        .expect("dangling link");
+    std::os::unix::fs::symlink(data.join("dog/loop.png"), data.join("dog/loop.png"))
+        .expect("link loop");
+    std::fs::create_dir_all(data.join("bird")).expect("empty class folder");
+    let model = tiny_backbone(&tmp.path().join("model"), 8);
+    let store = tmp.path().join("store");
+    let out = extract_cmd(&data, &model, &store)
+        .args(["--split", "train=train[:100%]"])
+        .output()
+        .expect("extract");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("not listed 2") && stdout.contains("gone.png") && stdout.contains("loop.png"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no images") && stdout.contains("bird"),
+        "{stdout}"
+    );
+    let out = extract_cmd(&data, &model, &tmp.path().join("store-fail"))
+        .args(["--split", "train=train[:100%]", "--on-error", "fail"])
+        .output()
+        .expect("extract");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("gone.png") && stderr.contains("loop.png"),
+        "{stderr}"
+    );
+}

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded};
 use ndarray::{Array2, Array3, Array4, Axis};
 use xfer_data::{
-    Batch, BatchLoader, Dataset, Example, LoaderConfig, OnError, ResizeMethod, SkipHook,
-    SkippedFile,
+    Batch, BatchLoader, Dataset, Example, ListingProblem, LoaderConfig, OnError, ResizeMethod,
+    SkipHook, SkippedFile,
 };
 use xfer_runtime::{Backbone, Device, ModelManifest, SessionOptions};
 
@@ -208,6 +208,11 @@ pub struct ExtractSummary {
     pub cached: usize,
     /// Images skipped, with reasons.
     pub skipped: Vec<SkippedFile>,
+    /// Dataset entries that could not be listed (symlink loops, dangling links, unreadable
+    /// folders), with reasons.
+    pub unlisted: Vec<ListingProblem>,
+    /// Class folders with no image (a warning: training refuses an empty class).
+    pub empty_classes: Vec<String>,
     /// Part files written.
     pub files: Vec<PathBuf>,
     /// Temporary part files of killed writers removed.
@@ -272,6 +277,19 @@ impl fmt::Display for ExtractSummary {
         for s in self.skipped.iter().take(5) {
             writeln!(f, "    {}: {}", s.id, s.reason)?;
         }
+        if !self.unlisted.is_empty() {
+            writeln!(f, "not listed {} (not in the store):", self.unlisted.len())?;
+            for p in &self.unlisted {
+                writeln!(f, "    {}: {}", p.path.display(), p.reason)?;
+            }
+        }
+        if !self.empty_classes.is_empty() {
+            writeln!(
+                f,
+                "warning: class folder(s) with no images: {} (train-head and finetune refuse an empty class)",
+                self.empty_classes.join(", ")
+            )?;
+        }
         if self.temp_removed > 0 {
             writeln!(
                 f,
@@ -318,10 +336,13 @@ pub fn extract(
     }
     let manifest = ModelManifest::read(&config.model_dir)?;
     let dataset = Dataset::open(&config.data)?;
+    let unlisted = check_listing(config, &dataset)?;
     let mut summary = ExtractSummary {
         model_name: manifest.name.clone(),
         fingerprint: manifest.fingerprint.clone(),
         dataset_examples: dataset.len(),
+        unlisted,
+        empty_classes: empty_classes(&dataset),
         ..Default::default()
     };
     let selected = select_examples(config, &dataset, &mut summary)?;
@@ -352,6 +373,34 @@ pub fn extract(
     };
     let written = run.embed_batches(plan, writer)?;
     finish(summary, &state, written, start)
+}
+
+/// The entries of `dataset` that could not be listed; an error under [`OnError::Fail`].
+fn check_listing(config: &ExtractConfig, dataset: &Dataset) -> Result<Vec<ListingProblem>> {
+    let problems = dataset.listing_problems().to_vec();
+    if config.on_error == OnError::Fail && !problems.is_empty() {
+        let names: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{} ({})", p.path.display(), p.reason))
+            .collect();
+        return Err(Error::Unlisted {
+            data: config.data.clone(),
+            count: problems.len(),
+            names: names.join("; "),
+        });
+    }
+    Ok(problems)
+}
+
+/// The classes of `dataset` with no example.
+fn empty_classes(dataset: &Dataset) -> Vec<String> {
+    dataset
+        .classes()
+        .iter()
+        .zip(dataset.counts_per_class())
+        .filter(|(_, n)| *n == 0)
+        .map(|(c, _)| c.clone())
+        .collect()
 }
 
 /// The examples this run looks at, tagged with their split, in seeded order: the split

@@ -151,6 +151,19 @@ pub enum Error {
         /// Rows written by the cancelled run.
         stored: usize,
     },
+    /// Entries of the dataset could not be listed (symlink loops, dangling links, unreadable
+    /// folders) and the run was asked to stop on unreadable input (`--on-error fail`).
+    #[error(
+        "{count} entr(y/ies) of {data} cannot be listed: {names}; fix or remove them, or pass --on-error skip"
+    )]
+    Unlisted {
+        /// The dataset.
+        data: std::path::PathBuf,
+        /// How many entries.
+        count: usize,
+        /// Each entry and why, `; `-separated.
+        names: String,
+    },
     /// The thread writing the store's part files panicked.
     #[error("the store writer thread panicked: {message}")]
     WriterPanicked {
