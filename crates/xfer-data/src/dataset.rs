@@ -162,7 +162,9 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
-/// `/`-joined, lossy-UTF-8 form of a relative path.
+/// The id of a relative path: its components joined by `/`. A name that is not valid
+/// UTF-8 keeps its valid parts, and each invalid byte is written `\xHH`; `\` is written
+/// `\\` so that the escape is unambiguous. [`id_to_path`] is the inverse.
 pub(crate) fn relative_id(rel: &Path) -> String {
     let mut id = String::new();
     for component in rel.components() {
@@ -170,10 +172,62 @@ pub(crate) fn relative_id(rel: &Path) -> String {
             if !id.is_empty() {
                 id.push('/');
             }
-            id.push_str(&part.to_string_lossy());
+            push_escaped(&mut id, part.as_encoded_bytes());
         }
     }
     id
+}
+
+/// Appends `bytes` to `id`: valid UTF-8 as is (with `\` doubled), other bytes as `\xHH`.
+fn push_escaped(id: &mut String, bytes: &[u8]) {
+    for chunk in bytes.utf8_chunks() {
+        id.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for byte in chunk.invalid() {
+            id.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+}
+
+/// The relative path an id of a class-folder dataset names (the inverse of the escaping
+/// of non-UTF-8 names in ids: `\xHH` is byte HH, `\\` is `\`).
+pub fn id_to_path(id: &str) -> PathBuf {
+    let mut bytes = Vec::with_capacity(id.len());
+    let mut rest = id.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        let escaped = match (first, tail) {
+            (b'\\', [b'\\', after @ ..]) => Some((b'\\', after)),
+            (b'\\', [b'x', hi, lo, after @ ..]) => hex_byte(*hi, *lo).map(|b| (b, after)),
+            _ => None,
+        };
+        match escaped {
+            Some((byte, after)) => {
+                bytes.push(byte);
+                rest = after;
+            }
+            None => {
+                bytes.push(first);
+                rest = tail;
+            }
+        }
+    }
+    path_from_bytes(bytes)
+}
+
+/// The byte two hex digits spell.
+fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
+    let digit = |c: u8| char::from(c).to_digit(16);
+    Some(u8::try_from(digit(hi)? * 16 + digit(lo)?).unwrap_or(0))
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn open_class_folders(root: &Path) -> Result<Dataset> {

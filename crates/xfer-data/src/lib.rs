@@ -29,7 +29,7 @@ pub use augment::{
 };
 pub use cache::{CacheStats, ResizedImageCache};
 pub use dataset::{
-    Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class,
+    Dataset, DatasetSource, Example, IMAGE_EXTENSIONS, ListingProblem, count_per_class, id_to_path,
 };
 pub use decode::{
     DecodedImage, JpegScaling, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, ResizeMethod, ResizeTarget,

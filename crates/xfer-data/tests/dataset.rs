@@ -54,7 +54,8 @@ fn non_utf8_names_are_listed_and_loadable() {
     let ds = Dataset::open(dir.path()).expect("open");
     assert_eq!(ds.len(), 1);
     let example = &ds.examples()[0];
-    assert_eq!(example.id, "cat/caf\u{FFFD}.png");
+    // Issue 18 item 8: the invalid byte is escaped (was U+FFFD, which made ids collide).
+    assert_eq!(example.id, "cat/caf\\xe9.png");
     assert_eq!(example.path, path);
     load_image(&example.path, 4, 4).expect("non-UTF-8 path loads");
 }
@@ -265,4 +266,27 @@ fn csv_manifest_listing_one_file_twice_is_refused() {
     let ds = Dataset::open(&csv).expect("normalised paths");
     assert_eq!(ids_and_labels(&ds), [("img/00.png", 0), ("img/01.png", 1)]);
     every_path_resolves(&ds);
+}
+
+/// Issue 18 item 8: two non-UTF-8 names that differ only in their invalid bytes get two
+/// ids (an escaped form, `\xHH`, with `\` written `\\`), and each id leads back to its file.
+#[cfg(unix)]
+#[test]
+fn non_utf8_names_get_unique_ids_that_round_trip() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = tiny_png();
+    for name in [&b"x\xff.png"[..], b"x\xfe.png", b"x\\xff.png"] {
+        common::write(&dir.path().join("cat").join(OsStr::from_bytes(name)), &png);
+    }
+    let ds = Dataset::open(dir.path()).expect("open");
+    let ids: Vec<&str> = ds.examples().iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), 3, "ids collide: {ids:?}");
+    for example in ds.examples() {
+        let back = xfer_data::id_to_path(&example.id);
+        assert_eq!(dir.path().join(back), example.path, "{}", example.id);
+    }
 }
