@@ -101,6 +101,16 @@ pub enum Error {
         /// Its value for this run.
         requested: String,
     },
+    /// A part file's pages do not decode, or its embeddings do not match its checksum.
+    #[error(
+        "part file {path} is damaged ({reason}); move it out of the store (e.g. `mv {path} /tmp/`) and rerun `xfer extract` with the same arguments, which re-embeds exactly its rows"
+    )]
+    Damaged {
+        /// The damaged part file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The store's files disagree with each other or with the request (classes, dimension, splits).
     #[error("store {store}: {reason}")]
     Inconsistent {

@@ -9,10 +9,8 @@ use arrow_array::{
 };
 use arrow_schema::DataType;
 use ndarray::Array2;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use xfer_fs::AtomicFile;
 
 use crate::schema::{
     COL_CONTENT_HASH, COL_EMBEDDING, COL_ID, COL_LABEL, COL_MODEL, COL_SPLIT, StoreMetadata,
@@ -30,6 +28,8 @@ pub struct StoreFile {
     pub rows: usize,
     /// Size on disk in bytes.
     pub bytes: u64,
+    /// blake3 of its embedding values (`xfer.checksum`; `None` in files written before it).
+    pub checksum: Option<String>,
 }
 
 /// The identity of one stored row (everything but the embedding).
@@ -462,8 +462,10 @@ impl StoreReader {
             }
             let reader = read_columns(&f.path, Some(&[COL_EMBEDDING]), 1024)?;
             let mut offset = 0;
+            let mut checksum = blake3::Hasher::new();
             for batch in reader {
-                let batch = batch.map_err(pq_err("read", &f.path))?;
+                let batch = batch.map_err(|e| damaged(f, &e.to_string()))?;
+                crate::schema::hash_embeddings(&mut checksum, &batch, &f.path)?;
                 let values = embedding_values(&batch, dim, &f.path)?;
                 for i in 0..batch.num_rows() {
                     if let Some(&dest) = rows.get(&(offset + i)) {
@@ -479,6 +481,7 @@ impl StoreReader {
                 }
                 offset += batch.num_rows();
             }
+            check_sum(f, &checksum, offset)?;
         }
         Ok(features)
     }
@@ -500,6 +503,15 @@ impl StoreReader {
             .collect();
         let features = self.read_embeddings(&chosen, dim)?;
         Ok((chosen.iter().map(|r| r.key.clone()).collect(), features))
+    }
+
+    /// Decodes every page of every part file and checks each against its footer (row count,
+    /// embedding checksum); the damaged parts, each with the reason.
+    pub fn verify(&self) -> Vec<Error> {
+        self.files
+            .iter()
+            .filter_map(|f| verify_file(f).err())
+            .collect()
     }
 
     /// Row counts per model, split and label; dimension; size on disk.
@@ -585,10 +597,7 @@ impl StoreReader {
             let schema = crate::schema::store_schema(meta.feature_dim);
             // Dropped on failure, the atomic file removes the temporary part.
             let write = || -> Result<usize> {
-                let out = AtomicFile::create(&path)?;
-                let tmp = out.temp_path().to_path_buf();
-                let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props))
-                    .map_err(pq_err("start parquet file", &tmp))?;
+                let mut writer = crate::writer::PartWriter::create(&path, schema.clone(), props)?;
                 let mut kept = 0;
                 for &fi in &group {
                     let f = &self.files[fi];
@@ -606,13 +615,10 @@ impl StoreReader {
                             RecordBatch::try_new(schema.clone(), kept_batch.columns().to_vec())
                                 .map_err(pq_err("re-schema", &f.path))?;
                         kept += kept_batch.num_rows();
-                        writer.write(&kept_batch).map_err(pq_err("write", &tmp))?;
+                        writer.write(&kept_batch)?;
                     }
                 }
-                writer
-                    .into_inner()
-                    .map_err(pq_err("finish", &tmp))?
-                    .commit()?;
+                writer.commit()?;
                 Ok(kept)
             };
             let kept = write()?;
@@ -656,6 +662,47 @@ impl StoreReader {
             summary.files_in += 1;
         }
         Ok(())
+    }
+}
+
+/// Reads every column of `f` (decoding every page) and checks it against its footer.
+fn verify_file(f: &StoreFile) -> Result<()> {
+    let reader = read_columns(&f.path, None, 1024).map_err(|e| damaged(f, &e.to_string()))?;
+    let mut checksum = blake3::Hasher::new();
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| damaged(f, &e.to_string()))?;
+        crate::schema::hash_embeddings(&mut checksum, &batch, &f.path)
+            .map_err(|e| damaged(f, &e.to_string()))?;
+        rows += batch.num_rows();
+    }
+    check_sum(f, &checksum, rows)
+}
+
+/// The error for a part file whose pages do not decode or whose embeddings do not match its
+/// checksum, with the remedy.
+fn damaged(f: &StoreFile, reason: &str) -> Error {
+    Error::Damaged {
+        path: f.path.display().to_string(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Checks the rows read and the checksum of a whole file's embeddings against its footer.
+fn check_sum(f: &StoreFile, checksum: &blake3::Hasher, rows: usize) -> Result<()> {
+    if rows != f.rows {
+        return Err(damaged(
+            f,
+            &format!("{rows} rows decoded but its footer says {}", f.rows),
+        ));
+    }
+    let sum = checksum.finalize().to_hex().to_string();
+    match &f.checksum {
+        Some(want) if *want != sum => Err(damaged(
+            f,
+            &format!("its embeddings hash to {sum} but its footer records {want}"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -717,6 +764,7 @@ fn read_file_meta(path: &Path) -> Result<StoreFile> {
         .unwrap_or_default();
     let meta = StoreMetadata::from_key_values(&kv, &path.display().to_string())?;
     let rows = usize::try_from(md.num_rows()).unwrap_or(0);
+    let checksum = kv.get(crate::schema::META_CHECKSUM).cloned();
     let schema = builder.schema();
     let expect = crate::schema::store_schema(meta.feature_dim);
     for field in expect.fields() {
@@ -747,6 +795,7 @@ fn read_file_meta(path: &Path) -> Result<StoreFile> {
         meta,
         rows,
         bytes,
+        checksum,
     })
 }
 
@@ -770,7 +819,11 @@ fn int_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a In
         })
 }
 
-fn embedding_values<'a>(batch: &'a RecordBatch, dim: usize, path: &Path) -> Result<&'a [f32]> {
+pub(crate) fn embedding_values<'a>(
+    batch: &'a RecordBatch,
+    dim: usize,
+    path: &Path,
+) -> Result<&'a [f32]> {
     let bad = |why: &str| Error::Format {
         path: path.display().to_string(),
         reason: format!("column `{COL_EMBEDDING}` {why}"),

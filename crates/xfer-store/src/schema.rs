@@ -36,6 +36,9 @@ pub const META_FEATURE_DIM: &str = "xfer.feature_dim";
 pub const META_CLASSES: &str = "xfer.classes";
 /// Metadata key: version of xfer that wrote the file.
 pub const META_XFER_VERSION: &str = "xfer.version";
+/// Metadata key: blake3 (hex) of the file's `embedding` values (float32, little endian, in
+/// row order); checked whenever a whole file is read and by `xfer store verify`.
+pub const META_CHECKSUM: &str = "xfer.checksum";
 /// Metadata key: the [`ModelIdentity`] of the rows, as a JSON object.
 pub const META_IDENTITY: &str = "xfer.identity";
 
@@ -191,6 +194,28 @@ pub fn store_schema(dim: usize) -> SchemaRef {
             false,
         ),
     ]))
+}
+
+/// Adds the embedding values of `batch` (a batch of the store schema read from or written to
+/// `path`) to the checksum `hasher`.
+pub(crate) fn hash_embeddings(
+    hasher: &mut blake3::Hasher,
+    batch: &arrow_array::RecordBatch,
+    path: &std::path::Path,
+) -> Result<()> {
+    let dim = match batch
+        .schema()
+        .field_with_name(COL_EMBEDDING)
+        .map(|f| f.data_type().clone())
+    {
+        Ok(DataType::FixedSizeList(_, n)) => usize::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+    let values = crate::reader::embedding_values(batch, dim, path)?;
+    for v in values {
+        hasher.update(&v.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// blake3 of a file's bytes as lowercase hex (the `content_hash` column).

@@ -106,10 +106,54 @@ pub struct WriteSummary {
 }
 
 struct OpenPart {
-    writer: ArrowWriter<AtomicFile>,
-    tmp: PathBuf,
+    writer: PartWriter,
     path: PathBuf,
     rows: usize,
+}
+
+/// One part file being written: an atomic file, and the checksum of its embeddings, written
+/// into the footer (`xfer.checksum`) when committed. The writer and `compact` both use it.
+pub(crate) struct PartWriter {
+    writer: ArrowWriter<AtomicFile>,
+    tmp: PathBuf,
+    checksum: blake3::Hasher,
+}
+
+impl PartWriter {
+    /// Starts `path` (under a temporary name until [`PartWriter::commit`]).
+    pub(crate) fn create(
+        path: &Path,
+        schema: SchemaRef,
+        props: WriterProperties,
+    ) -> Result<PartWriter> {
+        let file = AtomicFile::create(path)?;
+        let tmp = file.temp_path().to_path_buf();
+        let writer = ArrowWriter::try_new(file, schema, Some(props))
+            .map_err(pq_err("start parquet file", &tmp))?;
+        Ok(PartWriter {
+            writer,
+            tmp,
+            checksum: blake3::Hasher::new(),
+        })
+    }
+
+    /// Appends a batch of the store schema.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        crate::schema::hash_embeddings(&mut self.checksum, batch, &self.tmp)?;
+        self.writer.write(batch).map_err(pq_err("write", &self.tmp))
+    }
+
+    /// Writes the footer with the checksum and renames the file into place.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let sum = self.checksum.finalize().to_hex().to_string();
+        self.writer
+            .append_key_value_metadata(KeyValue::new(crate::schema::META_CHECKSUM.to_owned(), sum));
+        self.writer
+            .into_inner()
+            .map_err(pq_err("finish", &self.tmp))?
+            .commit()?;
+        Ok(())
+    }
 }
 
 /// Writes embedding rows into `part-<run>-<seq>.parquet` files of a store directory.
@@ -251,9 +295,7 @@ impl EmbeddingWriter {
                 Some(p) => p,
                 None => self.open_part()?,
             };
-            part.writer
-                .write(&batch)
-                .map_err(pq_err("write", &part.tmp))?;
+            part.writer.write(&batch)?;
             part.rows += end - start;
             let full = part.rows >= self.rows_per_part;
             self.summary.rows += end - start;
@@ -275,13 +317,9 @@ impl EmbeddingWriter {
         let name = format!("part-{}-{:05}.parquet", self.run_id, self.seq);
         self.seq += 1;
         let path = self.dir.join(&name);
-        let file = AtomicFile::create(&path)?;
-        let tmp = file.temp_path().to_path_buf();
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
-            .map_err(pq_err("start parquet file", &tmp))?;
+        let writer = PartWriter::create(&path, self.schema.clone(), self.props.clone())?;
         Ok(self.current.insert(OpenPart {
             writer,
-            tmp,
             path,
             rows: 0,
         }))
@@ -292,16 +330,8 @@ impl EmbeddingWriter {
             return Ok(());
         };
         // Dropped on failure, the atomic file removes the temporary part.
-        let OpenPart {
-            writer,
-            tmp,
-            path,
-            rows,
-        } = part;
-        let result = writer
-            .into_inner()
-            .map_err(pq_err("finish", &tmp))
-            .and_then(|file| file.commit().map_err(Error::from));
+        let OpenPart { writer, path, rows } = part;
+        let result = writer.commit();
         match result {
             Ok(()) => {
                 self.summary.files.push(path);

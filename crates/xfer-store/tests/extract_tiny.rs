@@ -470,3 +470,68 @@ fn same_onnx_bytes_at_another_input_size_or_resize_is_refused_naming_the_field()
     let again = extract(&config(&f, &f.store), &mut |_| {}).expect("same identity");
     assert_eq!((again.embedded, again.cached), (0, 6));
 }
+
+/// Flips bytes in the middle of the `embedding` column chunk of `part`'s first row group.
+fn flip_embedding_bytes(part: &Path) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(part).expect("open part");
+    let reader = SerializedFileReader::new(file).expect("parquet footer");
+    let chunk = reader.metadata().row_group(0).column(6);
+    let (start, len) = chunk.byte_range();
+    let (start, len) = (start as usize, len as usize);
+    let mut bytes = std::fs::read(part).expect("read part");
+    for b in &mut bytes[start + len / 2..start + len / 2 + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(part, bytes).expect("write part");
+}
+
+#[test]
+fn a_damaged_part_is_named_with_the_remedy_and_a_rerun_re_embeds_exactly_its_rows() {
+    let f = fixture(8);
+    let first = extract(&config(&f, &f.store), &mut |_| {}).expect("extract");
+    assert_eq!(first.files.len(), 2, "16 rows at 8 per part");
+    let reader = StoreReader::open(&f.store).expect("open");
+    assert!(reader.verify().is_empty(), "an intact store verifies");
+    assert!(
+        reader.files().iter().all(|p| p.checksum.is_some()),
+        "every part records its checksum"
+    );
+    let victim = first.files[1].clone();
+    flip_embedding_bytes(&victim);
+
+    let reader = StoreReader::open(&f.store).expect("the footer is intact");
+    let damaged = reader.verify();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    let text = damaged[0].to_string();
+    assert!(matches!(damaged[0], Error::Damaged { .. }), "{text}");
+    assert!(text.contains(&victim.display().to_string()), "{text}");
+    assert!(
+        text.contains("move it out") && text.contains("rerun `xfer extract`"),
+        "{text}"
+    );
+    let all_splits: Vec<_> = ["train", "val", "test"]
+        .iter()
+        .map(|s| reader.load_split(s, None))
+        .collect();
+    assert!(
+        all_splits
+            .iter()
+            .any(|r| matches!(r, Err(Error::Damaged { .. }))),
+        "reading the damaged part is refused, not returned: {all_splits:?}"
+    );
+
+    let rows_of_victim = StoreReader::open(&f.store).expect("open").files()[1].rows;
+    let aside = f.store.parent().expect("parent").join("aside.parquet");
+    std::fs::rename(&victim, &aside).expect("move out");
+    let rerun = extract(&config(&f, &f.store), &mut |_| {}).expect("rerun");
+    assert_eq!(rerun.embedded, rows_of_victim);
+    assert_eq!(rerun.cached, 16 - rows_of_victim);
+    assert!(
+        StoreReader::open(&f.store)
+            .expect("open")
+            .verify()
+            .is_empty()
+    );
+    assert_eq!(rows(&f.store).len(), 16);
+}

@@ -1,4 +1,4 @@
-//! `xfer store info|compact`: inspect and maintain an embeddings store.
+//! `xfer store info|verify|compact`: inspect and maintain an embeddings store.
 
 use std::path::PathBuf;
 
@@ -10,6 +10,16 @@ use xfer_store::{StoreLock, StoreReader};
 pub enum Command {
     /// Rows per split, label and model; embedding dimension; size on disk.
     Info {
+        /// Store directory.
+        #[arg(default_value = "store", value_name = "DIR")]
+        dir: PathBuf,
+        /// Also decode every page of every part and check its checksum (`xfer store verify`).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Decode every page of every part file and check each against the checksum in its
+    /// footer; name the damaged parts with the remedy (exit status 1 when any is damaged).
+    Verify {
         /// Store directory.
         #[arg(default_value = "store", value_name = "DIR")]
         dir: PathBuf,
@@ -26,16 +36,45 @@ pub enum Command {
     },
 }
 
+/// Decodes every part of `store`; an error naming each damaged part with the remedy.
+fn verify_store(store: &StoreReader) -> anyhow::Result<()> {
+    let damaged = store.verify();
+    if damaged.is_empty() {
+        println!(
+            "verified {} part file(s): every page decodes and matches its checksum",
+            store.files().len()
+        );
+        return Ok(());
+    }
+    for e in &damaged {
+        eprintln!("{e}");
+    }
+    anyhow::bail!(
+        "{} of {} part file(s) in {} are damaged",
+        damaged.len(),
+        store.files().len(),
+        store.dir().display()
+    )
+}
+
 /// Runs an `xfer store` subcommand.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Info { dir } => {
+        Command::Info { dir, verify } => {
             let store = StoreReader::open(&dir)
                 .with_context(|| format!("opening store {}", dir.display()))?;
             let info = store
                 .info()
                 .with_context(|| format!("reading store {}", dir.display()))?;
             print!("{info}");
+            if verify {
+                verify_store(&store)?;
+            }
+        }
+        Command::Verify { dir } => {
+            let store = StoreReader::open(&dir)
+                .with_context(|| format!("opening store {}", dir.display()))?;
+            verify_store(&store)?;
         }
         Command::Compact { dir, no_wait } => {
             StoreReader::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
