@@ -283,7 +283,9 @@ fn entries_that_cannot_be_listed_are_reported_and_fail_under_on_error_fail() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("not listed 2") && stdout.contains("gone.png") && stdout.contains("loop.png"),
+        stdout.contains("not listed 2")
+            && stdout.contains("gone.png")
+            && stdout.contains("loop.png"),
         "{stdout}"
     );
     assert!(
@@ -298,6 +300,37 @@ fn entries_that_cannot_be_listed_are_reported_and_fail_under_on_error_fail() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("gone.png") && stderr.contains("loop.png"),
+        "{stderr}"
+    );
+}
+
+/// Issue 18 item 12: `--rows-per-part 0` is refused, and a selection with no image does not
+/// claim that every image is already in the store.
+#[test]
+fn zero_rows_per_part_is_refused_and_an_empty_selection_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = dataset(&tmp.path().join("data"), 4);
+    let model = tiny_backbone(&tmp.path().join("model"), 8);
+    let store = tmp.path().join("store");
+    let out = extract_cmd(&data, &model, &store)
+        .args(["--split", "train=train[:100%]", "--limit", "0"])
+        .output()
+        .expect("extract");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("every image already in the store")
+            && stdout.contains("no image selected"),
+        "{stdout}"
+    );
+    let out = extract_cmd(&data, &model, &store)
+        .args(["--rows-per-part", "0"])
+        .output()
+        .expect("extract");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--rows-per-part"),
         "{stderr}"
     );
 }

@@ -304,6 +304,12 @@ impl fmt::Display for ExtractSummary {
                 self.not_in_split, self.other_shards, self.over_limit
             )?;
         }
+        if self.per_split.values().sum::<usize>() == 0 {
+            return write!(
+                f,
+                "time {secs:.1}s, no image selected (see `not taken` above), no part file written"
+            );
+        }
         if self.embedded == 0 && self.files.is_empty() {
             return write!(
                 f,
@@ -330,6 +336,13 @@ pub fn extract(
     if config.batch_size == 0 {
         return Err(Error::Spec {
             what: "--batch-size",
+            spec: "0".to_owned(),
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    if config.rows_per_part == 0 {
+        return Err(Error::Spec {
+            what: "--rows-per-part",
             spec: "0".to_owned(),
             reason: "must be at least 1".to_owned(),
         });
