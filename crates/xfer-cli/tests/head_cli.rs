@@ -354,3 +354,28 @@ fn train_head_reports_the_test_split_by_default() {
     assert!(metrics.get("test").is_none(), "{metrics}");
     assert_eq!(metrics["val"]["rows"], 12, "{metrics}");
 }
+
+/// Issue 18 item 12: `evaluate --head` reads stored embeddings; a `--data` beside it was
+/// ignored without a word and is now refused.
+#[test]
+fn evaluate_head_refuses_data() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = root.join("data");
+    let cwd = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    exported_model(root, &data, &cwd);
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "evaluate",
+            "--store",
+            path(&root.join("store")),
+            "--head",
+            path(&root.join("runs/head")),
+            "--data",
+            path(&data),
+        ],
+        &cwd,
+    );
+    assert!(!ok, "--data was ignored:\n{stdout}");
+    assert!(stderr.contains("--data"), "{stderr}");
+}

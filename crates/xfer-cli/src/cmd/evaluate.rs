@@ -25,8 +25,9 @@ pub struct Args {
     /// Exported model (`xfer export`), run on the images of --data.
     #[arg(long, value_name = "FILE", requires = "data")]
     pub model: Option<PathBuf>,
-    /// Dataset folder (one subfolder per class, or a CSV manifest), with --model.
-    #[arg(long, value_name = "DIR")]
+    /// Dataset folder (one subfolder per class, or a CSV manifest), with --model
+    /// (--head reads the stored embeddings instead).
+    #[arg(long, value_name = "DIR", conflicts_with = "head")]
     pub data: Option<PathBuf>,
     /// Split tags over the dataset's seeded order, as `xfer extract --split` takes them
     /// (with --data); splits that share images are refused.
