@@ -379,3 +379,32 @@ fn evaluate_head_refuses_data() {
     assert!(!ok, "--data was ignored:\n{stdout}");
     assert!(stderr.contains("--data"), "{stderr}");
 }
+
+/// Issue 18 item 12: errors about `evaluate --splits` name `--splits`, not extract's `--split`.
+#[test]
+fn evaluate_splits_errors_name_splits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = root.join("data");
+    let cwd = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let exported = exported_model(root, &data, &cwd);
+    let (ok, stdout, stderr) = xfer(
+        &[
+            "evaluate",
+            "--model",
+            path(&exported),
+            "--data",
+            path(&data),
+            "--splits",
+            "a=train[:50%],b=train[40%:]",
+            "--split",
+            "a",
+        ],
+        &cwd,
+    );
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("--splits") && !stderr.contains("--split "),
+        "{stderr}"
+    );
+}

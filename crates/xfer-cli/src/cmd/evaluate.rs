@@ -140,7 +140,8 @@ fn examples_of_split(
 ) -> anyhow::Result<Vec<xfer_data::Example>> {
     let assignment = args.splits.clone().stratified(args.stratified);
     assignment
-        .select(dataset.examples(), args.seed)?
+        .select(dataset.examples(), args.seed)
+        .with_context(|| format!("--splits with --seed {}", args.seed))?
         .into_iter()
         .find(|(name, _)| *name == args.split)
         .map(|(_, examples)| examples)
