@@ -31,6 +31,14 @@ pub struct AugmentationConfig {
     pub fill: String,
 }
 
+impl AugmentationConfig {
+    /// The augmentation as the flags that set it.
+    fn as_flags(&self) -> String {
+        let flip = if self.flip { "" } else { "--no-flip " };
+        format!("{flip}--rotation {} --fill {}", self.rotation, self.fill)
+    }
+}
+
 impl Default for AugmentationConfig {
     fn default() -> Self {
         AugmentationConfig {
@@ -56,6 +64,15 @@ pub struct SplitConfig {
 }
 
 impl SplitConfig {
+    /// The splits as the flags that set them.
+    fn as_flags(&self) -> String {
+        let stratified = if self.stratified { " --stratified" } else { "" };
+        format!(
+            "--train {} --val {} --test {}{stratified}",
+            self.train, self.val, self.test
+        )
+    }
+
     /// The three splits as one assignment (`test` left out when blank), sliced per class
     /// when `stratified`; selecting it refuses splits that share images.
     pub fn assignment(&self) -> Result<xfer_data::SplitAssignment> {
@@ -265,12 +282,21 @@ impl FinetuneConfig {
             ("data", self.data.display().to_string()),
             ("model", self.model.display().to_string()),
             ("seed", self.seed.to_string()),
-            ("image_size", format!("{:?}", self.image_size)),
+            (
+                "image_size",
+                self.image_size
+                    .map_or("the model's".to_owned(), |[h, w]| format!("{h}x{w}")),
+            ),
             ("batch_size", self.batch_size.to_string()),
             ("dropout", self.dropout.to_string()),
-            ("unfreeze_from", format!("{:?}", self.unfreeze_from)),
-            ("augmentation", format!("{:?}", self.augmentation)),
-            ("splits", format!("{:?}", self.splits)),
+            (
+                "unfreeze_from",
+                self.unfreeze_from
+                    .as_deref()
+                    .map_or("none (every layer)".to_owned(), |l| format!("`{l}`")),
+            ),
+            ("augmentation", self.augmentation.as_flags()),
+            ("splits", self.splits.as_flags()),
         ]
     }
 

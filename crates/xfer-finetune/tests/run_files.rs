@@ -72,6 +72,32 @@ fn resuming_with_other_settings_is_refused() {
     assert!(err.to_string().contains("`seed`"), "{err}");
 }
 
+/// Issue 18 item 12: a refused resume prints settings as flags, not Rust debug structs.
+#[test]
+fn a_refused_resume_prints_settings_as_flags() {
+    let saved = FinetuneConfig::default();
+    let mut now = saved.clone();
+    now.splits.val = "train[40%:60%]".to_owned();
+    let err = now
+        .check_resumable_from(&saved, true)
+        .expect_err("splits changed");
+    let text = err.to_string();
+    assert!(
+        text.contains("--val train[40%:60%]") && !text.contains("SplitConfig"),
+        "{text}"
+    );
+    let mut now = saved.clone();
+    now.unfreeze_from = Some("block14_sepconv1".to_owned());
+    let text = now
+        .check_resumable_from(&saved, true)
+        .expect_err("layer changed")
+        .to_string();
+    assert!(
+        text.contains("`block14_sepconv1`") && !text.contains("Some("),
+        "{text}"
+    );
+}
+
 fn record(global_epoch: usize, phase: u8, loss: f64) -> EpochRecord {
     EpochRecord {
         phase,
