@@ -279,8 +279,8 @@ impl FinetuneConfig {
     /// The settings that must not change when a run is resumed, as `(key, value)` pairs.
     pub(crate) fn resume_keys(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("data", self.data.display().to_string()),
-            ("model", self.model.display().to_string()),
+            ("data", canonical(&self.data)),
+            ("model", canonical(&self.model)),
             ("seed", self.seed.to_string()),
             (
                 "image_size",
@@ -319,4 +319,13 @@ impl FinetuneConfig {
         }
         Ok(())
     }
+}
+
+/// `path` in canonical form when it exists (so `./ds/c40` and `ds/c40` are one folder),
+/// else as given.
+fn canonical(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }

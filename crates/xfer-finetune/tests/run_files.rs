@@ -98,6 +98,23 @@ fn a_refused_resume_prints_settings_as_flags() {
     );
 }
 
+/// Issue 18 item 12: `--resume --data ./ds/c40` is the same folder as `ds/c40`.
+#[test]
+fn a_resume_compares_canonical_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("ds/c40")).expect("mkdir");
+    let saved = FinetuneConfig {
+        data: dir.path().join("ds/c40"),
+        ..FinetuneConfig::default()
+    };
+    let now = FinetuneConfig {
+        data: dir.path().join("ds/./c40/"),
+        ..saved.clone()
+    };
+    now.check_resumable_from(&saved, true)
+        .expect("the same folder, written differently");
+}
+
 fn record(global_epoch: usize, phase: u8, loss: f64) -> EpochRecord {
     EpochRecord {
         phase,
