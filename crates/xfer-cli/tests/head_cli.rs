@@ -408,3 +408,20 @@ fn evaluate_splits_errors_name_splits() {
         "{stderr}"
     );
 }
+
+/// Issue 18 item 12: logs written to a pipe or file carry no ANSI colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xfer"))
+        .arg("doctor")
+        .env("RUST_LOG", "debug")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run xfer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "no log line to check: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
