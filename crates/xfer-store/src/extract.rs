@@ -236,12 +236,16 @@ impl ExtractSummary {
 
 impl fmt::Display for ExtractSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.embedded as f64 / secs
-        } else {
-            0.0
-        };
+        self.write_counts(f)?;
+        self.write_skipped(f)?;
+        self.write_notes(f)?;
+        self.write_timing(f)
+    }
+}
+
+impl ExtractSummary {
+    /// The model, the images per split and what became of them.
+    fn write_counts(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "model {} ({})", self.model_name, self.fingerprint)?;
         let splits: Vec<String> = self
             .per_split
@@ -270,7 +274,11 @@ impl fmt::Display for ExtractSummary {
             ", cached {}, skipped {}",
             self.cached,
             self.skipped.len()
-        )?;
+        )
+    }
+
+    /// Skipped files by reason (the first few named) and entries that could not be listed.
+    fn write_skipped(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (kind, n) in self.skipped_by_kind() {
             writeln!(f, "  skipped {n}: {kind}")?;
         }
@@ -283,6 +291,11 @@ impl fmt::Display for ExtractSummary {
                 writeln!(f, "    {}: {}", p.path.display(), p.reason)?;
             }
         }
+        Ok(())
+    }
+
+    /// Warnings and housekeeping: empty classes, removed temp files, images not taken.
+    fn write_notes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.empty_classes.is_empty() {
             writeln!(
                 f,
@@ -304,6 +317,12 @@ impl fmt::Display for ExtractSummary {
                 self.not_in_split, self.other_shards, self.over_limit
             )?;
         }
+        Ok(())
+    }
+
+    /// The last line: time, throughput and part files written (or why none was).
+    fn write_timing(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
         if self.per_split.values().sum::<usize>() == 0 {
             return write!(
                 f,
@@ -316,6 +335,11 @@ impl fmt::Display for ExtractSummary {
                 "time {secs:.1}s, nothing to embed (every image already in the store), no part file written"
             );
         }
+        let rate = if secs > 0.0 {
+            self.embedded as f64 / secs
+        } else {
+            0.0
+        };
         write!(
             f,
             "time {secs:.1}s ({rate:.1} images/s embedded; {:.1}s in ONNX Runtime{}), {} part file(s) written",
