@@ -83,9 +83,13 @@ bench *ARGS: setup fetch-data py-env extract
 doctor *ARGS: build
     XFER_DEVICE={{device}} {{xfer}} doctor {{ARGS}}
 
+# Headless Chromium for the report's browser test (Debian's `chromium`, installed with apt when missing).
+browser:
+    scripts/ensure_chromium.sh
+
 # (Also the GPU setup without a GPU: fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration.)
 # Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
-test: setup fetch-data fetch-gpu py-env extract
+test: setup fetch-data fetch-gpu py-env browser extract
     XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 cargo test --workspace --release --locked
     XFER_REQUIRE_GPU_LIBS=1 cargo test --release --locked -p xfer-runtime --features cuda,tensorrt --test gpu_libraries
     XFER_REQUIRE_DEMO=1 {{venv}}/bin/pytest -q tests/python

@@ -1,7 +1,7 @@
 //! `xfer report` in a real browser (issue 17): a head-only run trained in the test (tiny
 //! backbone, generated images, a few of them mislabelled so that the test split has errors)
 //! and a fine-tuning run's files, written to one report.html, loaded by headless Chromium
-//! (Debian's `chromium` package; `.ci/run` installs it). Asserts: no console or script
+//! (Debian's `chromium` package; `just test` installs it). Asserts: no console or script
 //! errors, a screenshot that is not blank, and one thumbnail per test error of metrics.json.
 //! With XFER_REQUIRE_DEMO set, the demo's runs (`runs/demo/{head,finetune}`) are checked too
 //! when `just demo` has written them.
@@ -190,7 +190,7 @@ fn the_report_loads_in_chromium_without_errors_and_shows_every_misclassified_ima
     let Some(browser) = chromium() else {
         assert!(
             !require_browser(),
-            "chromium is not installed (apt-get install -y chromium; .ci/run does it)"
+            "chromium is not installed (apt-get install -y chromium; `just browser` does it)"
         );
         eprintln!("skipping: chromium is not installed (set XFER_REQUIRE_BROWSER to require it)");
         return;
