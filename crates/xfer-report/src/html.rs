@@ -26,7 +26,7 @@ table.confusion td { width: 64px; height: 40px; text-align: center; font-weight:
 figure.miss { margin: 0; width: 140px; font-size: 12px; border: 1px solid #ddd; padding: 4px; background: #fafafa; }
 figure.miss img { display: block; max-width: 128px; max-height: 128px; margin: 0 auto; }
 figure.miss .missing { width: 128px; height: 96px; background: #ddd; display: flex; align-items: center; justify-content: center; }
-figcaption { margin-top: 4px; line-height: 1.3; word-break: break-all; }
+figcaption { margin-top: 4px; line-height: 1.3; overflow-wrap: anywhere; }
 pre { background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }
 .note { color: #666; font-size: 13px; }
 "#;
