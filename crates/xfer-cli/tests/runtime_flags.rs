@@ -3,74 +3,11 @@
 //! them: an unavailable device is refused by name unless the CPU fallback is allowed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use xfer_data::RgbImage;
-use xfer_head::ModelMetadata;
-use xfer_onnx::{Dim, GraphBuilder, attr};
 
-const SIZE: u32 = 8;
-
-fn xfer(args: &[&str]) -> (bool, String, String) {
-    // run from the crate folder so that `.ort/` is found up the tree
-    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run xfer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// An exported model as `xfer export` writes it: pixels → mean colour → Gemm → softmax
-/// over `cat` (red) and `dog` (blue), with the exported-model metadata.
-fn tiny_exported(file: &Path) {
-    let mut g = GraphBuilder::new("tiny_exported");
-    g.input(
-        "pixels",
-        &[
-            Dim::from("batch"),
-            Dim::Fixed(3),
-            Dim::from("h"),
-            Dim::from("w"),
-        ],
-    );
-    let pooled = g.op("GlobalAveragePool", &["pixels"], vec![], "pooled");
-    let flat = g.op("Flatten", &[&pooled], vec![attr::int("axis", 1)], "flat");
-    let w = g.constant_f32("w", &[2, 3], &[0.05, 0.0, -0.05, -0.05, 0.0, 0.05]);
-    let b = g.constant_f32("b", &[2], &[0.0, 0.0]);
-    let logits = g.op(
-        "Gemm",
-        &[&flat, &w, &b],
-        vec![attr::int("transB", 1)],
-        "logits",
-    );
-    g.node_named(
-        "Softmax",
-        &[&logits],
-        &["probabilities"],
-        vec![attr::int("axis", 1)],
-    );
-    g.output("probabilities", &[Dim::from("batch"), Dim::Fixed(2)]);
-    let mut model = g.build_model();
-    ModelMetadata::new(
-        vec!["cat".to_owned(), "dog".to_owned()],
-        [SIZE, SIZE],
-        "pixels",
-        [0.0, 255.0],
-        "tiny",
-        "test",
-    )
-    .write_to(&mut model);
-    xfer_onnx::write_model(&model, file).expect("write model");
-}
+mod common;
+use common::{SIZE, path, tiny_exported, xfer_here as xfer};
 
 /// `root/cat/*.png` (red) and `root/dog/*.png` (blue), four each.
 fn tiny_dataset(root: &Path) -> Vec<PathBuf> {

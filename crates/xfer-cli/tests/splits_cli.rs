@@ -4,35 +4,16 @@
 //! The real binary, a tiny dataset and tiny models written here.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use xfer_data::RgbImage;
-use xfer_head::ModelMetadata;
 use xfer_onnx::{Dim, GraphBuilder, attr};
 use xfer_runtime::{ModelManifest, ModelSource};
 
-const SIZE: u32 = 8;
+mod common;
+use common::{SIZE, path, pixels_input, tiny_exported, xfer_here as xfer};
 /// Images per class: 20 in all, so `train[:60%]` (12) and `train[50%:]` (10) share 2 images.
 const PER_CLASS: u8 = 10;
 const OVERLAPPING: &str = "a=train[:60%],b=train[50%:]";
-
-fn xfer(args: &[&str]) -> (bool, String, String) {
-    // run from the crate folder so that `.ort/` is found up the tree
-    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run xfer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// `root/cat/*.png` (red) and `root/dog/*.png` (blue).
 fn tiny_dataset(root: &Path) -> PathBuf {
@@ -51,22 +32,10 @@ fn tiny_dataset(root: &Path) -> PathBuf {
     root.to_path_buf()
 }
 
-fn input(g: &mut GraphBuilder) {
-    g.input(
-        "pixels",
-        &[
-            Dim::from("batch"),
-            Dim::Fixed(3),
-            Dim::from("h"),
-            Dim::from("w"),
-        ],
-    );
-}
-
 /// A backbone folder: pixels → mean colour (`features` [N, 3]) and its manifest.
 fn tiny_backbone(dir: &Path) -> PathBuf {
     let mut g = GraphBuilder::new("tiny");
-    input(&mut g);
+    pixels_input(&mut g);
     let pooled = g.op("GlobalAveragePool", &["pixels"], vec![], "pooled");
     g.node_named(
         "Flatten",
@@ -104,42 +73,6 @@ fn tiny_backbone(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// An exported model: pixels → mean colour → Gemm → softmax over cat (red) and dog (blue).
-fn tiny_exported(file: &Path) -> PathBuf {
-    let mut g = GraphBuilder::new("tiny_exported");
-    input(&mut g);
-    let pooled = g.op("GlobalAveragePool", &["pixels"], vec![], "pooled");
-    let flat = g.op("Flatten", &[&pooled], vec![attr::int("axis", 1)], "flat");
-    let w = g.constant_f32("w", &[2, 3], &[0.05, 0.0, -0.05, -0.05, 0.0, 0.05]);
-    let b = g.constant_f32("b", &[2], &[0.0, 0.0]);
-    let logits = g.op(
-        "Gemm",
-        &[&flat, &w, &b],
-        vec![attr::int("transB", 1)],
-        "logits",
-    );
-    g.node_named(
-        "Softmax",
-        &[&logits],
-        &["probabilities"],
-        vec![attr::int("axis", 1)],
-    );
-    g.output("probabilities", &[Dim::from("batch"), Dim::Fixed(2)]);
-    let mut model = g.build_model();
-    ModelMetadata::new(
-        vec!["cat".to_owned(), "dog".to_owned()],
-        [SIZE, SIZE],
-        "pixels",
-        [0.0, 255.0],
-        "tiny",
-        "test",
-    )
-    .write_to(&mut model);
-    xfer_onnx::write_model(&model, file).expect("write model");
-    file.to_path_buf()
-}
-
-/// The refusal names both splits and how many images they share.
 fn assert_refused(
     what: &str,
     (ok, stdout, stderr): (bool, String, String),

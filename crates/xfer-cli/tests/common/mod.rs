@@ -8,6 +8,7 @@ use std::process::Command;
 
 use ndarray::{Array2, Array4, Axis};
 use xfer_data::RgbImage;
+use xfer_head::ModelMetadata;
 use xfer_onnx::{Dim, GraphBuilder, attr};
 use xfer_runtime::{Backbone, ModelManifest, ModelSource, SessionOptions};
 use xfer_store::{EmbeddingRecord, EmbeddingWriter, StoreMetadata, WriterOptions};
@@ -144,4 +145,58 @@ pub fn xfer(args: &[&str], cwd: &Path) -> (bool, String, String) {
 
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// Runs the `xfer` binary from the crate folder, so that `.ort/` is found up the tree.
+pub fn xfer_here(args: &[&str]) -> (bool, String, String) {
+    xfer(args, Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Declares the NCHW `pixels` input of the tiny test models.
+pub fn pixels_input(g: &mut GraphBuilder) {
+    g.input(
+        "pixels",
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(3),
+            Dim::from("h"),
+            Dim::from("w"),
+        ],
+    );
+}
+
+/// An exported model as `xfer export` writes it: pixels → mean colour → Gemm → softmax
+/// over `cat` (red) and `dog` (blue), with the exported-model metadata.
+pub fn tiny_exported(file: &Path) -> std::path::PathBuf {
+    let mut g = GraphBuilder::new("tiny_exported");
+    pixels_input(&mut g);
+    let pooled = g.op("GlobalAveragePool", &["pixels"], vec![], "pooled");
+    let flat = g.op("Flatten", &[&pooled], vec![attr::int("axis", 1)], "flat");
+    let w = g.constant_f32("w", &[2, 3], &[0.05, 0.0, -0.05, -0.05, 0.0, 0.05]);
+    let b = g.constant_f32("b", &[2], &[0.0, 0.0]);
+    let logits = g.op(
+        "Gemm",
+        &[&flat, &w, &b],
+        vec![attr::int("transB", 1)],
+        "logits",
+    );
+    g.node_named(
+        "Softmax",
+        &[&logits],
+        &["probabilities"],
+        vec![attr::int("axis", 1)],
+    );
+    g.output("probabilities", &[Dim::from("batch"), Dim::Fixed(2)]);
+    let mut model = g.build_model();
+    ModelMetadata::new(
+        vec!["cat".to_owned(), "dog".to_owned()],
+        [SIZE, SIZE],
+        "pixels",
+        [0.0, 255.0],
+        "tiny",
+        "test",
+    )
+    .write_to(&mut model);
+    xfer_onnx::write_model(&model, file).expect("write model");
+    file.to_path_buf()
 }
