@@ -13,7 +13,10 @@
 //!   vector-Jacobian product of one forward output with respect to any set of
 //!   inputs or initializers.
 //! * [`Adam`] (Keras's rule) and [`Sgd`] (Keras's momentum rule) update the
-//!   parameter buffers the caller owns, in parallel over parameters.
+//!   parameter buffers the caller owns, in parallel over parameters; as
+//!   [`GraphOptimizer`]s they also build their update as a small standard-ONNX graph
+//!   ([`UpdateGraph`]) with the same float32 arithmetic, for loops that keep parameters,
+//!   gradients and slots on a device.
 //!
 //! Backward nodes are emitted only for nodes that lie between a trainable
 //! parameter and the loss; frozen parameters stay initializers, so ONNX
@@ -39,7 +42,9 @@ mod vjp;
 
 pub use builder::{TrainingGraphBuilder, TrainingGraphs, vjp_model};
 pub use io::{load_params, save_params};
-pub use optim::{Adam, NamedTensor, Optimizer, Sgd};
+pub use optim::{
+    Adam, GraphOptimizer, NamedTensor, Optimizer, Sgd, UpdateGraph, UpdateNames, state_tensors,
+};
 pub use random::{dropout_mask, glorot_uniform};
 pub use select::check_trainable;
 pub use spec::{GraphSpec, HeadSpec, Loss, MaskSpec, Parameter, TensorSpec, Trainable};

@@ -6,6 +6,10 @@ use rayon::prelude::*;
 use crate::spec::Parameter;
 use crate::{Error, Result};
 
+mod graph;
+
+pub use graph::{GraphOptimizer, UpdateGraph, UpdateNames, state_tensors};
+
 /// A named tensor of optimizer state (same layout as a [`Parameter`]).
 pub type NamedTensor = Parameter;
 
@@ -221,18 +225,24 @@ impl Adam {
             state: State::new(["adam_m", "adam_v"]),
         }
     }
+
+    /// The bias-corrected step size of the next step:
+    /// `lr * sqrt(1 - b2^t) / (1 - b1^t)` at `t` = iterations + 1.
+    fn alpha(&self) -> f32 {
+        let local_step = (self.state.iterations + 1) as f32;
+        let b1_power = self.beta_1.powf(local_step);
+        let b2_power = self.beta_2.powf(local_step);
+        self.learning_rate * (1.0 - b2_power).sqrt() / (1.0 - b1_power)
+    }
 }
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [Parameter], grads: &[&[f32]]) -> Result<()> {
         check(params, grads)?;
+        let alpha = self.alpha();
         let [m, v] = &mut self.state.slots;
         m.ensure(params)?;
         v.ensure(params)?;
-        let local_step = (self.state.iterations + 1) as f32;
-        let b1_power = self.beta_1.powf(local_step);
-        let b2_power = self.beta_2.powf(local_step);
-        let alpha = self.learning_rate * (1.0 - b2_power).sqrt() / (1.0 - b1_power);
         let (one_b1, one_b2, b_eps) = (1.0 - self.beta_1, 1.0 - self.beta_2, self.epsilon);
         params
             .par_iter_mut()

@@ -11,6 +11,7 @@ mod gpu;
 mod library;
 mod manifest;
 mod native;
+mod resident;
 mod session;
 
 pub use gpu::{
@@ -20,6 +21,7 @@ pub use gpu::{
 pub use library::{LIBRARY_FILE_NAME, find_library, init, init_for, loaded_library};
 pub use manifest::{Backbone, MANIFEST_FILE_NAME, ModelManifest, ModelSource, fingerprint};
 pub use native::{DriverInfo, Gpu};
+pub use resident::{Binding, DeviceMemory, DeviceTensor};
 pub use session::{Device, InputTensor, Model, OutputTensor, SessionOptions};
 
 /// Errors of the runtime layer.
@@ -82,6 +84,14 @@ pub enum Error {
         /// Input name.
         name: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// Allocating, copying or binding device-resident tensors failed.
+    #[error("device memory: {op}: {reason}")]
+    Device {
+        /// What was being done.
+        op: String,
+        /// What ONNX Runtime said.
         reason: String,
     },
     /// ONNX Runtime failed while running the model.

@@ -106,8 +106,8 @@ impl OutputTensor {
 
 /// An ONNX model loaded into an ONNX Runtime session.
 pub struct Model {
-    session: Session,
-    name: String,
+    pub(crate) session: Session,
+    pub(crate) name: String,
     device: Device,
 }
 
