@@ -13,7 +13,7 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::IoBinding;
 use ort::value::Tensor;
 
-use crate::session::{Device, InputTensor, Model, OutputTensor};
+use crate::session::{Device, InputTensor, Model, OutputTensor, output_tensor};
 use crate::{Error, Result};
 
 /// Allocates [`DeviceTensor`]s in the memory of one session's device.
@@ -95,16 +95,7 @@ impl Model {
                 model: self.name.clone(),
                 reason: format!("bound output `{name}` was not produced"),
             })?;
-            let tensor = if let Ok(a) = value.try_extract_array::<f32>() {
-                OutputTensor::F32(a.to_owned())
-            } else if let Ok(a) = value.try_extract_array::<i64>() {
-                OutputTensor::I64(a.to_owned())
-            } else {
-                return Err(Error::Run {
-                    model: self.name.clone(),
-                    reason: format!("output `{name}` is neither float32 nor int64"),
-                });
-            };
+            let tensor = output_tensor(&self.name, name, &value)?;
             result.push((name.clone(), tensor));
         }
         Ok(result)

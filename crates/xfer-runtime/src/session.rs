@@ -222,17 +222,7 @@ impl Model {
         let outputs = self.session.run(values).map_err(run_err)?;
         let mut result = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
-            let tensor = if let Ok(a) = value.try_extract_array::<f32>() {
-                OutputTensor::F32(a.to_owned())
-            } else if let Ok(a) = value.try_extract_array::<i64>() {
-                OutputTensor::I64(a.to_owned())
-            } else {
-                return Err(Error::Run {
-                    model: self.name.clone(),
-                    reason: format!("output `{name}` is neither float32 nor int64"),
-                });
-            };
-            result.push((name.to_owned(), tensor));
+            result.push((name.to_owned(), output_tensor(&self.name, name, &value)?));
         }
         Ok(result)
     }
@@ -249,6 +239,24 @@ impl Model {
                 model,
                 reason: "the model's first output is not a float32 tensor".to_owned(),
             })
+    }
+}
+
+/// A copy of output `name` of `model` (a host value) as a float32 or int64 tensor.
+pub(crate) fn output_tensor(
+    model: &str,
+    name: &str,
+    value: &ort::value::DynValue,
+) -> Result<OutputTensor> {
+    if let Ok(a) = value.try_extract_array::<f32>() {
+        Ok(OutputTensor::F32(a.to_owned()))
+    } else if let Ok(a) = value.try_extract_array::<i64>() {
+        Ok(OutputTensor::I64(a.to_owned()))
+    } else {
+        Err(Error::Run {
+            model: model.to_owned(),
+            reason: format!("output `{name}` is neither float32 nor int64"),
+        })
     }
 }
 
