@@ -19,6 +19,7 @@ use xfer_onnx::ModelProto;
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
 use crate::checkpoint::{Checkpoint, PartialEpoch, TensorMap, TrainingState};
+use crate::device_loop::{DeviceLoop, Residence};
 use crate::export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model};
 use crate::{
     AugmentationConfig, EpochRecord, Error, ExportChoice, FinetuneConfig, MetricsLog, PhaseConfig,
@@ -68,6 +69,9 @@ pub struct RunOptions {
     pub cache_bytes: u64,
     /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// Where parameters, gradients and optimizer state live between steps (default: on the
+    /// device for a GPU session). Results are the same.
+    pub residence: Residence,
 }
 
 impl RunOptions {
@@ -80,6 +84,7 @@ impl RunOptions {
             loader_threads: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             stop: Arc::new(AtomicBool::new(false)),
+            residence: Residence::Auto,
         }
     }
 }
@@ -98,7 +103,7 @@ pub enum Event<'a> {
         /// Test examples.
         test: usize,
     },
-    /// A phase begins (its graphs are built).
+    /// A phase begins (its graphs and sessions are built).
     PhaseStarted {
         /// 1 or 2.
         phase: u8,
@@ -108,6 +113,9 @@ pub enum Event<'a> {
         trainable_tensors: usize,
         /// Number of trainable values.
         trainable_values: usize,
+        /// Whether parameters, gradients and optimizer state stay on the device between
+        /// steps ([`RunOptions::residence`]).
+        state_on_device: bool,
     },
     /// An epoch begins.
     EpochStarted {
@@ -451,12 +459,6 @@ impl<'a> Run<'a> {
         if !self.optimizer_state.is_empty() {
             adam.load_state(&params, &self.optimizer_state)?;
         }
-        on_event(Event::PhaseStarted {
-            phase,
-            epochs: phase_config.epochs,
-            trainable_tensors: params.len(),
-            trainable_values: params.iter().map(Parameter::numel).sum(),
-        });
         let session = Model::from_bytes(
             &xfer_onnx::write_model_bytes(&graphs.training),
             &format!("training graph (phase {phase})"),
@@ -469,6 +471,20 @@ impl<'a> Run<'a> {
             &self.options.session,
         )?;
         self.eval_sessions += 1;
+        let device = DeviceLoop::for_phase(
+            self.options.residence,
+            &session,
+            &self.options.session,
+            &params,
+            &adam,
+        )?;
+        on_event(Event::PhaseStarted {
+            phase,
+            epochs: phase_config.epochs,
+            trainable_tensors: params.len(),
+            trainable_values: params.iter().map(Parameter::numel).sum(),
+            state_on_device: device.is_some(),
+        });
         let mut run = PhaseRun {
             config: self.config,
             options: self.options,
@@ -481,6 +497,7 @@ impl<'a> Run<'a> {
             eval,
             params,
             adam,
+            device,
         };
         if let Some(interrupted) = self.epochs(&mut run, phase_config.epochs, on_event)? {
             return Ok(Some(interrupted));
@@ -970,6 +987,9 @@ struct PhaseRun<'a> {
     eval: Model,
     params: Vec<Parameter>,
     adam: Adam,
+    /// The device-resident loop ([`RunOptions::residence`]); `params` and `adam` are then
+    /// the host copies, brought up to date when an epoch ends or stops.
+    device: Option<DeviceLoop>,
 }
 
 impl PhaseRun<'_> {
@@ -1015,17 +1035,18 @@ impl PhaseRun<'_> {
         let started = Instant::now();
         let seconds_before = partial.seconds;
         let loader = self.epoch_loader(epoch, skip)?;
-        let step_in_epoch =
-            match self.batches(loader, skip, batches, state, &mut partial, on_event)? {
-                BatchesEnd::Done(step) => step,
-                BatchesEnd::Stopped(step) => {
-                    partial.seconds = seconds_before + started.elapsed().as_secs_f64();
-                    state.step_in_epoch = step;
-                    state.partial = Some(partial);
-                    self.save_checkpoint(state, &Checkpoint::last_path(&self.options.run_dir))?;
-                    return Ok(EpochEnd::Interrupted);
-                }
-            };
+        let end = self.batches(loader, skip, batches, state, &mut partial, on_event)?;
+        self.sync_host()?;
+        let step_in_epoch = match end {
+            BatchesEnd::Done(step) => step,
+            BatchesEnd::Stopped(step) => {
+                partial.seconds = seconds_before + started.elapsed().as_secs_f64();
+                state.step_in_epoch = step;
+                state.partial = Some(partial);
+                self.save_checkpoint(state, &Checkpoint::last_path(&self.options.run_dir))?;
+                return Ok(EpochEnd::Interrupted);
+            }
+        };
         let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         on_event(Event::Validating);
         let (val_loss, val_accuracy, skipped_val) = self.validate()?;
@@ -1157,6 +1178,14 @@ impl PhaseRun<'_> {
         Ok(())
     }
 
+    /// Brings `params` and `adam` up to date with the device loop's (no-op without one).
+    fn sync_host(&mut self) -> Result<()> {
+        match &mut self.device {
+            Some(device) => device.copy_to_host(&mut self.params, &mut self.adam),
+            None => Ok(()),
+        }
+    }
+
     /// One optimizer step; returns the batch's mean loss and its number of correct predictions.
     fn step(&mut self, batch: &Batch, global_step: u64) -> Result<(f32, usize)> {
         let spec = &self.graphs.spec;
@@ -1169,6 +1198,10 @@ impl PhaseRun<'_> {
         feeds.push((spec.labels.name.as_str(), labels.tensor()));
         for (name, mask) in &masks {
             feeds.push((name.as_str(), InputTensor::F32(mask.view())));
+        }
+        if let Some(device) = &mut self.device {
+            let (loss, logits) = device.step(&mut self.session, &feeds, &mut self.adam)?;
+            return Ok((loss, count_correct(&logits, &batch.examples)));
         }
         for p in &self.params {
             let view = ArrayViewD::from_shape(IxDyn(&p.shape), &p.data).map_err(shape_err)?;

@@ -954,3 +954,115 @@ fn unreadable_images_are_counted_per_split_and_named() {
         .sum();
     assert_eq!(in_json, 3, "{metrics}");
 }
+
+/// Runs `cfg` into `opts.run_dir`, stopped after each count of `stops` steps and resumed, then
+/// to the end; returns whether each phase kept its training state on the device.
+fn run_with_stops(cfg: &FinetuneConfig, opts: &mut RunOptions, stops: &[usize]) -> Vec<bool> {
+    let mut on_device = Vec::new();
+    let mut record = |e: &Event<'_>| {
+        if let Event::PhaseStarted {
+            state_on_device, ..
+        } = e
+        {
+            on_device.push(*state_on_device);
+        }
+    };
+    for (i, &stop_after) in stops.iter().enumerate() {
+        opts.resume = i > 0;
+        opts.stop.store(false, Ordering::SeqCst);
+        let stop = opts.stop.clone();
+        let mut steps = 0usize;
+        let outcome = finetune(cfg, opts, &mut |e| {
+            record(&e);
+            if let Event::Step { .. } = e {
+                steps += 1;
+                if steps == stop_after {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .expect("finetune");
+        let Outcome::Interrupted { step_in_epoch, .. } = outcome else {
+            panic!("expected an interruption, got {outcome:?}");
+        };
+        assert!(step_in_epoch > 0, "the interruption should fall mid-epoch");
+    }
+    opts.resume = !stops.is_empty();
+    opts.stop.store(false, Ordering::SeqCst);
+    finetune(cfg, opts, &mut |e| record(&e)).expect("finetune");
+    on_device
+}
+
+/// Largest absolute and relative differences between the tensors of two checkpoints (same
+/// names asserted), and whether every value agrees to 1e-6 (absolute below 1, relative above).
+fn checkpoint_difference(a: &Checkpoint, b: &Checkpoint) -> (f64, f64, bool) {
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    let (mut abs, mut rel, mut within) = (0f64, 0f64, true);
+    for (name, ta) in &a.tensors {
+        for (&x, &y) in ta.iter().zip(b.tensors[name].iter()) {
+            let d = (f64::from(x) - f64::from(y)).abs();
+            abs = abs.max(d);
+            rel = rel.max(d / f64::from(x.abs()).max(f64::MIN_POSITIVE));
+            within &= d <= 1e-6 * f64::from(x.abs()).max(1.0);
+        }
+    }
+    (abs, rel, within)
+}
+
+#[test]
+fn the_device_resident_loop_matches_the_host_loop_and_resumes_from_its_checkpoints() {
+    use xfer_finetune::Residence;
+    let f = fixture();
+    let cfg = config(&f, 2, 2);
+    let host_dir = f.root.join("host");
+    let mut host = options(&host_dir);
+    host.residence = Residence::Host;
+    assert_eq!(run_with_stops(&cfg, &mut host, &[]), vec![false, false]);
+    // `auto` on the CPU provider is the host loop.
+    let auto_dir = f.root.join("auto");
+    assert_eq!(
+        run_with_stops(&cfg, &mut options(&auto_dir), &[]),
+        vec![false, false]
+    );
+
+    // The device loop (forced on the CPU provider), interrupted mid-epoch in each phase and
+    // resumed from its checkpoints.
+    let device_dir = f.root.join("device");
+    let mut device = options(&device_dir);
+    device.residence = Residence::Device;
+    let phases = run_with_stops(&cfg, &mut device, &[3, 4]);
+    assert!(
+        !phases.is_empty() && phases.iter().all(|d| *d),
+        "the device loop did not run: {phases:?}"
+    );
+
+    let a = Checkpoint::load(&Checkpoint::last_path(&host_dir)).expect("host checkpoint");
+    let b = Checkpoint::load(&Checkpoint::last_path(&device_dir)).expect("device checkpoint");
+    assert!(a.tensors.keys().any(|k| k.ends_with(".adam_v")), "no moments");
+    assert_eq!(a.state.global_step, b.state.global_step);
+    assert_eq!(a.state.optimizer_step, b.state.optimizer_step);
+    let (abs, rel, within) = checkpoint_difference(&a, &b);
+    println!(
+        "device loop vs host loop after {} steps: parameters and Adam moments max abs diff {abs:.3e}, max rel diff {rel:.3e}",
+        a.state.global_step
+    );
+    assert!(within, "max abs {abs}, max rel {rel}");
+    let la = MetricsLog::read(&host_dir.join("metrics.jsonl")).expect("log a");
+    let lb = MetricsLog::read(&device_dir.join("metrics.jsonl")).expect("log b");
+    assert_eq!(la.len(), lb.len());
+    for (ra, rb) in la.iter().zip(&lb) {
+        assert!(
+            (ra.train_loss - rb.train_loss).abs() <= 1e-6
+                && (ra.val_loss - rb.val_loss).abs() <= 1e-6,
+            "epoch {}: host {} / {}, device {} / {}",
+            ra.global_epoch,
+            ra.train_loss,
+            ra.val_loss,
+            rb.train_loss,
+            rb.val_loss
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use xfer_finetune::{
-    CONFIG_FILE_NAME, Event, ExportChoice, FinetuneConfig, Outcome, RunOptions, finetune,
+    CONFIG_FILE_NAME, Event, ExportChoice, FinetuneConfig, Outcome, Residence, RunOptions, finetune,
 };
 
 use crate::args::{RuntimeArgs, parse_size};
@@ -96,6 +96,17 @@ pub struct Args {
     /// are identical either way; files changed during the run are not re-read.
     #[arg(long, value_name = "MB", default_value_t = 2048)]
     pub cache_mb: u64,
+    /// Where parameters, gradients and Adam's moments live between steps: `auto` (on the
+    /// device for --device cuda/tensorrt, else on the host), `host`, or `device` (also on the
+    /// CPU provider: the device loop, run in host memory, to check it without a GPU). Results
+    /// are the same.
+    #[arg(
+        long,
+        value_name = "auto|host|device",
+        env = "XFER_TRAINING_STATE",
+        default_value = "auto"
+    )]
+    pub training_state: Residence,
     /// How the model runs.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -181,6 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     options.loader_threads = args.loader_threads;
     options.cache_bytes = args.cache_mb.saturating_mul(1024 * 1024);
     options.session = args.runtime.session_options();
+    options.residence = args.training_state;
     stop_on_ctrl_c(options.stop.clone())?;
     let mut progress = Progress::new(&args.out);
     let outcome = finetune(&config, &options, &mut |event| progress.on_event(event));
@@ -243,10 +255,16 @@ impl<'a> Progress<'a> {
                 epochs,
                 trainable_tensors,
                 trainable_values,
+                state_on_device,
             } => {
                 let what = if p == 1 { "base frozen" } else { "fine-tuning" };
+                let state = if state_on_device {
+                    "; parameters, gradients and moments stay on the device"
+                } else {
+                    ""
+                };
                 eprintln!(
-                    "phase {p} ({what}): {epochs} epochs, {trainable_tensors} trainable tensors ({trainable_values} values)"
+                    "phase {p} ({what}): {epochs} epochs, {trainable_tensors} trainable tensors ({trainable_values} values){state}"
                 );
             }
             Event::EpochStarted {
