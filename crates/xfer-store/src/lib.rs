@@ -12,6 +12,8 @@
 //! * [`StoreReader`] opens a store: cache keys, [`StoreReader::load_split`],
 //!   [`StoreReader::info`], [`StoreReader::compact`].
 //! * [`StoreLock`] is the advisory lock every writer (`extract`, `compact`) holds.
+//! * [`write_keyed_part`] writes one part under a caller's key (the Python and Ray writers):
+//!   a key written again replaces its part instead of adding rows.
 //! * [`extract`] runs a backbone over a dataset into a store (decode on the
 //!   rayon pool, inference, writing — overlapped, memory bounded).
 //!
@@ -20,11 +22,13 @@
 //! time), and `compact` drops the superseded rows.
 
 pub mod extract;
+mod keyed;
 mod lock;
 mod reader;
 pub mod schema;
 mod writer;
 
+pub use keyed::{KeyedPart, key_suffix, write_keyed_part};
 pub use lock::{LOCK_FILE, LockWait, StoreLock};
 pub use reader::{
     CompactSummary, LoadedSplit, ModelInfo, StoreFile, StoreInfo, StoreReader, StoredKey,

@@ -250,39 +250,7 @@ impl EmbeddingWriter {
         records: &[EmbeddingRecord],
         embeddings: ArrayView2<'_, f32>,
     ) -> Result<()> {
-        if records.len() != embeddings.nrows() {
-            return Err(Error::InvalidRows {
-                op: "EmbeddingWriter::append",
-                reason: format!(
-                    "{} records but {} embedding rows",
-                    records.len(),
-                    embeddings.nrows()
-                ),
-            });
-        }
-        if embeddings.ncols() != self.meta.feature_dim {
-            return Err(Error::InvalidRows {
-                op: "EmbeddingWriter::append",
-                reason: format!(
-                    "embeddings have {} columns but the model's feature_dim is {}",
-                    embeddings.ncols(),
-                    self.meta.feature_dim
-                ),
-            });
-        }
-        let n_classes = self.meta.classes.len();
-        if let Some(r) = records
-            .iter()
-            .find(|r| r.label < 0 || r.label as usize >= n_classes)
-        {
-            return Err(Error::InvalidRows {
-                op: "EmbeddingWriter::append",
-                reason: format!(
-                    "`{}` has label {} but there are {n_classes} classes",
-                    r.id, r.label
-                ),
-            });
-        }
+        check_rows("EmbeddingWriter::append", &self.meta, records, embeddings)?;
         let mut start = 0;
         while start < records.len() {
             let room = self.rows_per_part - self.current.as_ref().map_or(0, |p| p.rows);
@@ -354,6 +322,50 @@ impl EmbeddingWriter {
             reason: e,
         })
     }
+}
+
+/// Checks rows handed to a writer (`op` names it in errors): one embedding row per record,
+/// `meta.feature_dim` columns, labels within `meta.classes`.
+pub(crate) fn check_rows(
+    op: &'static str,
+    meta: &StoreMetadata,
+    records: &[EmbeddingRecord],
+    embeddings: ArrayView2<'_, f32>,
+) -> Result<()> {
+    if records.len() != embeddings.nrows() {
+        return Err(Error::InvalidRows {
+            op,
+            reason: format!(
+                "{} records but {} embedding rows",
+                records.len(),
+                embeddings.nrows()
+            ),
+        });
+    }
+    if embeddings.ncols() != meta.feature_dim {
+        return Err(Error::InvalidRows {
+            op,
+            reason: format!(
+                "embeddings have {} columns but the model's feature_dim is {}",
+                embeddings.ncols(),
+                meta.feature_dim
+            ),
+        });
+    }
+    let n_classes = meta.classes.len();
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.label < 0 || r.label as usize >= n_classes)
+    {
+        return Err(Error::InvalidRows {
+            op,
+            reason: format!(
+                "`{}` has label {} but there are {n_classes} classes",
+                r.id, r.label
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Builds one Arrow record batch of the store schema.
