@@ -54,6 +54,12 @@ bench-extract n="512": setup fetch-data
 py-env:
     @if [ -f {{venv}}/.installed ] && cmp -s tests/python/requirements.txt {{venv}}/.installed; then echo "{{venv}} is up to date"; else python3 -m venv {{venv}} && {{venv}}/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt && cp tests/python/requirements.txt {{venv}}/.installed; fi
 
+# Build the Python package `xfer` (crates/xfer-py: PyO3 abi3 wheel for CPython >= 3.9, with maturin)
+# into target/wheels and install it into .venv (`import xfer`; `xfer.ray` for Ray Data).
+py: py-env
+    {{venv}}/bin/maturin build --release --locked -m crates/xfer-py/Cargo.toml --interpreter {{venv}}/bin/python -o target/wheels
+    {{venv}}/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall target/wheels/xfer-*-abi3-*.whl
+
 # The whole recipe on the demo data: extract → train-head → short finetune → evaluate both → runs/demo/report.md and runs/demo/report.html (`xfer report`).
 demo: setup fetch-data
     scripts/demo.sh
@@ -75,7 +81,7 @@ predict +IMAGES: build
 
 # DEVICE=cuda (or `--device cuda`) adds the CPU-vs-GPU check (scripts/gpu_check.sh): agreement and images/s.
 # Every benchmark in one run, as ratios against baselines measured in the same run; writes target/bench/BENCHMARKS.md.
-bench *ARGS: setup fetch-data py-env extract
+bench *ARGS: setup fetch-data py-env py extract
     DEVICE={{device}} scripts/bench.sh {{ARGS}}
 
 # `just doctor`, `just DEVICE=cuda doctor` or `just doctor --device cuda`:
@@ -89,7 +95,7 @@ browser:
 
 # (Also the GPU setup without a GPU: fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration.)
 # Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
-test: setup fetch-data fetch-gpu py-env browser extract
+test: setup fetch-data fetch-gpu py-env py browser extract
     XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 cargo test --workspace --release --locked
     XFER_REQUIRE_GPU_LIBS=1 cargo test --release --locked -p xfer-runtime --features cuda,tensorrt --test gpu_libraries
     XFER_REQUIRE_DEMO=1 {{venv}}/bin/pytest -q tests/python

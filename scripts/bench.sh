@@ -124,6 +124,9 @@ PY
 }
 section "Fine-tune phase-1 epoch vs one extraction pass (xfer-finetune)" finetune_vs_extract
 
+section "Ray Data (local 2-CPU cluster) vs xfer extract on the same 256 images, peak cluster memory (xfer.ray)" \
+    .venv/bin/python scripts/ray_bench.py data/cats_vs_dogs models/xception 256 "$XFER"
+
 if [ "$device" != cpu ]; then
     section "CPU vs $device: features, one all-layers training step, images/s (scripts/gpu_check.sh)" \
         scripts/gpu_check.sh --device "$device"
