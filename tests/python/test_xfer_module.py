@@ -9,7 +9,7 @@
   result passes `xfer store info`.
 """
 
-import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -130,3 +130,10 @@ def test_store_write_replaces_parts_of_one_key(model, sample, tmp_path):
     assert info.returncode == 0, info.stderr
     assert store.info()["models"][0]["rows"] == 6
     assert not list(Path(store.dir).glob(".*.tmp"))
+
+
+def test_ort_library_is_found_as_the_cli_finds_it(model):
+    found = Path(xfer.ort_library())
+    assert Path(model.ort_library).resolve() == found.resolve()
+    expected = os.environ.get("ORT_DYLIB_PATH") or str(ROOT / ".ort" / found.name)
+    assert found.resolve() == Path(expected).resolve()

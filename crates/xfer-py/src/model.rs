@@ -28,6 +28,14 @@ pub(crate) struct Model {
 /// loaded, their content hashes and positions, and the failures (position, message).
 type FileRows = (Array2<f32>, Vec<String>, Vec<usize>, Vec<(usize, String)>);
 
+/// [`FileRows`] as handed to Python (the embeddings as a numpy array).
+type PyFileRows<'py> = (
+    Bound<'py, PyArray2<f32>>,
+    Vec<String>,
+    Vec<usize>,
+    Vec<(usize, String)>,
+);
+
 impl Model {
     fn backbone(&self) -> PyResult<std::sync::MutexGuard<'_, Backbone>> {
         self.backbone
@@ -185,12 +193,7 @@ impl Model {
         py: Python<'py>,
         paths: Vec<PathBuf>,
         batch_size: usize,
-    ) -> PyResult<(
-        Bound<'py, PyArray2<f32>>,
-        Vec<String>,
-        Vec<usize>,
-        Vec<(usize, String)>,
-    )> {
+    ) -> PyResult<PyFileRows<'py>> {
         let [h, w] = self.image_size()?;
         let mut config = LoaderConfig::new(h, w, batch_size.max(1));
         config.on_error = OnError::Skip;
