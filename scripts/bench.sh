@@ -97,8 +97,8 @@ section "Data pipeline ÷ Xception forward, same run (target ≥ 5×)" data_vs_f
 section "Training step vs forward-only (xfer-autodiff)" \
     cargo run --release --locked -q -p xfer-autodiff --example train_step_bench -- --batch 32 --iters 3
 
-section "train-head vs scikit-learn on the same Parquet rows" \
-    .venv/bin/pytest -q -s tests/python/test_head_vs_sklearn.py -k sklearn
+section "train-head vs scikit-learn on the same Parquet rows and L2 grid (target ≤ 1.0×)" \
+    .venv/bin/pytest -q -s tests/python/test_head_vs_sklearn.py -k test_head_matches_sklearn
 
 finetune_vs_extract() {
     # One phase-1 epoch (base frozen, augmentation on) over train[:30%] vs one extraction

@@ -25,9 +25,9 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
-    /// Two classes: linfa-logistic's binary model (row 0 of the weights is zero).
+    /// Two classes: one logit (row 0 of the weights is zero).
     Binary,
-    /// More than two classes: linfa-logistic's multinomial (softmax) model.
+    /// More than two classes: the multinomial (softmax) model.
     Multinomial,
 }
 

@@ -1,5 +1,5 @@
 //! Heads trained on stored embeddings: logistic regression (binary and
-//! multinomial, with `linfa-logistic`), classification metrics, persistence
+//! multinomial, fitted with an in-crate L-BFGS), classification metrics, persistence
 //! (`head.json`, `head.onnx`, `metrics.json`) and export of backbone + head as
 //! one ONNX model.
 //!
@@ -10,8 +10,10 @@
 mod evaluate;
 mod export;
 mod head;
+mod lbfgs;
 mod metadata;
 mod metrics;
+mod objective;
 mod standardize;
 mod train;
 
@@ -42,7 +44,7 @@ pub enum Error {
     Training {
         /// The L2 strength being fitted.
         alpha: f64,
-        /// What linfa-logistic said.
+        /// What went wrong.
         reason: String,
     },
     /// Embeddings come from a different backbone than the one the head was trained for.

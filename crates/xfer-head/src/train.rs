@@ -1,17 +1,18 @@
-//! Training a logistic head with `linfa-logistic`.
+//! Training a logistic head.
 //!
-//! linfa-logistic minimises `Σᵢ logloss(xᵢ) + alpha/2·‖W‖²` with L-BFGS. A given
-//! strength is fitted from zero; a grid is fitted from the strongest
-//! regularisation down, each fit starting from the previous solution. Training
-//! is deterministic: there is no random component and hence no seed to fix
-//! (the same rows give bit-identical heads).
+//! The head minimises `Σᵢ logloss(xᵢ) + alpha/2·‖W‖²` (linfa-logistic's
+//! objective, scikit-learn's with `C = 1/alpha`; [`crate::objective`]) with
+//! L-BFGS ([`crate::lbfgs`]). A given strength is fitted from zero; a grid is
+//! fitted from the strongest regularisation down, each fit starting from the
+//! previous solution. Training is deterministic: there is no random component
+//! and hence no seed to fix, and the parallel sums do not depend on the thread
+//! count (the same rows give bit-identical heads).
 //!
-//! linfa-logistic has no sample weights. Class weights are applied by
-//! replicating rows: class `c` gets an integer multiplicity `m_c ≈ s·w_c`, and
-//! the L2 strength is multiplied by `s`, which makes the objective
-//! `Σᵢ (m_cᵢ/s)·logloss(xᵢ) + alpha/2·‖W‖²`. The effective weights `m_c/s`
-//! (within 2% of those asked for when a small denominator exists) are recorded
-//! in `head.json`.
+//! Class weights are applied by replicating rows: class `c` gets an integer
+//! multiplicity `m_c ≈ s·w_c`, and the L2 strength is multiplied by `s`, which
+//! makes the objective `Σᵢ (m_cᵢ/s)·logloss(xᵢ) + alpha/2·‖W‖²`. The effective
+//! weights `m_c/s` (within 2% of those asked for when a small denominator
+//! exists) are recorded in `head.json`.
 
 use std::str::FromStr;
 use std::time::Instant;
@@ -19,16 +20,10 @@ use std::time::Instant;
 use ndarray::{ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use linfa::Dataset;
-use linfa::traits::Fit;
-use linfa_logistic::{
-    FittedLogisticRegression, LogisticRegression, MultiFittedLogisticRegression,
-    MultiLogisticRegression,
-};
-use ndarray_linfa as nd16;
-
 use crate::head::{Head, HeadKind, HyperParameters};
+use crate::lbfgs::{Stopping, minimise};
 use crate::metrics::{Metrics, check_labels};
+use crate::objective::Objective;
 use crate::standardize::Standardizer;
 use crate::{Error, Result};
 
@@ -87,7 +82,7 @@ pub struct TrainOptions {
     /// L-BFGS iteration limit.
     pub max_iterations: u64,
     /// L-BFGS stops when the gradient norm of the *mean* loss falls below this
-    /// (scikit-learn's `tol` scale; linfa's summed loss gets it times the row count).
+    /// (scikit-learn's `tol` scale; the summed loss gets it times the row count).
     pub gradient_tolerance: f64,
 }
 
@@ -132,7 +127,7 @@ pub fn train(
     let standardizer = options
         .standardize
         .then(|| Standardizer::fit(train.features));
-    let dataset = design_matrix(train, &train_labels, &multiplicity, standardizer.as_ref())?;
+    let dataset = design_matrix(train, &train_labels, &multiplicity, standardizer.as_ref());
     let fitter = Fitter {
         dataset,
         scale,
@@ -192,14 +187,23 @@ fn check_inputs(
     Ok((train_labels, counts))
 }
 
-/// The design matrix in linfa's ndarray (standardised when asked), each row
+/// The training rows the solver sees: standardised (when asked), each row
 /// replicated by its class's multiplicity.
+struct Design {
+    /// `labels.len() × dim` values, row-major.
+    x: Vec<f64>,
+    labels: Vec<usize>,
+    dim: usize,
+}
+
+/// The design matrix (standardised when asked), each row replicated by its
+/// class's multiplicity.
 fn design_matrix(
     train: &Split<'_>,
     labels: &[usize],
     multiplicity: &[usize],
     standardizer: Option<&Standardizer>,
-) -> Result<Dataset<f64, usize, nd16::Ix1>> {
+) -> Design {
     let d = train.features.ncols();
     let total_rows: usize = labels.iter().map(|&l| multiplicity[l]).sum();
     let mut x = Vec::with_capacity(total_rows * d);
@@ -218,14 +222,16 @@ fn design_matrix(
             y.push(label);
         }
     }
-    let x = nd16::Array2::from_shape_vec((total_rows, d), x)
-        .map_err(|e| Error::Data(format!("building the design matrix: {e}")))?;
-    Ok(Dataset::new(x, nd16::Array1::from(y)))
+    Design {
+        x,
+        labels: y,
+        dim: d,
+    }
 }
 
 /// Everything a fit needs besides the L2 strength.
 struct Fitter<'a, 'v> {
-    dataset: Dataset<f64, usize, nd16::Ix1>,
+    dataset: Design,
     /// The class-weight scale `s` (the L2 strength is multiplied by it).
     scale: f64,
     /// The class weights achieved, `m_c / s`.
@@ -266,10 +272,10 @@ impl Fitter<'_, '_> {
         let l2_grid = self.grid()?;
         let mut grid = Vec::with_capacity(l2_grid.len());
         let mut best: Option<(Head, f64, f64)> = None;
-        let mut warm: Option<RawParams> = None;
+        let mut warm: Option<Vec<f64>> = None;
         for &l2 in &l2_grid {
             let started = Instant::now();
-            let (head, raw) = self.fit_head(l2, "validation", warm.as_ref())?;
+            let (head, raw) = self.fit_head(l2, "validation", warm.as_deref())?;
             warm = Some(raw);
             let fit_seconds = started.elapsed().as_secs_f64();
             let m: Metrics = head.evaluate(val.features, val.labels, self.fingerprint)?;
@@ -316,12 +322,7 @@ impl Fitter<'_, '_> {
     }
 
     /// A head fitted with strength `l2` (chosen as `l2_source` says), from `warm` or zero.
-    fn fit_head(
-        &self,
-        l2: f64,
-        l2_source: &str,
-        warm: Option<&RawParams>,
-    ) -> Result<(Head, RawParams)> {
+    fn fit_head(&self, l2: f64, l2_source: &str, warm: Option<&[f64]>) -> Result<(Head, Vec<f64>)> {
         let k = self.classes.len();
         let (weights, bias, raw) = fit(&self.dataset, k, l2 * self.scale, self.options, warm)?;
         let head = Head::new(
@@ -351,7 +352,7 @@ impl Fitter<'_, '_> {
             train_split: self.train_name.to_owned(),
             val_split: self.val.map(|v| v.name.to_owned()),
             solver: format!(
-                "linfa-logistic 0.8 L-BFGS ({}, {})",
+                "L-BFGS on the summed log loss ({}, {})",
                 match self.kind() {
                     HeadKind::Binary => "binary",
                     HeadKind::Multinomial => "multinomial",
@@ -468,114 +469,61 @@ fn replication(weight: &ClassWeight, counts: &[usize]) -> Result<(Vec<usize>, f6
     Ok((multiplicity, q as f64 / w_min))
 }
 
-/// linfa-logistic's own parameters (weights, then the intercept), to warm-start the next fit.
-enum RawParams {
-    /// Binary: `[d + 1]`, oriented towards linfa's "positive" class.
-    Binary(nd16::Array1<f64>),
-    /// Multinomial: `[d + 1, k]`.
-    Multinomial(nd16::Array2<f64>),
-}
-
-/// Fits linfa-logistic with L2 strength `alpha`, from `warm` or from zero;
-/// returns `[k][d]` weights, `[k]` biases and linfa's raw parameters.
+/// Fits the head's objective with L2 strength `alpha`, from `warm` or from zero;
+/// returns `[k][d]` weights, `[k]` biases and the solver's parameters (to warm-start
+/// the next fit).
 fn fit(
-    dataset: &Dataset<f64, usize, nd16::Ix1>,
+    design: &Design,
     k: usize,
     alpha: f64,
     options: &TrainOptions,
-    warm: Option<&RawParams>,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>, RawParams)> {
-    let tolerance = options.gradient_tolerance * dataset.records().nrows() as f64;
-    let err = |e: linfa_logistic::error::Error| Error::Training {
+    warm: Option<&[f64]>,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>, Vec<f64>)> {
+    let objective = Objective::new(&design.x, &design.labels, design.dim, k, alpha);
+    let start = match warm {
+        Some(w) if w.len() == objective.parameters() => w.to_vec(),
+        _ => vec![0.0; objective.parameters()],
+    };
+    let stopping = Stopping {
+        max_iterations: options.max_iterations,
+        gradient_tolerance: options.gradient_tolerance * design.labels.len() as f64,
+    };
+    let minimum = minimise(&objective, start, stopping);
+    tracing::debug!(
         alpha,
-        reason: e.to_string(),
-    };
-    // linfa-logistic's binary and multinomial estimators share their builder methods
-    // but not a type that can be named: one macro configures and fits either.
-    macro_rules! solve {
-        ($estimator:expr, $warm:expr) => {{
-            let mut params = $estimator;
-            if let Some(w) = $warm {
-                params = params.initial_params(w.clone());
-            }
-            params
-                .alpha(alpha)
-                .max_iterations(options.max_iterations)
-                .gradient_tolerance(tolerance)
-                .fit(dataset)
-        }};
-    }
-    if k == 2 {
-        let warm = match warm {
-            Some(RawParams::Binary(w)) => Some(w),
-            _ => None,
-        };
-        let fitted = solve!(LogisticRegression::default(), warm).map_err(err)?;
-        Ok(binary_params(&fitted))
-    } else {
-        let warm = match warm {
-            Some(RawParams::Multinomial(w)) => Some(w),
-            _ => None,
-        };
-        let fitted = solve!(MultiLogisticRegression::default(), warm).map_err(err)?;
-        multinomial_params(&fitted, k, alpha)
-    }
-}
-
-/// The rows `[0, w]` and biases `[0, b]` of a binary fit (the logit oriented towards
-/// class 1), and linfa's raw parameters.
-fn binary_params(
-    fitted: &FittedLogisticRegression<f64, usize>,
-) -> (Vec<Vec<f32>>, Vec<f32>, RawParams) {
-    // linfa's "positive" class is the more frequent one; orient the logit towards class 1.
-    let sign = if fitted.labels().pos.class == 1 {
-        1.0
-    } else {
-        -1.0
-    };
-    let w1: Vec<f32> = fitted.params().iter().map(|w| (sign * w) as f32).collect();
-    let b1 = (sign * fitted.intercept()) as f32;
-    let raw = fitted
-        .params()
-        .iter()
-        .copied()
-        .chain([fitted.intercept()])
-        .collect();
-    (
-        vec![vec![0.0; w1.len()], w1],
-        vec![0.0, b1],
-        RawParams::Binary(raw),
-    )
-}
-
-/// The `k` rows and biases of a multinomial fit, and linfa's raw parameters.
-fn multinomial_params(
-    fitted: &MultiFittedLogisticRegression<f64, usize>,
-    k: usize,
-    alpha: f64,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>, RawParams)> {
-    if fitted.classes() != (0..k).collect::<Vec<_>>().as_slice() {
+        iterations = minimum.iterations,
+        evaluations = minimum.evaluations,
+        gradient_norm = minimum.gradient_norm,
+        value = minimum.value,
+        "L-BFGS"
+    );
+    if !minimum.value.is_finite() || minimum.x.iter().any(|v| !v.is_finite()) {
         return Err(Error::Training {
             alpha,
             reason: format!(
-                "linfa-logistic saw classes {:?}, expected 0..{k}",
-                fitted.classes()
+                "the objective became {} after {} iterations",
+                minimum.value, minimum.iterations
             ),
         });
     }
-    let params = fitted.params(); // [d, k]
-    let weights = (0..k)
-        .map(|c| params.column(c).iter().map(|&w| w as f32).collect())
+    let blocks: Vec<(Vec<f32>, f32)> = minimum
+        .x
+        .chunks_exact(design.dim + 1)
+        .map(|block| {
+            let (w, b) = block.split_at(design.dim);
+            (
+                w.iter().map(|&v| v as f32).collect(),
+                b.first().copied().unwrap_or(0.0) as f32,
+            )
+        })
         .collect();
-    let bias = fitted.intercept().iter().map(|&b| b as f32).collect();
-    let intercept = fitted.intercept().view().insert_axis(nd16::Axis(0));
-    let raw = nd16::concatenate(nd16::Axis(0), &[params.view(), intercept]).map_err(|e| {
-        Error::Training {
-            alpha,
-            reason: format!("stacking the parameters: {e}"),
-        }
-    })?;
-    Ok((weights, bias, RawParams::Multinomial(raw)))
+    let (mut weights, mut bias): (Vec<Vec<f32>>, Vec<f32>) = blocks.into_iter().unzip();
+    if k == 2 {
+        // one logit (class 1's); class 0's row is zero
+        weights.insert(0, vec![0.0; design.dim]);
+        bias.insert(0, 0.0);
+    }
+    Ok((weights, bias, minimum.x))
 }
 
 #[cfg(test)]
