@@ -282,8 +282,10 @@ mod tests {
             gradient_tolerance: 1e-12,
         };
         let m = minimise(&Quadratic, vec![0.0; 4], stopping);
+        // the value-change rule (|Δf| < ε) stops within about √(2ε/λ) = 2e-8 of the
+        // minimiser along the flattest direction (λ = 1)
         for (x, expected) in m.x.iter().zip([1.0, 0.2, 0.03, 0.004]) {
-            assert!((x - expected).abs() < 1e-10, "{m:?}");
+            assert!((x - expected).abs() < 1e-7, "{m:?}");
         }
     }
 
