@@ -324,17 +324,17 @@ impl Fitter<'_, '_> {
     /// A head fitted with strength `l2` (chosen as `l2_source` says), from `warm` or zero.
     fn fit_head(&self, l2: f64, l2_source: &str, warm: Option<&[f64]>) -> Result<(Head, Vec<f64>)> {
         let k = self.classes.len();
-        let (weights, bias, raw) = fit(&self.dataset, k, l2 * self.scale, self.options, warm)?;
+        let fitted = fit(&self.dataset, k, l2 * self.scale, self.options, warm)?;
         let head = Head::new(
             self.kind(),
             self.classes.to_vec(),
             self.fingerprint.to_owned(),
-            weights,
-            bias,
+            fitted.weights,
+            fitted.bias,
             self.standardizer.clone(),
             self.hyper(l2, l2_source),
         )?;
-        Ok((head, raw))
+        Ok((head, fitted.params))
     }
 
     fn hyper(&self, l2: f64, l2_source: &str) -> HyperParameters {
@@ -469,16 +469,24 @@ fn replication(weight: &ClassWeight, counts: &[usize]) -> Result<(Vec<usize>, f6
     Ok((multiplicity, q as f64 / w_min))
 }
 
-/// Fits the head's objective with L2 strength `alpha`, from `warm` or from zero;
-/// returns `[k][d]` weights, `[k]` biases and the solver's parameters (to warm-start
-/// the next fit).
+/// One fit: the head's weights and biases, and the solver's parameters.
+struct Fitted {
+    /// `[k][d]` weights (a binary head's row 0 is zero).
+    weights: Vec<Vec<f32>>,
+    /// `[k]` biases.
+    bias: Vec<f32>,
+    /// The solver's parameter vector, to warm-start the next fit.
+    params: Vec<f64>,
+}
+
+/// Fits the head's objective with L2 strength `alpha`, from `warm` or from zero.
 fn fit(
     design: &Design,
     k: usize,
     alpha: f64,
     options: &TrainOptions,
     warm: Option<&[f64]>,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>, Vec<f64>)> {
+) -> Result<Fitted> {
     let objective = Objective::new(&design.x, &design.labels, design.dim, k, alpha);
     let start = match warm {
         Some(w) if w.len() == objective.parameters() => w.to_vec(),
@@ -523,7 +531,11 @@ fn fit(
         weights.insert(0, vec![0.0; design.dim]);
         bias.insert(0, 0.0);
     }
-    Ok((weights, bias, minimum.x))
+    Ok(Fitted {
+        weights,
+        bias,
+        params: minimum.x,
+    })
 }
 
 #[cfg(test)]
