@@ -9,8 +9,10 @@
   result passes `xfer store info`.
 """
 
+import fcntl
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +134,38 @@ def test_store_write_replaces_parts_of_one_key(model, sample, tmp_path):
     assert not list(Path(store.dir).glob(".*.tmp"))
 
 
+def test_store_write_takes_the_cli_store_lock_and_survives_compact(model, sample, tmp_path):
+    """Keyed parts and the CLI's writers share `.xfer-lock` (issue 17 item 1): a write waits
+    for (or with wait=False refuses) a held lock, and `xfer store compact` keeps its rows."""
+    store = xfer.Store(tmp_path / "store")
+    rows = sample.head(4)
+    classes = list(xfer.list_dataset(DATA)["classes"])
+    args = (model, classes, list(rows["id"]), list(rows["label"]), list(rows["split"]),
+            list(rows["content_hash"]), np.stack(rows["embedding"].to_numpy()))
+    Path(store.dir).mkdir(parents=True)
+    with open(Path(store.dir) / ".xfer-lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on test: xfer extract")
+        held.flush()
+        with pytest.raises(xfer.XferError, match="is locked by pid 1 on test"):
+            store.write(*args, part_key="k", wait=False)
+    store.write(*args, part_key="k", wait=False)
+    compact = subprocess.run([str(xfer_bin()), "store", "compact", str(store.dir)], capture_output=True, text=True, cwd=ROOT)
+    assert compact.returncode == 0, compact.stderr
+    table = store.to_arrow()
+    assert sorted(table.column("id").to_pylist()) == sorted(rows["id"])
+    assert store.missing(list(rows["id"]), list(rows["content_hash"]), model) == []
+
+
 def test_ort_library_is_found_as_the_cli_finds_it(model):
     found = Path(xfer.ort_library())
     assert Path(model.ort_library).resolve() == found.resolve()
     expected = os.environ.get("ORT_DYLIB_PATH") or str(ROOT / ".ort" / found.name)
     assert found.resolve() == Path(expected).resolve()
+
+
+def test_python_m_xfer_ray_has_help():
+    pytest.importorskip("ray", reason="ray[data] is not installed; run `just py-env`")
+    out = subprocess.run([sys.executable, "-m", "xfer.ray", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "--address" in out.stdout and "--store" in out.stdout

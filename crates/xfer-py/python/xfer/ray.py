@@ -168,3 +168,51 @@ def extract(
         "parts": len(results),
         "seconds": time.monotonic() - start,
     }
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m xfer.ray``: :func:`extract` from the command line."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m xfer.ray",
+        description="Extract embeddings with Ray Data into an xfer store (the store `xfer extract` writes; "
+                    "images already stored are not embedded again).",
+    )
+    parser.add_argument("--data", required=True, help="dataset root (class folders or a CSV manifest)")
+    parser.add_argument("--model", required=True, help="model folder (model.onnx + model.json)")
+    parser.add_argument("--store", required=True, help="store directory (on a filesystem every node mounts)")
+    parser.add_argument("--split", default=DEMO_SPLITS, help="split tags, as xfer extract (default " + DEMO_SPLITS.replace("%", "%%") + ")")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split order")
+    parser.add_argument("--stratified", action="store_true", help="slice each class separately")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime run")
+    parser.add_argument("--workers", type=int, default=None, help="actors (default: cluster CPUs / threads per worker)")
+    parser.add_argument("--threads-per-worker", type=int, default=None, help="CPUs and ORT threads per actor (1)")
+    parser.add_argument("--rows-per-part", type=int, default=None, help="images per input block / part file")
+    parser.add_argument("--ort-lib", default=None, help="ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ up from here)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (e.g. auto or ray://HEAD:10001); default: start a local one")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (without --address)")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=args.num_cpus)
+    try:
+        summary = extract(args.data, args.model, args.store, splits=args.split, seed=args.seed,
+                          batch_size=args.batch_size, num_workers=args.workers,
+                          threads_per_worker=args.threads_per_worker, rows_per_part=args.rows_per_part,
+                          stratified=args.stratified, ort_lib=args.ort_lib)
+    except XferError as e:
+        raise SystemExit(f"error: {e}")
+    finally:
+        ray.shutdown()
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
