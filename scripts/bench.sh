@@ -10,7 +10,7 @@ device=${DEVICE:-cpu}
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device=$2; shift 2 ;;
-        *) echo "unknown argument $1; bench.sh takes --device cpu|cuda|tensorrt" >&2; exit 2 ;;
+        *) echo "unknown argument $1; bench.sh takes --device cpu|cuda|tensorrt|openvino" >&2; exit 2 ;;
     esac
 done
 
@@ -28,7 +28,7 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- machine: $cpu, $(nproc) cores, $mem; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- ONNX Runtime 1.31.1 (CPU wheel library), Xception 150×150, batch 32"
+    echo "- ONNX Runtime 1.31.1 (CPU wheel library; onnxruntime-openvino 1.24.1 for the openvino rows), Xception 150×150, batch 32"
     echo
 } > "$MD"
 
@@ -47,8 +47,46 @@ section "Data pipeline: decode + resize (+ augment) images/s (xfer-data)" \
     cargo bench --locked -q -p xfer-data --bench data_throughput
 cp "$TMP/last.txt" "$TMP/data.txt"
 
-section "Extraction pipeline vs bare ONNX Runtime on the same images (xfer-store)" \
-    cargo run --release --locked -q -p xfer-store --example extract_bench -- data/cats_vs_dogs models/xception 512 32
+# bf16 only where the CPU has bf16 instructions (elsewhere OpenVINO would run fp32).
+engines=("cpu fp32" "openvino fp32")
+if grep -qwE "amx_bf16|avx512_bf16" /proc/cpuinfo; then
+    engines+=("openvino bf16")
+fi
+
+extraction_engines() {
+    # One process per engine (a process loads one ONNX Runtime: .ort/ for cpu, .ort-openvino/
+    # for openvino): bare session.run on pre-decoded batches and the extract pipeline on the
+    # same 512 images, then every engine's rates ÷ the CPU provider's fp32 of this run.
+    local engine
+    for engine in "${engines[@]}"; do
+        echo "--- ${engine% *} ${engine#* }"
+        # shellcheck disable=SC2086 # "device precision": two arguments
+        cargo run --release --locked -q -p xfer-store --example extract_bench -- \
+            data/cats_vs_dogs models/xception 512 32 $engine | tee "$TMP/engine-${engine/ /-}.txt"
+    done
+    python3 - "$TMP" "${engines[@]}" <<'PY'
+import re, sys
+tmp, engines = sys.argv[1], sys.argv[2:]
+rows = []
+for engine in engines:
+    text = open(f"{tmp}/engine-{engine.replace(' ', '-')}.txt", encoding="utf-8").read()
+    bare = re.search(r"bare ORT session.run\s+([0-9.]+) images/s", text)
+    pipe = re.search(r"extract pipeline\s+([0-9.]+) images/s", text)
+    if bare and pipe:
+        rows.append((engine, float(bare.group(1)), float(pipe.group(1))))
+base = next((b for e, b, _ in rows if e == "cpu fp32"), None)
+if not base:
+    sys.exit("no cpu fp32 row: cannot compute the ratios")
+print()
+print(f"{'engine':<16} {'bare images/s':>13} {'÷ cpu fp32':>10} {'pipeline images/s':>17} {'pipeline ÷ own bare':>19}")
+for engine, bare, pipe in rows:
+    target = "  (target >= 3x)" if engine == "openvino bf16" else ""
+    flag = "" if pipe / bare >= 0.9 else "  < 0.9"
+    print(f"{engine:<16} {bare:13.1f} {bare / base:9.2f}x {pipe:17.1f} {pipe / bare:18.2f}x{flag}{target}")
+PY
+}
+section "Extraction per engine: bare ONNX Runtime and the extract pipeline, ÷ CPU fp32 (xfer-store)" \
+    extraction_engines
 
 section "xfer embed vs bare ONNX Runtime (xfer-cli)" \
     cargo run --release --locked -q -p xfer-cli --example embed_bench -- 256 8
@@ -121,13 +159,29 @@ print(f"phase-1 epoch, training part: {epoch['train_seconds']:.1f} s ({epoch['im
       f", whole epoch incl. validation + checkpoint: {epoch['seconds']:.1f} s")
 print(f"ratio phase-1 epoch (training part) / extraction pass: {epoch['train_seconds'] / extract:.2f}  (target <= 1.15)")
 PY
+    # The same epoch with the frozen base on OpenVINO, at each precision of this run.
+    local engine precision
+    for engine in "${engines[@]}"; do
+        [ "${engine% *}" = openvino ] || continue
+        precision=${engine#* }
+        "$XFER" finetune --data data/cats_vs_dogs --model models/xception --out "$TMP/ft-$precision" \
+            --phase1-epochs 1 --phase2-epochs 0 --train "train[:30%]" --val "train[70%:72%]" --test "" \
+            --device openvino --precision "$precision" > /dev/null 2>&1
+        python3 - "$TMP/ft/metrics.jsonl" "$TMP/ft-$precision/metrics.jsonl" "$precision" <<'PY'
+import json, sys
+cpu = json.loads(open(sys.argv[1]).readline())
+ov = json.loads(open(sys.argv[2]).readline())
+print(f"phase-1 epoch on --device openvino --precision {sys.argv[3]}: training part {ov['train_seconds']:.1f} s "
+      f"({ov['images_per_second']:.1f} images/s) = {ov['images_per_second'] / cpu['images_per_second']:.2f}x the cpu epoch")
+PY
+    done
 }
 section "Fine-tune phase-1 epoch vs one extraction pass (xfer-finetune)" finetune_vs_extract
 
 section "Ray Data (local 2-CPU cluster) vs xfer extract on the same 256 images, peak cluster memory (xfer.ray)" \
     .venv/bin/python scripts/ray_bench.py data/cats_vs_dogs models/xception 256 "$XFER"
 
-if [ "$device" != cpu ]; then
+if [ "$device" != cpu ] && [ "$device" != openvino ]; then
     section "CPU vs $device: features, one all-layers training step, images/s (scripts/gpu_check.sh)" \
         scripts/gpu_check.sh --device "$device"
 fi

@@ -5,8 +5,10 @@ and says so. Nothing is left half-written: everything is unpacked to a
 temporary name and renamed into place.
 
 Usage: fetch.py NAME... where NAME is a pin below, `gpu` (onnxruntime-gpu and the CUDA 13 /
-cuDNN 9 runtime wheels it needs, about 1.3 GiB, into .ort-gpu/) or `all` (every pin but the
-GPU ones; the default)
+cuDNN 9 runtime wheels it needs, about 1.3 GiB, into .ort-gpu/), `openvino` (onnxruntime-openvino:
+ONNX Runtime 1.24.1 with the OpenVINO execution provider and OpenVINO's CPU plugin, an 84 MB
+wheel, 160 MB unpacked into .ort-openvino/) or `all` (every pin but the GPU and OpenVINO ones;
+the default)
 """
 import hashlib
 import os
@@ -110,6 +112,24 @@ PINS = {
             "libcudnn.so.9", "libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9",
             "libcudnn_adv.so.9", "libcudnn_heuristic.so.9", "libcudnn_engines_precompiled.so.9",
             "libcudnn_engines_runtime_compiled.so.9"]},
+    },
+    # ONNX Runtime 1.24.1 built with the OpenVINO execution provider, and the OpenVINO 2025.4.1
+    # runtime it links (CPU plugin, ONNX frontend, TBB): `--device openvino` (bf16 on the CPU's
+    # matrix units). Every library finds the others through RPATH $ORIGIN; the GPU and NPU
+    # plugins are left out.
+    "ort-openvino": {
+        "client": "pip",
+        "spec": "onnxruntime-openvino==1.24.1",
+        "file": "onnxruntime_openvino-1.24.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "sha256": "3007c803634cc69c6d52af1dea7ce729d9bb62b9a11070fd2f959119199007a8",
+        "pip_platform": ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                         "--platform", "manylinux_2_28_x86_64"],
+        "extract": {f"onnxruntime/capi/{lib}": f".ort-openvino/{lib}" for lib in [
+            "libonnxruntime.so.1.24.1", "libonnxruntime_providers_shared.so",
+            "libonnxruntime_providers_openvino.so", "libopenvino.so.2541",
+            "libopenvino_onnx_frontend.so.2541", "libopenvino_intel_cpu_plugin.so",
+            "libopenvino_auto_plugin.so", "libopenvino_hetero_plugin.so", "libtbb.so.12",
+            "libtbbmalloc.so"]},
     },
     "kitchenware": {
         "client": "pip",
@@ -236,13 +256,14 @@ def fetch(name):
 
 GROUPS = {
     "gpu": ["ort-gpu", "cuda-runtime", "cublas", "curand", "cufft", "nvrtc", "cudnn"],
+    "openvino": ["ort-openvino"],
 }
 
 
 def main():
     names = sys.argv[1:] or ["all"]
     if names == ["all"]:
-        names = [n for n in PINS if n not in GROUPS["gpu"]]
+        names = [n for n in PINS if n not in GROUPS["gpu"] + GROUPS["openvino"]]
     names = [m for n in names for m in GROUPS.get(n, [n])]
     for n in names:
         if n not in PINS:

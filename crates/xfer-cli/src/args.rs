@@ -3,19 +3,26 @@
 use std::path::PathBuf;
 
 use xfer_data::{DEFAULT_SEED, DEMO_SPLITS, LoadSummary, OnError, SplitAssignment};
-use xfer_runtime::{Device, SessionOptions};
+use xfer_runtime::{Device, Precision, SessionOptions};
 
 /// How a model runs: the ONNX Runtime library, the execution provider and its threads.
 /// Every subcommand that runs a model flattens this in, so the flags are the same everywhere.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ up from here; for cuda and
-    /// tensorrt .ort-gpu/ first, where `just setup-gpu` puts onnxruntime-gpu).
+    /// tensorrt .ort-gpu/ first, where `just setup-gpu` puts onnxruntime-gpu; for openvino
+    /// only .ort-openvino/, where `just setup-openvino` puts onnxruntime-openvino).
     #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
-    /// Execution provider: cpu, cuda or tensorrt (`xfer doctor --device D` checks what D needs).
+    /// Execution provider: cpu, cuda, tensorrt or openvino (Intel OpenVINO on the CPU, fp32 or
+    /// bf16; `just setup-openvino`). `xfer doctor --device D` checks what D needs.
     #[arg(long, default_value = "cpu", env = "XFER_DEVICE")]
     pub device: Device,
+    /// Numeric precision: fp32, or bf16 (--device openvino only; about 4 % feature error,
+    /// 3-4x faster on CPUs with AMX-BF16) [default: bf16 for openvino on a CPU with
+    /// AMX-BF16, else fp32]. Stores record it and never mix precisions.
+    #[arg(long, value_name = "P", env = "XFER_PRECISION")]
+    pub precision: Option<Precision>,
     /// Folder with TensorRT 10's libraries (libnvinfer.so.10), for --device tensorrt
     /// [default: next to ONNX Runtime, then the system's library folders].
     #[arg(long, value_name = "DIR", env = xfer_runtime::TRT_LIB_DIR_ENV)]
@@ -38,6 +45,8 @@ impl RuntimeArgs {
             intra_threads: self.threads,
             disable_optimizations: false,
             trt_lib_dir: self.trt_lib_dir.clone(),
+            precision: self.precision,
+            static_input: None,
         }
     }
 }

@@ -109,10 +109,30 @@ const TENSORRT_LIBRARIES: &[NeededLibrary] = &[
     },
 ];
 
+/// What the OpenVINO provider needs next to onnxruntime-openvino's ONNX Runtime (which
+/// loads them itself, through RPATH `$ORIGIN`).
+const OPENVINO_LIBRARIES: &[NeededLibrary] = &[
+    ort_openvino("libonnxruntime_providers_shared.so"),
+    ort_openvino("libonnxruntime_providers_openvino.so"),
+    ort_openvino("libopenvino.so.2541"),
+    ort_openvino("libopenvino_onnx_frontend.so.2541"),
+    ort_openvino("libopenvino_intel_cpu_plugin.so"),
+    ort_openvino("libtbb.so.12"),
+];
+
+const fn ort_openvino(name: &'static str) -> NeededLibrary {
+    NeededLibrary {
+        name,
+        provided_by: "onnxruntime-openvino 1.24.1 (`just setup-openvino`)",
+        home: Home::OrtDir,
+    }
+}
+
 /// Every library `device`'s provider needs (none for the CPU), in preload order.
 pub fn needed_libraries(device: Device) -> Vec<NeededLibrary> {
     match device {
         Device::Cpu => Vec::new(),
+        Device::OpenVino => OPENVINO_LIBRARIES.to_vec(),
         Device::Cuda => CUDA_LIBRARIES.to_vec(),
         Device::TensorRt => {
             let (providers, rest) = CUDA_LIBRARIES.split_at(2);
@@ -303,11 +323,15 @@ fn provider_name(device: Device) -> &'static str {
         Device::Cpu => "CPUExecutionProvider",
         Device::Cuda => "CUDAExecutionProvider",
         Device::TensorRt => "TensorrtExecutionProvider",
+        Device::OpenVino => crate::openvino::PROVIDER_NAME,
     }
 }
 
 /// Why the loaded ONNX Runtime cannot run `device`'s provider, if it cannot.
 fn provider_problem(device: Device, ort_lib: &Path) -> Option<String> {
+    if device == Device::OpenVino {
+        return crate::openvino::provider_problem(ort_lib);
+    }
     let providers = native::ort_providers().unwrap_or_default();
     let wanted = provider_name(device);
     (!providers.iter().any(|p| p == wanted)).then(|| {
@@ -361,7 +385,7 @@ pub fn doctor(
     let providers = native::ort_providers().unwrap_or_default();
     let mut libraries = locate_libraries(device, &ort_lib, trt_lib_dir);
     preload(&mut libraries);
-    let driver = (device != Device::Cpu).then(driver);
+    let driver = matches!(device, Device::Cuda | Device::TensorRt).then(driver);
     let mut report = DoctorReport {
         device,
         ort_lib,
@@ -407,7 +431,23 @@ fn diagnose(r: &mut DoctorReport) {
             "TensorRT 10 is missing: install TensorRT 10 for CUDA 13 (NVIDIA's tar or deb packages; PyPI's tensorrt-cu13-libs is only a stub), then pass --trt-lib-dir DIR or set {TRT_LIB_DIR_ENV}=DIR, DIR being the folder with libnvinfer.so.10"
         ));
     }
-    if missing.iter().any(|s| s.library.home != Home::TensorRt) {
+    if device == Device::OpenVino {
+        if !missing.is_empty() {
+            r.problems.push(format!(
+                "OpenVINO's libraries are missing next to ONNX Runtime: run `just setup-openvino` (it fills {}/)",
+                crate::OPENVINO_LIBRARY_DIR
+            ));
+        }
+        let bf16 = crate::cpu_bf16();
+        if !bf16.any() {
+            r.warnings.push(
+                "this CPU has neither AMX-BF16 nor AVX512-BF16: --device openvino runs fp32 only"
+                    .to_owned(),
+            );
+        } else if !bf16.amx {
+            r.warnings.push("this CPU has AVX512-BF16 but not AMX-BF16: --device openvino defaults to fp32 here; --precision bf16 runs, with a smaller gain".to_owned());
+        }
+    } else if missing.iter().any(|s| s.library.home != Home::TensorRt) {
         r.problems.push(format!(
             "CUDA libraries are missing: run `just setup-gpu` (it fetches them into {GPU_LIBRARY_DIR}/) or install CUDA 13 and cuDNN 9"
         ));
@@ -493,7 +533,18 @@ impl fmt::Display for DoctorReport {
                     )?,
                 }
             }
-            write_driver(f, self.driver.as_ref())?;
+            if self.device == Device::OpenVino {
+                let bf16 = crate::cpu_bf16();
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                writeln!(
+                    f,
+                    "CPU bf16              AMX-BF16 {}, AVX512-BF16 {}",
+                    yes(bf16.amx),
+                    yes(bf16.avx512)
+                )?;
+            } else {
+                write_driver(f, self.driver.as_ref())?;
+            }
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

@@ -5,12 +5,15 @@
 //! of: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, or `.ort/` in the
 //! working directory or one of its ancestors (where `just setup` puts it); for a GPU
 //! device `.ort-gpu/` first (where `just setup-gpu` puts onnxruntime-gpu and the CUDA
-//! libraries, which are preloaded by absolute path before the provider is registered).
+//! libraries, which are preloaded by absolute path before the provider is registered); for
+//! `--device openvino` only `.ort-openvino/` (where `just setup-openvino` puts
+//! onnxruntime-openvino, whose libraries find each other by RPATH).
 
 mod gpu;
 mod library;
 mod manifest;
 mod native;
+mod openvino;
 mod resident;
 mod session;
 
@@ -21,20 +24,23 @@ pub use gpu::{
 pub use library::{LIBRARY_FILE_NAME, find_library, init, init_for, loaded_library};
 pub use manifest::{Backbone, MANIFEST_FILE_NAME, ModelManifest, ModelSource, fingerprint};
 pub use native::{DriverInfo, Gpu};
+pub use openvino::{CpuBf16, OPENVINO_LIBRARY_DIR, cpu_bf16};
 pub use resident::{Binding, DeviceMemory, DeviceTensor};
-pub use session::{Device, InputTensor, Model, OutputTensor, SessionOptions};
+pub use session::{Device, InputTensor, Model, OutputTensor, Precision, SessionOptions};
 
 /// Errors of the runtime layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No ONNX Runtime library was found at any of the places searched.
     #[error(
-        "ONNX Runtime library not found; looked in:\n{}\nrun `just setup` to fetch it, or pass --ort-lib PATH / set ORT_DYLIB_PATH",
+        "ONNX Runtime library not found; looked in:\n{}\nrun `{recipe}` to fetch it, or pass --ort-lib PATH / set ORT_DYLIB_PATH",
         .searched.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
     )]
     LibraryNotFound {
         /// Every place that was searched, in order.
         searched: Vec<String>,
+        /// The recipe that fetches the library the device needs (`just setup`, `just setup-openvino`).
+        recipe: &'static str,
     },
     /// The library file exists but could not be loaded.
     #[error("could not load ONNX Runtime from {path}: {reason}")]
@@ -58,6 +64,16 @@ pub enum Error {
     #[error("execution provider `{device}` is not available: {reason}")]
     DeviceUnavailable {
         /// Device name (`cuda`, `tensorrt`).
+        device: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The requested numeric precision cannot run on this device or CPU.
+    #[error("--precision {precision} cannot run with --device {device}: {reason}")]
+    PrecisionUnsupported {
+        /// Precision asked for.
+        precision: String,
+        /// Device asked for.
         device: String,
         /// Why, and what to do.
         reason: String,

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::gpu::GPU_LIBRARY_DIR;
+use crate::openvino::OPENVINO_LIBRARY_DIR;
 use crate::{Device, Error, Result};
 
 /// File name of the library `just setup` unpacks into `.ort/`.
@@ -25,15 +26,21 @@ pub fn loaded_library() -> Option<&'static Path> {
 /// Finds the ONNX Runtime library for `device`: `explicit`, then `ORT_DYLIB_PATH`, then
 /// `.ort/` in the working directory and its ancestors, then next to the
 /// running executable's ancestors. For a GPU device `.ort-gpu/` (where `just setup-gpu`
-/// puts onnxruntime-gpu) comes before `.ort/` in each of those folders.
+/// puts onnxruntime-gpu) comes before `.ort/` in each of those folders; for OpenVINO only
+/// `.ort-openvino/` (where `just setup-openvino` puts onnxruntime-openvino) is searched, since
+/// the CPU library has no OpenVINO provider.
 pub fn find_library(explicit: Option<&Path>, device: Device) -> Result<PathBuf> {
+    let recipe = match device {
+        Device::OpenVino => "just setup-openvino",
+        Device::Cpu | Device::Cuda | Device::TensorRt => "just setup",
+    };
     let mut searched = Vec::new();
     if let Some(path) = explicit {
         if path.is_file() {
             return Ok(path.to_path_buf());
         }
         searched.push(format!("{} (--ort-lib: no such file)", path.display()));
-        return Err(Error::LibraryNotFound { searched });
+        return Err(Error::LibraryNotFound { searched, recipe });
     }
     if let Some(env) = std::env::var_os("ORT_DYLIB_PATH") {
         let path = PathBuf::from(env);
@@ -58,6 +65,7 @@ pub fn find_library(explicit: Option<&Path>, device: Device) -> Result<PathBuf> 
     let folders: &[&str] = match device {
         Device::Cpu => &[".ort"],
         Device::Cuda | Device::TensorRt => &[GPU_LIBRARY_DIR, ".ort"],
+        Device::OpenVino => &[OPENVINO_LIBRARY_DIR],
     };
     for root in roots {
         for folder in folders {
@@ -68,14 +76,16 @@ pub fn find_library(explicit: Option<&Path>, device: Device) -> Result<PathBuf> 
             searched.push(format!("{}/", dir.display()));
         }
     }
-    Err(Error::LibraryNotFound { searched })
+    Err(Error::LibraryNotFound { searched, recipe })
 }
 
 /// Looks for `libonnxruntime.so*` in `dir`, preferring the pinned version.
 fn library_in(dir: &Path) -> Option<PathBuf> {
-    let pinned = dir.join(LIBRARY_FILE_NAME);
-    if pinned.is_file() {
-        return Some(pinned);
+    for pinned in [LIBRARY_FILE_NAME, crate::openvino::LIBRARY_FILE_NAME] {
+        let pinned = dir.join(pinned);
+        if pinned.is_file() {
+            return Some(pinned);
+        }
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?

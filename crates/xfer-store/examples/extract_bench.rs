@@ -2,14 +2,17 @@
 //! against bare ONNX Runtime `session.run` on the same images pre-decoded into the same
 //! batches, measured in the same process, one after the other.
 //!
-//! `cargo run --release -p xfer-store --example extract_bench -- [DATA] [MODEL] [N] [BATCH]`
-//! (defaults: data/cats_vs_dogs models/xception 512 32).
+//! `cargo run --release -p xfer-store --example extract_bench -- [DATA] [MODEL] [N] [BATCH]
+//! [DEVICE] [PRECISION]` (defaults: data/cats_vs_dogs models/xception 512 32 cpu, and the
+//! device's default precision). `openvino fp32|bf16` runs both sides on the OpenVINO provider
+//! (onnxruntime-openvino, `just setup-openvino`); one process loads one ONNX Runtime, so
+//! `scripts/bench.sh` runs this once per engine and divides by the `cpu` run.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array4, Axis};
-use xfer_runtime::{Backbone, SessionOptions};
+use xfer_runtime::{Backbone, Device, Precision, SessionOptions};
 use xfer_store::extract::{ExtractConfig, SplitAssignment, extract};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,9 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = PathBuf::from(args.get(1).map_or("models/xception", String::as_str));
     let n: usize = args.get(2).map_or(Ok(512), |s| s.parse())?;
     let batch: usize = args.get(3).map_or(Ok(32), |s| s.parse())?;
+    let session = SessionOptions {
+        device: args.get(4).map_or(Ok(Device::Cpu), |s| s.parse::<Device>())?,
+        precision: args.get(5).map(|s| s.parse::<Precision>()).transpose()?,
+        ..SessionOptions::default()
+    };
 
     let t = Instant::now();
-    let mut backbone = Backbone::load(&model, &SessionOptions::default())?;
+    let mut backbone = Backbone::load(&model, &session)?;
     let session_load = t.elapsed().as_secs_f64();
     let [h, w] = backbone.manifest.image_size;
     let dataset = xfer_data::Dataset::open(&data)?;
@@ -46,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.splits = SplitAssignment::parse("all")?;
     config.batch_size = batch;
     config.limit = Some(n);
+    config.session = session.clone();
 
     // Alternate the two (the machine may be shared), keep the best round of each.
     let rounds = 2;
@@ -84,6 +93,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "images {n}, batch {batch}, model {} (session creation {session_load:.2}s)",
         model.display()
+    );
+    println!(
+        "engine: device {}, precision {}, ONNX Runtime {}",
+        backbone.model.device(),
+        backbone.model.precision(),
+        xfer_runtime::loaded_library().map_or(String::new(), |p| p.display().to_string())
     );
     println!(
         "bare ORT session.run   {:8.1} images/s ({bare:.2}s)",

@@ -37,7 +37,7 @@ use xfer_runtime::{Backbone, Device, ModelManifest, SessionOptions};
 
 use crate::lock::{LockWait, StoreLock};
 use crate::reader::StoreReader;
-use crate::schema::{StoreMetadata, content_hash};
+use crate::schema::{ModelIdentity, StoreMetadata, content_hash};
 use crate::writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 use crate::{Error, Result};
 
@@ -371,6 +371,7 @@ pub fn extract(
             reason: "must be at least 1".to_owned(),
         });
     }
+    config.session.check()?;
     let manifest = ModelManifest::read(&config.model_dir)?;
     let dataset = Dataset::open(&config.data)?;
     let unlisted = check_listing(config, &dataset)?;
@@ -386,7 +387,8 @@ pub fn extract(
     let _lock = lock_store(config, &mut summary)?;
     let store = StoreReader::open_or_empty(&config.store)?;
     let meta = StoreMetadata::from_manifest(&manifest, dataset.classes().to_vec())
-        .with_resize(config.resize);
+        .with_resize(config.resize)
+        .with_engine(config.session.device, config.session.precision());
     check_identity(&store, config, &meta)?;
     let plan = StorePlan::against(&store, config, &manifest, dataset.classes(), selected)?;
     let mut state = ExtractProgress {
@@ -876,6 +878,7 @@ impl<'a> Embedder<'a> {
                         ),
                     });
                 }
+                check_engine(self.config, &b.model)?;
                 summary.device = Some(b.model.device());
                 self.backbone.insert(b)
             }
@@ -885,6 +888,28 @@ impl<'a> Embedder<'a> {
         summary.inference += t.elapsed();
         Ok(features)
     }
+}
+
+/// Refuses a session that fell back to another provider or precision than the store rows
+/// are labelled with (`--allow-cpu-fallback` from OpenVINO): the rows would be mislabelled.
+fn check_engine(config: &ExtractConfig, model: &xfer_runtime::Model) -> Result<()> {
+    let asked = ModelIdentity::engine(config.session.device, config.session.precision());
+    let got = ModelIdentity::engine(model.device(), model.precision());
+    if asked == got {
+        return Ok(());
+    }
+    Err(Error::Inconsistent {
+        store: config.store.display().to_string(),
+        reason: format!(
+            "--device {} --precision {} fell back to {} at {}, which would label its rows wrongly; fix the device (`xfer doctor --device {}`) or ask for {} directly",
+            config.session.device,
+            config.session.precision(),
+            model.device(),
+            model.precision(),
+            config.session.device,
+            model.device()
+        ),
+    })
 }
 
 /// A batch ready for inference.

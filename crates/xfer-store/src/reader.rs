@@ -77,6 +77,10 @@ pub struct ModelInfo {
     pub image_size: [u32; 2],
     /// Preprocessing in words.
     pub preprocessing: String,
+    /// Numeric precision of the rows (`fp32`, `bf16`).
+    pub precision: String,
+    /// Execution provider whose kernels made them (`onnxruntime`, `openvino`).
+    pub provider: String,
     /// Class names.
     pub classes: Vec<String>,
     /// Live rows (one per image).
@@ -129,6 +133,7 @@ impl std::fmt::Display for StoreInfo {
                 "  dimension {}, input {}x{}, preprocessing `{}`",
                 m.feature_dim, m.image_size[0], m.image_size[1], m.preprocessing
             )?;
+            writeln!(f, "  precision {}, provider {}", m.precision, m.provider)?;
             write!(f, "  rows {}", m.rows)?;
             if m.superseded > 0 {
                 write!(
@@ -522,12 +527,15 @@ impl StoreReader {
             let Some(meta) = self.model_metadata(&fp)? else {
                 continue;
             };
+            let identity = meta.model_identity();
             let mut m = ModelInfo {
                 fingerprint: fp.clone(),
                 name: meta.model_name.clone(),
                 feature_dim: meta.feature_dim,
                 image_size: meta.image_size,
                 preprocessing: meta.preprocessing.clone(),
+                precision: identity.precision_name().to_owned(),
+                provider: identity.provider_name().to_owned(),
                 classes: meta.classes.clone(),
                 ..Default::default()
             };

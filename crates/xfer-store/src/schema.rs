@@ -66,9 +66,10 @@ pub struct ModelIdentity {
     pub value_range: String,
     /// Resize method (`bilinear`, `bilinear-antialias`).
     pub resize: String,
-    /// Execution provider, once a provider changes the numbers (bf16/int8 work); `None`: any.
+    /// Execution provider whose kernels made the rows, where they are not ONNX Runtime's own
+    /// (`openvino`); `None`: ONNX Runtime's CPU (or CUDA) kernels, as for every older file.
     pub provider: Option<String>,
-    /// Numeric precision, once it is not fp32 (bf16/int8 work); `None`: fp32.
+    /// Numeric precision where it is not fp32 (`bf16`); `None`: fp32, as for every older file.
     pub precision: Option<String>,
 }
 
@@ -104,6 +105,28 @@ impl ModelIdentity {
         }
     }
 
+    /// The provider and precision fields of rows made on `device` at `precision`: fp32 rows of
+    /// ONNX Runtime's own kernels leave both unset, so stores written before these fields
+    /// existed keep their identity.
+    pub fn engine(
+        device: xfer_runtime::Device,
+        precision: xfer_runtime::Precision,
+    ) -> (Option<String>, Option<String>) {
+        let provider = (device == xfer_runtime::Device::OpenVino).then(|| device.to_string());
+        let precision = (precision != xfer_runtime::Precision::Fp32).then(|| precision.to_string());
+        (provider, precision)
+    }
+
+    /// The provider, in words (`onnxruntime` when unset).
+    pub fn provider_name(&self) -> &str {
+        self.provider.as_deref().unwrap_or("onnxruntime")
+    }
+
+    /// The precision, in words (`fp32` when unset).
+    pub fn precision_name(&self) -> &str {
+        self.precision.as_deref().unwrap_or("fp32")
+    }
+
     /// `(field, value)` pairs, in the order they are compared and written.
     fn fields(&self) -> [(&'static str, Option<&str>); 9] {
         [
@@ -121,12 +144,11 @@ impl ModelIdentity {
 
     /// The first field in which `other` differs: `(field, self's value, other's value)`.
     pub fn difference(&self, other: &ModelIdentity) -> Option<(&'static str, String, String)> {
-        let show = |v: Option<&str>| v.unwrap_or("(default)").to_owned();
         self.fields()
             .into_iter()
             .zip(other.fields())
             .find(|((_, a), (_, b))| a != b)
-            .map(|((field, a), (_, b))| (field, show(a), show(b)))
+            .map(|((field, a), (_, b))| (field, show(field, a), show(field, b)))
     }
 
     fn to_json(&self) -> String {
@@ -158,6 +180,17 @@ impl ModelIdentity {
             precision: opt("precision"),
         })
     }
+}
+
+/// An identity field's value in words: unset provider and precision are ONNX Runtime's
+/// own kernels at fp32.
+fn show(field: &str, value: Option<&str>) -> String {
+    let default = match field {
+        "provider" => "onnxruntime",
+        "precision" => "fp32",
+        _ => "(default)",
+    };
+    value.unwrap_or(default).to_owned()
 }
 
 fn size_text(size: [u32; 2]) -> String {
@@ -267,6 +300,18 @@ impl StoreMetadata {
     pub fn with_resize(mut self, resize: xfer_data::ResizeMethod) -> Self {
         if let Some(identity) = self.identity.as_mut() {
             identity.resize = resize_name(resize).to_owned();
+        }
+        self
+    }
+
+    /// The same metadata for rows made on `device` at `precision` ([`ModelIdentity::engine`]).
+    pub fn with_engine(
+        mut self,
+        device: xfer_runtime::Device,
+        precision: xfer_runtime::Precision,
+    ) -> Self {
+        if let Some(identity) = self.identity.as_mut() {
+            (identity.provider, identity.precision) = ModelIdentity::engine(device, precision);
         }
         self
     }
@@ -402,6 +447,41 @@ mod tests {
         kv.insert(META_IDENTITY.into(), "{\"fingerprint\": 1}".into());
         let err = StoreMetadata::from_key_values(&kv, "f").expect_err("malformed identity");
         assert!(err.to_string().contains(META_IDENTITY), "{err}");
+    }
+
+    #[test]
+    fn provider_and_precision_are_part_of_the_identity_and_unset_means_cpu_fp32() {
+        use xfer_runtime::{Device, Precision};
+        // What xfer wrote before provider and precision were filled (null), and what it
+        // writes for the CPU at fp32 now, are the same identity: old stores keep working.
+        let written_before = r#"{"fingerprint":"abc","image_size":"150x150","preprocessing":"p","layout":"NCHW","channel_order":"RGB","value_range":"0..255","resize":"bilinear","provider":null,"precision":null}"#;
+        let old = ModelIdentity::from_json(written_before, "f").expect("old identity");
+        let mut cpu = old.clone();
+        (cpu.provider, cpu.precision) = ModelIdentity::engine(Device::Cpu, Precision::Fp32);
+        assert_eq!(old.difference(&cpu), None);
+        assert_eq!(
+            (old.provider_name(), old.precision_name()),
+            ("onnxruntime", "fp32")
+        );
+
+        let mut bf16 = old.clone();
+        (bf16.provider, bf16.precision) = ModelIdentity::engine(Device::OpenVino, Precision::Bf16);
+        assert_eq!(
+            old.difference(&bf16),
+            Some(("provider", "onnxruntime".into(), "openvino".into()))
+        );
+        let mut ov_fp32 = bf16.clone();
+        (ov_fp32.provider, ov_fp32.precision) =
+            ModelIdentity::engine(Device::OpenVino, Precision::Fp32);
+        assert_eq!(
+            ov_fp32.difference(&bf16),
+            Some(("precision", "fp32".into(), "bf16".into()))
+        );
+        // Round trip through the footer.
+        let back = ModelIdentity::from_json(&bf16.to_json(), "f").expect("parse");
+        assert_eq!(back, bf16);
+        assert_eq!(back.precision.as_deref(), Some("bf16"));
+        assert_eq!(back.provider.as_deref(), Some("openvino"));
     }
 
     #[test]
