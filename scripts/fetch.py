@@ -7,7 +7,7 @@ temporary name and renamed into place.
 Usage: fetch.py NAME... where NAME is a pin below, `gpu` (onnxruntime-gpu and the CUDA 13 /
 cuDNN 9 runtime wheels it needs, about 1.3 GiB, into .ort-gpu/), `openvino` (onnxruntime-openvino:
 ONNX Runtime 1.24.1 with the OpenVINO execution provider and OpenVINO's CPU plugin, an 84 MB
-wheel, 160 MB unpacked into .ort-openvino/) or `all` (every pin but the GPU and OpenVINO ones;
+wheel, 129 MB unpacked into .ort-openvino/) or `all` (every pin but the GPU and OpenVINO ones;
 the default)
 """
 import hashlib

@@ -4,10 +4,9 @@
 //!
 //! Tolerance: bf16 keeps 8 mantissa bits, and its error grows through Xception's 36
 //! convolutions. Over all 2000 demo images the relative L2 of bf16 against fp32 features
-//! measured median 4.1e-2, p99 0.12, worst 0.20 (docs: shared/notes/cpu-precision.md); on 32
-//! images this test measured median 3.5e-2, worst 6.5e-2 (AVX512-BF16, 2026-11-29). The
-//! bounds, median <= 8e-2 and worst <= 0.25, are about twice the measured median and
-//! above the 2000-image worst: a bug (fp32 weights read as bf16 bits, a wrong layout, a
+//! measured median 4.1e-2, p99 0.12, worst 0.20 (AMX-BF16); on these 32 images this test
+//! measured median 4.4e-2, worst 0.10 (AVX512-BF16, 2026-11-29). The bounds, median <= 8e-2
+//! and worst <= 0.25, are about twice the measured median and above the 2000-image worst: a bug (fp32 weights read as bf16 bits, a wrong layout, a
 //! skipped layer) gives errors of order 1, while bf16 that was not applied gives < 1e-4,
 //! which the lower bound catches.
 //!
