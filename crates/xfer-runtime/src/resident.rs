@@ -48,10 +48,10 @@ fn ort_err(op: &str) -> impl Fn(ort::Error) -> Error + '_ {
 
 impl Model {
     /// The allocator of this session's device memory: CUDA memory when the session runs on
-    /// `cuda` or `tensorrt`, host memory on the CPU.
+    /// `cuda` or `tensorrt`, host memory on the CPU (and for OpenVINO, which runs on it).
     pub fn device_memory(&self) -> Result<DeviceMemory> {
         let allocator = match self.device() {
-            Device::Cpu => Allocator::default(),
+            Device::Cpu | Device::OpenVino => Allocator::default(),
             Device::Cuda | Device::TensorRt => {
                 let info = MemoryInfo::new(
                     AllocationDevice::CUDA,

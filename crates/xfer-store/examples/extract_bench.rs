@@ -22,7 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(2).map_or(Ok(512), |s| s.parse())?;
     let batch: usize = args.get(3).map_or(Ok(32), |s| s.parse())?;
     let session = SessionOptions {
-        device: args.get(4).map_or(Ok(Device::Cpu), |s| s.parse::<Device>())?,
+        device: args
+            .get(4)
+            .map_or(Ok(Device::Cpu), |s| s.parse::<Device>())?,
         precision: args.get(5).map(|s| s.parse::<Precision>()).transpose()?,
         ..SessionOptions::default()
     };
