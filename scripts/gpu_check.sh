@@ -3,7 +3,11 @@
 # DEVICE in one process (crates/xfer-cli/examples/gpu_check.rs):
 #   - extraction features of one batch: max |cpu - gpu| / max |cpu| <= 1e-3 (TF32 on);
 #   - one all-layers training step: loss and every gradient within 1e-2 (same measure);
-#   - images/s of extraction and of training steps on both.
+#   - images/s of extraction and of training steps on both;
+#   - a few Adam steps (--steps, default 3) of the device-resident fine-tuning loop on DEVICE
+#     (parameters, gradients and moments stay there; Adam runs as its ONNX graph) against the
+#     host loop on the CPU (Rust Adam): losses, parameters and moments within 1e-2; images/s of
+#     the host loop and of the device loop on DEVICE.
 # Exit status 0 when every check passes.
 #
 # Usage: scripts/gpu_check.sh [--device cuda|tensorrt|cpu] [--synthetic] [--bin FILE] [-- GPU_CHECK_ARGS]
@@ -16,7 +20,7 @@
 #   --bin FILE   a gpu_check binary built elsewhere (cargo build --release -p xfer-cli
 #                --features cuda,tensorrt --example gpu_check: target/release/examples/gpu_check);
 #                default: build it here.
-# Extra arguments after `--` go to gpu_check (--batch N, --images N, --seed N, --ort-lib FILE).
+# Extra arguments after `--` go to gpu_check (--batch N, --images N, --steps N, --seed N, --ort-lib FILE).
 # The GPU side needs .ort-gpu/ (`just fetch-gpu`, or bring it along; `xfer doctor --device cuda`
 # says what is missing). Output: the terminal and target/gpu_check.txt.
 set -euo pipefail

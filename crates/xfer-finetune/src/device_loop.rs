@@ -54,7 +54,7 @@ struct Resident {
 }
 
 /// The device-resident state of one phase's training and its update session.
-pub(crate) struct DeviceLoop {
+pub struct DeviceLoop {
     update: Model,
     graph: UpdateGraph,
     /// What the training session reads and the update reads next.
@@ -92,8 +92,8 @@ impl DeviceLoop {
     }
 
     /// Uploads `params` and `optimizer`'s slots (zeros before its first step) and builds the
-    /// update session on the training session's device.
-    fn new(
+    /// update session on the training session `session`'s device (`options` otherwise).
+    pub fn new(
         session: &Model,
         options: &xfer_runtime::SessionOptions,
         params: &[Parameter],
@@ -127,7 +127,7 @@ impl DeviceLoop {
     /// One training step on `feeds` (the batch: data, labels, dropout masks) with the
     /// resident parameters, then, when the loss is finite, the optimizer's update. Returns
     /// the loss and the logits, the only values copied back.
-    pub(crate) fn step(
+    pub fn step(
         &mut self,
         session: &mut Model,
         feeds: &[(&str, InputTensor<'_>)],
@@ -203,7 +203,7 @@ impl DeviceLoop {
 
     /// Copies the parameters into `params` and the optimizer slots into `optimizer` (both
     /// as the host loop would hold them after the same steps), when they changed.
-    pub(crate) fn copy_to_host(
+    pub fn copy_to_host(
         &mut self,
         params: &mut [Parameter],
         optimizer: &mut dyn GraphOptimizer,

@@ -28,7 +28,7 @@ pub use config::{
     AugmentationConfig, CONFIG_FILE_NAME, ExportChoice, FinetuneConfig, PhaseConfig, SplitConfig,
 };
 pub use curves::{CURVES_PNG, CURVES_SVG, draw_curves, loss_axis_top};
-pub use device_loop::Residence;
+pub use device_loop::{DeviceLoop, Residence};
 pub use export::{ExportInfo, HEAD_BIAS, HEAD_KERNEL, export_model, trained_forward};
 pub use metrics::{EpochRecord, METRICS_LOG_FILE_NAME, MetricsLog};
 pub use rng::{StreamRng, epoch_permutation, mix_seed};

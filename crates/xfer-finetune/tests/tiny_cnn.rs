@@ -1041,7 +1041,10 @@ fn the_device_resident_loop_matches_the_host_loop_and_resumes_from_its_checkpoin
 
     let a = Checkpoint::load(&Checkpoint::last_path(&host_dir)).expect("host checkpoint");
     let b = Checkpoint::load(&Checkpoint::last_path(&device_dir)).expect("device checkpoint");
-    assert!(a.tensors.keys().any(|k| k.ends_with(".adam_v")), "no moments");
+    assert!(
+        a.tensors.keys().any(|k| k.ends_with(".adam_v")),
+        "no moments"
+    );
     assert_eq!(a.state.global_step, b.state.global_step);
     assert_eq!(a.state.optimizer_step, b.state.optimizer_step);
     let (abs, rel, within) = checkpoint_difference(&a, &b);
