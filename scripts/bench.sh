@@ -88,6 +88,9 @@ PY
 section "Extraction per engine: bare ONNX Runtime and the extract pipeline, ÷ CPU fp32 (xfer-store)" \
     extraction_engines
 
+section "Precision: fp32 / int8 (xfer quantize) / bf16 (OpenVINO): bare ORT images/s, feature error, head accuracy (demo + digits)" \
+    scripts/precision.sh "$OUT/precision"
+
 section "xfer embed vs bare ONNX Runtime (xfer-cli)" \
     cargo run --release --locked -q -p xfer-cli --example embed_bench -- 256 8
 cp "$TMP/last.txt" "$TMP/embed.txt"

@@ -44,6 +44,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Classify images with an exported model.
     Predict(cmd::predict::Args),
+    /// Quantize a model folder to int8 (QDQ), calibrated on images decoded as extract does.
+    Quantize(cmd::quantize::Args),
     /// Build an ONNX training graph (forward + loss + gradients).
     TrainGraph(cmd::train_graph::Args),
     /// Train a new head on augmented images, then fine-tune the backbone.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Predict(args) => cmd::predict::run(args),
+        Command::Quantize(args) => cmd::quantize::run(args),
         Command::TrainGraph(args) => cmd::train_graph::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),

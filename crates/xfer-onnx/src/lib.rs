@@ -12,6 +12,7 @@ mod builder;
 pub mod fold;
 mod io;
 mod proto;
+pub mod quant;
 mod tensor;
 
 pub use builder::{Dim, GraphBuilder, attr};

@@ -33,6 +33,33 @@ impl TensorProto {
         }
     }
 
+    /// A uint8 tensor stored as raw data (QuantizeLinear zero points of uint8 activations).
+    pub fn from_u8(name: impl Into<String>, dims: &[i64], data: &[u8]) -> Self {
+        Self::from_raw(name, dims, DataType::Uint8, data.to_vec())
+    }
+
+    /// An int8 tensor stored as raw data (quantized weights and their zero points).
+    pub fn from_i8(name: impl Into<String>, dims: &[i64], data: &[i8]) -> Self {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::from_raw(name, dims, DataType::Int8, raw)
+    }
+
+    /// An int32 tensor stored as little-endian raw data (quantized biases).
+    pub fn from_i32(name: impl Into<String>, dims: &[i64], data: &[i32]) -> Self {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::from_raw(name, dims, DataType::Int32, raw)
+    }
+
+    fn from_raw(name: impl Into<String>, dims: &[i64], elem: DataType, raw: Vec<u8>) -> Self {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: elem as i32,
+            raw_data: raw,
+            ..Default::default()
+        }
+    }
+
     /// Number of elements implied by `dims`.
     pub fn numel(&self) -> usize {
         self.dims.iter().map(|&d| d.max(0) as usize).product()

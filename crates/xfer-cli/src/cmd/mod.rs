@@ -10,6 +10,7 @@ pub mod extract;
 pub mod finetune;
 pub mod head;
 pub mod predict;
+pub mod quantize;
 pub mod report;
 pub mod store;
 pub mod train_graph;
