@@ -14,12 +14,14 @@ use xfer_onnx::NodeProto;
 use xfer_quant::{Method, QuantizeConfig, quantize};
 use xfer_runtime::{Backbone, SessionOptions};
 
-/// Median and worst relative L2 error of int8 features on held-out images. Measured with
-/// 200 calibration images on all 300 demo test images (`just bench`, percentile): median
-/// 0.16, worst 0.34 (ONNX Runtime's own static quantizer: median 0.14–0.18). This test
-/// calibrates on 48 images only and checks 32 test images, so the bounds leave room for that.
+/// Median and worst relative L2 error of int8 features on held-out images. Measured by
+/// `just bench` (percentile, 200 calibration images) on all 2000 demo images: median 0.139,
+/// worst 0.553 (ONNX Runtime's own static quantizer: median 0.14–0.18), with the head's test
+/// accuracy 0.860 against fp32's 0.850. This test calibrates on 48 images only and checks 32
+/// test images: the median bound leaves 1.8× the measured median, the worst bound is above
+/// the worst image of the whole demo.
 const MEDIAN_BOUND: f64 = 0.25;
-const WORST_BOUND: f64 = 0.5;
+const WORST_BOUND: f64 = 0.6;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
