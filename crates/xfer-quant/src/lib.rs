@@ -210,21 +210,7 @@ fn check_config(config: &QuantizeConfig) -> Result<()> {
 
 /// Reads the manifest and the float graph, checking the graph against the fingerprint.
 fn load_source(dir: &Path) -> Result<Source> {
-    let manifest = ModelManifest::read(dir)?;
-    let path = manifest.onnx_path(dir);
-    let bytes = xfer_fs::read(&path)?;
-    let actual = fingerprint(&bytes);
-    if actual != manifest.fingerprint {
-        return Err(xfer_runtime::Error::Manifest {
-            path: dir.join(MANIFEST_FILE_NAME).display().to_string(),
-            reason: format!(
-                "{} has sha256 {actual} but the manifest's fingerprint is {}; convert the model again",
-                path.display(),
-                manifest.fingerprint
-            ),
-        }
-        .into());
-    }
+    let (manifest, bytes) = ModelManifest::read_with_onnx(dir)?;
     let model = xfer_onnx::read_model_bytes(&bytes)?;
     Ok(Source {
         manifest,

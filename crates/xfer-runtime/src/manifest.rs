@@ -81,6 +81,28 @@ impl ModelManifest {
         })
     }
 
+    /// Reads `dir/model.json` and the bytes of its inference graph, checked against the fingerprint.
+    pub fn read_with_onnx(dir: &Path) -> Result<(Self, Vec<u8>)> {
+        let manifest = ModelManifest::read(dir)?;
+        let path = manifest.onnx_path(dir);
+        let bytes = std::fs::read(&path).map_err(|e| Error::ModelLoad {
+            path: path.display().to_string(),
+            reason: format!("{e} (run `just setup` or `xfer convert`)"),
+        })?;
+        let actual = fingerprint(&bytes);
+        if actual != manifest.fingerprint {
+            return Err(Error::Manifest {
+                path: dir.join(MANIFEST_FILE_NAME).display().to_string(),
+                reason: format!(
+                    "{} has sha256 {actual} but the manifest's fingerprint is {}; the model was changed after conversion — convert it again",
+                    path.display(),
+                    manifest.fingerprint
+                ),
+            });
+        }
+        Ok((manifest, bytes))
+    }
+
     /// Path of the inference graph.
     pub fn onnx_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.onnx)
@@ -112,23 +134,8 @@ pub struct Backbone {
 impl Backbone {
     /// Loads `dir/model.json` and its ONNX file, checking the file's sha256 against the fingerprint.
     pub fn load(dir: &Path, options: &crate::SessionOptions) -> Result<Self> {
-        let manifest = ModelManifest::read(dir)?;
+        let (manifest, bytes) = ModelManifest::read_with_onnx(dir)?;
         let path = manifest.onnx_path(dir);
-        let bytes = std::fs::read(&path).map_err(|e| Error::ModelLoad {
-            path: path.display().to_string(),
-            reason: format!("{e} (run `just setup` or `xfer convert`)"),
-        })?;
-        let actual = fingerprint(&bytes);
-        if actual != manifest.fingerprint {
-            return Err(Error::Manifest {
-                path: dir.join(MANIFEST_FILE_NAME).display().to_string(),
-                reason: format!(
-                    "{} has sha256 {actual} but the manifest's fingerprint is {}; the model was changed after conversion — convert it again",
-                    path.display(),
-                    manifest.fingerprint
-                ),
-            });
-        }
         let model = crate::Model::from_bytes(&bytes, &path.display().to_string(), options)?;
         Ok(Backbone {
             manifest,
