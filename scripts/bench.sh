@@ -137,6 +137,50 @@ section "Data pipeline ÷ Xception forward, same run (target ≥ 5×)" data_vs_f
 
 section "Training step vs forward-only (xfer-autodiff)" \
     cargo run --release --locked -q -p xfer-autodiff --example train_step_bench -- --batch 32 --iters 3
+cp "$TMP/last.txt" "$TMP/step.txt"
+
+step_ratios() {
+    # Issue 15's speed rows from the training-step benchmark above (same run): the all-layers
+    # step ÷ the bare inference forward (target >= 0.22, Keras's 11.7 images/s against its
+    # 52 images/s forward; 0.13 before issue 15), the forward half of the training graph ÷ the
+    # inference forward, and the step ÷ that forward half.
+    python3 - "$TMP/step.txt" <<'PY'
+import json, sys
+row = None
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    if line.startswith("{") and "all_ratio" in line:
+        row = json.loads(line)
+if row is None:
+    print("no JSON summary line in the training-step benchmark output")
+    sys.exit(0)
+fwd, step, half = row["forward_ips"], row["all_ips"], row["all_forward_half_ips"]
+flag = "" if step / fwd >= 0.22 else "  < 0.22 target"
+print(f"all-layers step ÷ inference forward: {step:.2f} / {fwd:.2f} images/s = {step / fwd:.3f}x  (target >= 0.22; 0.13 before issue 15){flag}")
+print(f"forward half of the training graph ÷ inference forward: {half / fwd:.3f}x  (time ratio {fwd / half:.2f}x)")
+print(f"step ÷ its forward half (time): {half / step:.2f}x")
+PY
+}
+section "All-layers step ratios, same run (issue 15)" step_ratios
+
+finetune_peak_rss() {
+    # Peak resident memory of a whole phase-2 fine-tuning run on the demo (one epoch, all
+    # layers, batch 32, validation included), as the kernel counts it for the child process.
+    python3 - "$XFER" "$TMP/ft2" <<'PY'
+import resource, subprocess, sys, time
+xfer, out = sys.argv[1], sys.argv[2]
+cmd = [xfer, "finetune", "--data", "data/cats_vs_dogs", "--model", "models/xception", "--out", out,
+       "--phase1-epochs", "0", "--phase2-epochs", "1", "--batch-size", "32"]
+start = time.time()
+done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+if done.returncode != 0:
+    print(f"xfer finetune failed ({done.returncode}): {done.stderr[-2000:]}")
+    sys.exit(0)
+peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(f"{' '.join(cmd[1:])}")
+print(f"peak RSS: {peak_kb / 1e6:.2f} GB in {time.time() - start:.0f} s  (target <= 3.3 GB, PyTorch fp32's; 6.3-7.1 GB before issue 15)")
+PY
+}
+section "Fine-tune phase 2, one epoch on the demo: peak memory (xfer-finetune)" finetune_peak_rss
 
 section "train-head vs scikit-learn on the same Parquet rows and L2 grid (target ≤ 1.0×)" \
     .venv/bin/pytest -q -s tests/python/test_head_vs_sklearn.py -k test_head_matches_sklearn

@@ -136,7 +136,8 @@ fn time_training(
     o: &Opts,
     so: &SessionOptions,
 ) -> Result<(f64, f32), String> {
-    let mut s = session(&tg.training, "training", so)?;
+    // As `xfer finetune` runs it: no CPU arena, no memory pattern.
+    let mut s = session(&tg.training, "training", &so.low_memory())?;
     let mut params: Vec<Parameter> = tg.params.clone();
     let mut adam = Adam::new(1e-5);
     let mut times = Vec::new();

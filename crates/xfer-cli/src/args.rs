@@ -43,10 +43,10 @@ impl RuntimeArgs {
             device: self.device,
             allow_cpu_fallback: self.allow_cpu_fallback,
             intra_threads: self.threads,
-            disable_optimizations: false,
             trt_lib_dir: self.trt_lib_dir.clone(),
             precision: self.precision,
             static_input: None,
+            ..SessionOptions::default()
         }
     }
 }

@@ -432,6 +432,22 @@ fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
+fn a_one_epoch_run_keeps_no_image_cache() {
+    // One epoch reads every image once: a cache would only hold memory (issue 15).
+    let f = fixture();
+    for (phase1, phase2) in [(1, 0), (0, 1)] {
+        let run = f.root.join(format!("one-{phase1}-{phase2}"));
+        let summary = run_to_end(&config(&f, phase1, phase2), &options(&run));
+        assert!(summary.train_cache.is_none() && summary.val_cache.is_none());
+        assert_eq!(summary.epochs.len(), 1);
+    }
+    // Two epochs keep it (the test below checks what it serves).
+    let run = f.root.join("two");
+    let summary = run_to_end(&config(&f, 1, 1), &options(&run));
+    assert!(summary.train_cache.is_some() && summary.val_cache.is_some());
+}
+
+#[test]
 fn the_image_cache_serves_later_epochs_and_changes_no_result() {
     let f = fixture();
     let cfg = config(&f, 2, 1);

@@ -105,6 +105,16 @@ pub struct SessionOptions {
     /// `Device::OpenVino` only: a fixed input shape, as the provider's `reshape_input` option
     /// writes it (`pixels[32,3,150,150]`); every run must then feed exactly that shape.
     pub static_input: Option<String>,
+    /// Allocate CPU tensors with the system allocator instead of ONNX Runtime's CPU arena
+    /// (`enable_cpu_mem_arena` off). The arena keeps every block it ever grew to; without it a
+    /// buffer's memory goes back when the buffer dies. Results are unchanged.
+    pub disable_cpu_arena: bool,
+    /// Do not pre-plan one block for a whole run from the first run's allocations
+    /// (`enable_mem_pattern` off). With the pattern, the second run of a large graph holds the
+    /// planned block on top of what the first run left in the arena: measured 5.4 GB against
+    /// 3.05 GB (both off) for Xception's all-layers training step at batch 32. Results are
+    /// unchanged.
+    pub disable_mem_pattern: bool,
 }
 
 impl SessionOptions {
@@ -130,6 +140,16 @@ impl SessionOptions {
                 reason: "only --device openvino runs bf16 (fetch it with `just setup-openvino`)"
                     .to_owned(),
             }),
+        }
+    }
+
+    /// These options with ONNX Runtime's CPU arena and memory pattern off: for large graphs run
+    /// many times (training steps), where both only hold memory.
+    pub fn low_memory(&self) -> Self {
+        SessionOptions {
+            disable_cpu_arena: true,
+            disable_mem_pattern: true,
+            ..self.clone()
         }
     }
 }
@@ -231,6 +251,7 @@ impl Model {
                 .with_optimization_level(GraphOptimizationLevel::Disable)
                 .map_err(|e| load_err(e.into()))?;
         }
+        let builder = memory_options(builder, options).map_err(load_err)?;
         let (builder, device) = register_device(builder, env, options)?;
         let mut builder = builder;
         let session = builder.commit_from_memory(bytes).map_err(load_err)?;
@@ -345,6 +366,23 @@ pub(crate) fn output_tensor(
 }
 
 type Builder = ort::session::builder::SessionBuilder;
+
+/// The arena and memory-pattern settings of `options`.
+fn memory_options(mut builder: Builder, options: &SessionOptions) -> ort::Result<Builder> {
+    if options.disable_mem_pattern {
+        builder = builder
+            .with_memory_pattern(false)
+            .map_err(|e| -> ort::Error { e.into() })?;
+    }
+    if options.disable_cpu_arena {
+        // Only sets the session's CPU-arena option: the CPU provider is always registered last.
+        let cpu = ort::ep::CPU::default().with_arena_allocator(false).build();
+        builder = builder
+            .with_execution_providers([cpu])
+            .map_err(|e| -> ort::Error { e.into() })?;
+    }
+    Ok(builder)
+}
 
 fn register_device(
     builder: Builder,
