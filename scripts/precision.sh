@@ -37,6 +37,11 @@ BENCH=target/release/examples/precision_bench
 for precision in fp32 int8 fp32 int8; do
     echo "$precision: $($BENCH "${MODEL[$precision]}" 7 cpu)" | tee -a "$OUT/speed.txt"
 done
+if [ ${#bf16[@]} -gt 0 ]; then
+    # bf16 through OpenVINO, and whether the int8 QDQ model runs faster there than on ORT's CPU provider.
+    echo "bf16: $($BENCH models/xception 7 openvino bf16)" | tee -a "$OUT/speed.txt"
+    echo "int8-openvino: $($BENCH "$INT8" 7 openvino fp32)" | tee -a "$OUT/speed.txt"
+fi
 
 # `just bench` runs `just extract` first: its store/ is the demo's fp32 store with these splits.
 if [ -d store ] && [ ! -d "$OUT/store-cats_vs_dogs-fp32" ]; then

@@ -46,7 +46,7 @@ def speed(out):
     if not os.path.exists(path):
         return {}
     for line in open(path, encoding="utf-8", errors="replace"):
-        m = re.match(r"^(\w+): bare .*?([0-9.]+) images/s.*peak RSS ([0-9.]+) GB", line)
+        m = re.match(r"^([\w-]+): bare .*?([0-9.]+) images/s.*peak RSS ([0-9.]+) GB", line)
         if m:
             rates.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
     return {p: (float(np.median([r for r, _ in v])), max(g for _, g in v)) for p, v in rates.items()}
@@ -87,6 +87,10 @@ def main():
                 f"{rss:.2f} GB" if rss else "–",
             ]
             print("| " + " | ".join(cells) + " |")
+    if "int8-openvino" in rates and rates.get("fp32"):
+        rate, rss = rates["int8-openvino"]
+        print(f"\nint8 QDQ model on the OpenVINO provider: {rate:.1f} images/s = {rate / rates['fp32'][0]:.2f}× fp32 ORT"
+              f" (on ORT's CPU provider: {rates.get('int8', (0, 0))[0]:.1f} images/s), peak RSS {rss:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! Bare ONNX Runtime throughput of one model folder on pre-decoded demo images, for the
 //! precision rows of `just bench` (one process per model, so each peak RSS is its own).
 //!
-//! `cargo run --release -p xfer-quant --example precision_bench -- MODEL_DIR [ROUNDS] [DEVICE]`
+//! `cargo run --release -p xfer-quant --example precision_bench -- MODEL_DIR [ROUNDS] [DEVICE] [PRECISION]`
 //!
 //! Prints `bare <model> on <device>: <R> images/s (median of N batches of 32 at HxW), peak RSS <G> GB`.
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ndarray::{Array4, Axis};
-use xfer_runtime::{Backbone, Device, SessionOptions};
+use xfer_runtime::{Backbone, Device, Precision, SessionOptions};
 
 const DATA: &str = "data/cats_vs_dogs";
 const BATCH: usize = 32;
@@ -18,12 +18,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let model_dir = PathBuf::from(
         args.next()
-            .ok_or("usage: precision_bench MODEL_DIR [ROUNDS] [DEVICE]")?,
+            .ok_or("usage: precision_bench MODEL_DIR [ROUNDS] [DEVICE] [PRECISION]")?,
     );
     let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(7);
     let device: Device = args.next().as_deref().unwrap_or("cpu").parse()?;
+    let precision: Option<Precision> = args.next().map(|p| p.parse()).transpose()?;
     let options = SessionOptions {
         device,
+        precision,
         ..SessionOptions::default()
     };
     let mut backbone = Backbone::load(&model_dir, &options)?;
