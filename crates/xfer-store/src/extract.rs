@@ -4,7 +4,9 @@
 //!
 //! 1. `select_examples`: the split assignment, the shard and the limit pick the images;
 //! 2. `lock_store`: the store's [`StoreLock`] (held to the end, so a concurrent writer waits)
-//!    and the removal of killed writers' temporary files;
+//!    and the removal of killed writers' temporary files; then reconciliation with the
+//!    dataset as it is now (stale rows of deleted, moved or relabelled images dropped, their
+//!    embeddings reused by content hash; see [`crate::Reconciliation`]);
 //! 3. `StorePlan::against`: what the store holds decides which images are cached, which
 //!    are re-embedded (changed bytes) and which keep their embedding under a new split
 //!    (`--retag`);
@@ -37,6 +39,7 @@ use xfer_runtime::{Backbone, Device, ModelManifest, SessionOptions};
 
 use crate::lock::{LockWait, StoreLock};
 use crate::reader::StoreReader;
+use crate::reconcile::Reconciliation;
 use crate::schema::{ModelIdentity, StoreMetadata, content_hash};
 use crate::writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 use crate::{Error, Result};
@@ -217,6 +220,8 @@ pub struct ExtractSummary {
     pub files: Vec<PathBuf>,
     /// Temporary part files of killed writers removed.
     pub temp_removed: usize,
+    /// Stale rows dropped and embeddings reused for moved, renamed or relabelled images.
+    pub reconciled: Reconciliation,
     /// Wall time.
     pub elapsed: Duration,
     /// Time spent inside ONNX Runtime.
@@ -310,6 +315,10 @@ impl ExtractSummary {
                 self.temp_removed
             )?;
         }
+        let r = &self.reconciled;
+        if r.dropped() + r.reused() > 0 || r.deferred.is_some() {
+            writeln!(f, "{r}")?;
+        }
         if self.not_in_split + self.other_shards + self.over_limit > 0 {
             writeln!(
                 f,
@@ -384,11 +393,18 @@ pub fn extract(
         ..Default::default()
     };
     let selected = select_examples(config, &dataset, &mut summary)?;
-    let _lock = lock_store(config, &mut summary)?;
-    let store = StoreReader::open_or_empty(&config.store)?;
     let meta = StoreMetadata::from_manifest(&manifest, dataset.classes().to_vec())
         .with_resize(config.resize)
         .with_engine(config.session.device, config.session.precision());
+    let reconcile = Reconcile {
+        config,
+        manifest: &manifest,
+        meta: &meta,
+        dataset: &dataset,
+        selected: &selected,
+    };
+    let _lock = reconcile.lock_store(&mut summary)?;
+    let store = StoreReader::open_or_empty(&config.store)?;
     check_identity(&store, config, &meta)?;
     let plan = StorePlan::against(&store, config, &manifest, dataset.classes(), selected)?;
     let mut state = ExtractProgress {
@@ -498,6 +514,56 @@ fn lock_store(config: &ExtractConfig, summary: &mut ExtractSummary) -> Result<St
     let lock = StoreLock::acquire(&config.store, shard_tag(config).as_deref(), config.wait)?;
     summary.temp_removed = lock.remove_dead_temp_files()?;
     Ok(lock)
+}
+
+/// What reconciling the store with the dataset needs (see [`crate::reconcile`]).
+struct Reconcile<'a> {
+    config: &'a ExtractConfig,
+    manifest: &'a ModelManifest,
+    meta: &'a StoreMetadata,
+    dataset: &'a Dataset,
+    selected: &'a [(Example, String)],
+}
+
+impl Reconcile<'_> {
+    /// Locks the store for this run and reconciles it with the dataset under the whole-store
+    /// lock: a whole-store run under its own lock; a `--shard` run when it can take the
+    /// whole store's lock at once (then it drops it and takes its shard's), else it says so.
+    fn lock_store(&self, summary: &mut ExtractSummary) -> Result<StoreLock> {
+        if self.config.shard.is_none() {
+            let lock = lock_store(self.config, summary)?;
+            summary.reconciled = self.run()?;
+            return Ok(lock);
+        }
+        match StoreLock::acquire(&self.config.store, None, LockWait::NoWait) {
+            Ok(whole) => {
+                summary.reconciled = self.run()?;
+                drop(whole);
+            }
+            Err(Error::Locked { holder, .. }) => {
+                summary.reconciled.deferred = Some(format!(
+                    "other writers hold the store ({holder}); the next run that gets the whole store drops stale rows"
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        lock_store(self.config, summary)
+    }
+
+    /// Checks the store against this run's model and classes, then reconciles it.
+    fn run(&self) -> Result<Reconciliation> {
+        let store = StoreReader::open_or_empty(&self.config.store)?;
+        check_identity(&store, self.config, self.meta)?;
+        check_models(&store, self.config, self.manifest)?;
+        check_classes(&store, self.config, self.manifest, self.dataset.classes())?;
+        crate::reconcile::reconcile(
+            &self.config.store,
+            self.dataset,
+            self.selected,
+            self.meta,
+            &writer_options(self.config),
+        )
+    }
 }
 
 /// The selected images measured against what the store holds for this model.

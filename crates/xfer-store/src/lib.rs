@@ -19,12 +19,15 @@
 //!
 //! When an image changes, its new row supersedes the older one: readers keep,
 //! per `(id, model)`, the row of the newest part file (part names sort by
-//! time), and `compact` drops the superseded rows.
+//! time), and `compact` drops the superseded rows. When an image is deleted, moved,
+//! renamed or relabelled, the next `extract` drops its stale rows from the part files and
+//! keeps its embedding under the new id or label (see [`Reconciliation`]).
 
 pub mod extract;
 mod keyed;
 mod lock;
 mod reader;
+mod reconcile;
 pub mod schema;
 mod writer;
 
@@ -33,6 +36,7 @@ pub use lock::{LOCK_FILE, LockWait, StoreLock};
 pub use reader::{
     CompactSummary, LoadedSplit, ModelInfo, StoreFile, StoreInfo, StoreReader, StoredKey,
 };
+pub use reconcile::Reconciliation;
 pub use schema::{ModelIdentity, StoreMetadata, content_hash};
 pub use writer::{EmbeddingRecord, EmbeddingWriter, WriteSummary, WriterOptions};
 

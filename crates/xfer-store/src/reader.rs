@@ -62,6 +62,8 @@ pub struct LoadedSplit {
     pub classes: Vec<String>,
     /// Fingerprint of the model that made the embeddings.
     pub fingerprint: String,
+    /// Everything that made the numbers (fingerprint, input size, preprocessing, ...).
+    pub identity: crate::ModelIdentity,
 }
 
 /// Row counts of one model in a store.
@@ -199,10 +201,13 @@ pub struct StoreReader {
 }
 
 /// One row of the index (everything but the embedding), with its position.
-struct IndexRow {
-    file: usize,
-    row: usize,
-    key: StoredKey,
+pub(crate) struct IndexRow {
+    /// Index of its file in [`StoreReader::files`].
+    pub(crate) file: usize,
+    /// Its row number in that file.
+    pub(crate) row: usize,
+    /// Its identity.
+    pub(crate) key: StoredKey,
 }
 
 fn is_part_name(name: &str) -> bool {
@@ -288,6 +293,7 @@ impl StoreReader {
             match found {
                 None => found = Some(f),
                 Some(first) => {
+                    self.check_same_identity(first, f)?;
                     if first.meta.classes != f.meta.classes
                         || first.meta.feature_dim != f.meta.feature_dim
                     {
@@ -310,12 +316,32 @@ impl StoreReader {
         Ok(found.map(|f| f.meta.clone()))
     }
 
+    /// Refuses two files of one fingerprint whose rows were made another way (input size,
+    /// preprocessing, ...): their rows cannot be told apart (stores written by an older xfer
+    /// or another writer; `extract` refuses to mix them).
+    fn check_same_identity(&self, first: &StoreFile, other: &StoreFile) -> Result<()> {
+        let a = first.meta.model_identity();
+        match a.difference(&other.meta.model_identity()) {
+            None => Ok(()),
+            Some((field, x, y)) => Err(Error::Inconsistent {
+                store: self.dir.display().to_string(),
+                reason: format!(
+                    "{} and {} hold rows of model {} made with {field} `{x}` and `{y}`, which cannot be told apart; move the files of one {field} into another store and extract into separate stores",
+                    first.path.display(),
+                    other.path.display(),
+                    a.fingerprint
+                ),
+            }),
+        }
+    }
+
     /// Every stored row's identity (no embeddings), oldest file first; `live` marks the current row per (id, model).
     pub fn stored_keys(&self) -> Result<Vec<StoredKey>> {
         Ok(self.index()?.into_iter().map(|r| r.key).collect())
     }
 
-    fn index(&self) -> Result<Vec<IndexRow>> {
+    /// Every stored row with its position; `live` marks the current row per `(id, model)`.
+    pub(crate) fn index(&self) -> Result<Vec<IndexRow>> {
         let mut rows = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             let keys = [COL_ID, COL_LABEL, COL_SPLIT, COL_CONTENT_HASH, COL_MODEL];
@@ -379,7 +405,10 @@ impl StoreReader {
                 [(fp, _)] => Ok(fp.clone()),
                 _ => Err(Error::Inconsistent {
                     store: self.dir.display().to_string(),
-                    reason: format!("holds several models ({}); name one by fingerprint", list()),
+                    reason: format!(
+                        "holds several models ({}); name one with --fingerprint FP (the full fingerprint or a unique prefix of 8+ characters)",
+                        list()
+                    ),
                 }),
             },
             Some(want) => {
@@ -392,7 +421,7 @@ impl StoreReader {
                     _ => Err(Error::NotFound {
                         store: self.dir.display().to_string(),
                         reason: format!(
-                            "no single model with fingerprint `{want}`; the store holds: {}",
+                            "no single model with --fingerprint `{want}`; the store holds: {}",
                             list()
                         ),
                     }),
@@ -439,13 +468,14 @@ impl StoreReader {
             features,
             labels: chosen.iter().map(|r| r.key.label).collect(),
             ids: chosen.iter().map(|r| r.key.id.clone()).collect(),
+            identity: meta.model_identity(),
             classes: meta.classes,
             fingerprint: fp,
         })
     }
 
     /// Reads the embeddings of `chosen` rows into a matrix, in the order given.
-    fn read_embeddings(&self, chosen: &[&IndexRow], dim: usize) -> Result<Array2<f32>> {
+    pub(crate) fn read_embeddings(&self, chosen: &[&IndexRow], dim: usize) -> Result<Array2<f32>> {
         let n = chosen.len();
         let mut features = Array2::<f32>::zeros((n, dim));
         // (file, row) -> destination row.
@@ -608,23 +638,8 @@ impl StoreReader {
                 let mut writer = crate::writer::PartWriter::create(&path, schema.clone(), props)?;
                 let mut kept = 0;
                 for &fi in &group {
-                    let f = &self.files[fi];
-                    let reader = read_columns(&f.path, None, 1024)?;
-                    let mut offset = 0;
-                    for batch in reader {
-                        let batch = batch.map_err(pq_err("read", &f.path))?;
-                        let n = batch.num_rows();
-                        let mask =
-                            BooleanArray::from(live_per_file[fi][offset..offset + n].to_vec());
-                        offset += n;
-                        let kept_batch = arrow_select::filter::filter_record_batch(&batch, &mask)
-                            .map_err(pq_err("filter", &f.path))?;
-                        let kept_batch =
-                            RecordBatch::try_new(schema.clone(), kept_batch.columns().to_vec())
-                                .map_err(pq_err("re-schema", &f.path))?;
-                        kept += kept_batch.num_rows();
-                        writer.write(&kept_batch)?;
-                    }
+                    let (f, mask) = (&self.files[fi], &live_per_file[fi]);
+                    kept += copy_masked_rows(f, mask, Some(&schema), &mut writer)?;
                 }
                 writer.commit()?;
                 Ok(kept)
@@ -673,6 +688,42 @@ impl StoreReader {
     }
 }
 
+/// Copies the rows of part `f` whose `mask` entry is true into `writer` (re-typed to `schema`
+/// when given, e.g. the store schema when merging parts); how many. `compact` keeps the live
+/// rows this way, and reconciliation the rows whose image is still in the dataset.
+pub(crate) fn copy_masked_rows(
+    f: &StoreFile,
+    mask: &[bool],
+    schema: Option<&arrow_schema::SchemaRef>,
+    writer: &mut crate::writer::PartWriter,
+) -> Result<usize> {
+    let reader = read_columns(&f.path, None, 1024)?;
+    let mut offset = 0;
+    let mut kept = 0;
+    for batch in reader {
+        let batch = batch.map_err(pq_err("read", &f.path))?;
+        let n = batch.num_rows();
+        let keep = mask
+            .get(offset..offset + n)
+            .ok_or_else(|| Error::InvalidRows {
+                op: "copy rows",
+                reason: format!("{} has more rows than its row mask", f.path.display()),
+            })?;
+        offset += n;
+        let kept_batch =
+            arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(keep.to_vec()))
+                .map_err(pq_err("filter", &f.path))?;
+        let kept_batch = match schema {
+            Some(schema) => RecordBatch::try_new(schema.clone(), kept_batch.columns().to_vec())
+                .map_err(pq_err("re-schema", &f.path))?,
+            None => kept_batch,
+        };
+        kept += kept_batch.num_rows();
+        writer.write(&kept_batch)?;
+    }
+    Ok(kept)
+}
+
 /// Reads every column of `f` (decoding every page) and checks it against its footer.
 fn verify_file(f: &StoreFile) -> Result<()> {
     let reader = read_columns(&f.path, None, 1024).map_err(|e| damaged(f, &e.to_string()))?;
@@ -716,7 +767,7 @@ fn check_sum(f: &StoreFile, checksum: &blake3::Hasher, rows: usize) -> Result<()
 
 /// The record batches of the part file `path`, `batch_size` rows each, with only `columns`
 /// (all of them when `None`).
-fn read_columns(
+pub(crate) fn read_columns(
     path: &Path,
     columns: Option<&[&str]>,
     batch_size: usize,

@@ -535,3 +535,155 @@ fn a_damaged_part_is_named_with_the_remedy_and_a_rerun_re_embeds_exactly_its_row
     );
     assert_eq!(rows(&f.store).len(), 16);
 }
+
+/// Every stored row (live or superseded) as `(id, label)`, read from the part files.
+fn physical_rows(store: &Path) -> Vec<(String, i32)> {
+    let mut out: Vec<(String, i32)> = StoreReader::open(store)
+        .expect("open")
+        .stored_keys()
+        .expect("keys")
+        .into_iter()
+        .map(|k| (k.id, k.label))
+        .collect();
+    out.sort();
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn a_deleted_and_a_moved_image_leave_one_row_each_and_the_moved_one_keeps_its_embedding() {
+    // Issue 18 item 1: delete dog/0005, move cat/0004 to dog/0100, rerun (--retag), compact.
+    let f = fixture(6);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("first run");
+    let before = rows(&f.store);
+    let (_, old_hash, old_embedding) = before["cat/0004.png"].clone();
+    std::fs::remove_file(f.data.join("dog/0005.png")).expect("delete");
+    std::fs::rename(f.data.join("cat/0004.png"), f.data.join("dog/0100.png")).expect("move");
+
+    let mut c = config(&f, &f.store);
+    c.retag = true;
+    let s = extract(&c, &mut |_| {}).expect("rerun");
+    assert_eq!(s.embedded, 0, "the moved image is not re-embedded: {s}");
+    assert_eq!(s.reconciled.gone, 2, "dog/0005 and cat/0004 are gone: {s}");
+    assert_eq!(s.reconciled.moved, 1, "{s}");
+    assert_eq!(s.reconciled.relabelled, 0, "{s}");
+    let text = s.to_string();
+    assert!(
+        text.contains("dropped 2 stale row(s)") && text.contains("1 moved/renamed"),
+        "{text}"
+    );
+
+    // Physically gone: no reader (pyarrow included) sees the stale rows, even before compact
+    // (which only drops the older rows of images retagged into another split).
+    let physical = physical_rows(&f.store);
+    let ids: std::collections::BTreeSet<&String> = physical.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 11, "{physical:?}");
+    assert!(
+        !physical
+            .iter()
+            .any(|(id, _)| id == "dog/0005.png" || id == "cat/0004.png"),
+        "{physical:?}"
+    );
+    let after = rows(&f.store);
+    assert_eq!(after.len(), 11);
+    let (_, hash, embedding) = &after["dog/0100.png"];
+    assert_eq!(hash, &old_hash);
+    assert_eq!(
+        bits(embedding),
+        bits(&old_embedding),
+        "embedding reused bit for bit"
+    );
+    assert!(
+        physical.contains(&("dog/0100.png".to_owned(), 1)),
+        "moved image labelled dog"
+    );
+
+    // The train split a head sees has the size the summary reported.
+    let reader = StoreReader::open(&f.store).expect("open");
+    let train = reader.load_split("train", None).expect("train");
+    assert_eq!(train.ids.len(), s.per_split["train"]);
+
+    let compacted = xfer_store::StoreLock::acquire(&f.store, None, xfer_store::LockWait::NoWait)
+        .expect("lock")
+        .compact()
+        .expect("compact");
+    assert_eq!(compacted.rows, 11);
+    assert_eq!(physical_rows(&f.store).len(), 11);
+    assert_eq!(rows(&f.store), after);
+    let again = extract(&c, &mut |_| {}).expect("third run");
+    assert_eq!((again.embedded, again.cached), (0, 11));
+    assert_eq!(again.reconciled, xfer_store::Reconciliation::default());
+}
+
+#[test]
+fn reconciliation_reads_the_whole_dataset_not_the_shard_or_the_limit() {
+    let f = fixture(8);
+    extract(&config(&f, &f.store), &mut |_| {}).expect("first run");
+    // A file of shard 1 disappears; shard 0 runs with a limit of 2 images.
+    let shard = Shard { index: 1, count: 2 };
+    let gone = (0..8)
+        .map(|i| format!("dog/{i:04}.png"))
+        .find(|id| shard.contains(id))
+        .expect("a dog image in shard 1");
+    std::fs::remove_file(f.data.join(&gone)).expect("delete");
+    let mut c = config(&f, &f.store);
+    c.shard = Some(Shard { index: 0, count: 2 });
+    c.limit = Some(2);
+    c.retag = true;
+    let s = extract(&c, &mut |_| {}).expect("shard 0");
+    assert_eq!(s.reconciled.gone, 1, "{s}");
+    let physical = physical_rows(&f.store);
+    let ids: std::collections::BTreeSet<&String> = physical.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        15,
+        "only the deleted image's row goes: {physical:?}"
+    );
+    assert!(!ids.contains(&gone));
+}
+
+#[test]
+fn a_relabelled_manifest_image_keeps_one_row_with_its_new_label_and_embedding() {
+    let f = fixture(4);
+    let csv = f.data.join("labels.csv");
+    let write_manifest = |relabel: bool| {
+        let mut text = String::from("path,label\n");
+        for class in ["cat", "dog"] {
+            for i in 0..4 {
+                let label = if relabel && class == "cat" && i == 2 {
+                    "dog"
+                } else {
+                    class
+                };
+                text.push_str(&format!("{class}/{i:04}.png,{label}\n"));
+            }
+        }
+        std::fs::write(&csv, text).expect("manifest");
+    };
+    write_manifest(false);
+    let mut c = ExtractConfig::new(&csv, &f.model, &f.store).expect("config");
+    c.batch_size = 4;
+    c.retag = true;
+    extract(&c, &mut |_| {}).expect("first run");
+    let old = rows(&f.store)["cat/0002.png"].2.clone();
+    write_manifest(true);
+    let s = extract(&c, &mut |_| {}).expect("rerun");
+    assert_eq!(s.embedded, 0, "{s}");
+    assert_eq!(
+        (s.reconciled.relabelled_rows, s.reconciled.relabelled),
+        (1, 1),
+        "{s}"
+    );
+    let physical = physical_rows(&f.store);
+    let ids: std::collections::BTreeSet<&String> = physical.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 8, "{physical:?}");
+    assert!(
+        physical.contains(&("cat/0002.png".to_owned(), 1))
+            && !physical.contains(&("cat/0002.png".to_owned(), 0)),
+        "no row keeps the old label: {physical:?}"
+    );
+    assert_eq!(bits(&rows(&f.store)["cat/0002.png"].2), bits(&old));
+}

@@ -16,6 +16,11 @@ pub enum Command {
         /// Also decode every page of every part and check its checksum (`xfer store verify`).
         #[arg(long)]
         verify: bool,
+        /// Also count the stale rows against this dataset (folder or CSV manifest): rows of
+        /// images deleted, moved, renamed or relabelled since the last `xfer extract`, which
+        /// the next `xfer extract` drops.
+        #[arg(long, value_name = "DIR|CSV")]
+        data: Option<PathBuf>,
     },
     /// Decode every page of every part file and check each against the checksum in its
     /// footer; name the damaged parts with the remedy (exit status 1 when any is damaged).
@@ -57,16 +62,43 @@ fn verify_store(store: &StoreReader) -> anyhow::Result<()> {
     )
 }
 
+/// Per model: the rows the next `xfer extract` of `data` drops (images gone or relabelled).
+fn print_stale_rows(store: &StoreReader, data: &std::path::Path) -> anyhow::Result<()> {
+    let dataset = xfer_data::Dataset::open(data)
+        .with_context(|| format!("listing dataset {}", data.display()))?;
+    for (fp, name) in store.models() {
+        let stale = store
+            .stale_rows(&dataset, &fp)
+            .with_context(|| format!("reading store {}", store.dir().display()))?;
+        if stale.dropped() == 0 {
+            println!("model {name}: no stale rows against {}", data.display());
+        } else {
+            println!(
+                "model {name}: {} stale row(s) against {} ({} of images gone, {} relabelled); the next `xfer extract --data {}` drops them, reusing the embeddings of moved or relabelled images",
+                stale.dropped(),
+                data.display(),
+                stale.gone,
+                stale.relabelled_rows,
+                data.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs an `xfer store` subcommand.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Info { dir, verify } => {
+        Command::Info { dir, verify, data } => {
             let store = StoreReader::open(&dir)
                 .with_context(|| format!("opening store {}", dir.display()))?;
             let info = store
                 .info()
                 .with_context(|| format!("reading store {}", dir.display()))?;
             print!("{info}");
+            if let Some(data) = data {
+                print_stale_rows(&store, &data)?;
+            }
             if verify {
                 verify_store(&store)?;
             }
