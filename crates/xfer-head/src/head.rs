@@ -84,6 +84,11 @@ pub struct Head {
     pub hyper_parameters: HyperParameters,
     /// xfer version that trained the head.
     pub xfer_version: String,
+    /// The identity of the embeddings the head was trained on (xfer-store's `ModelIdentity`
+    /// as JSON: fingerprint, input size, preprocessing, ...); `None` in heads written
+    /// before it was recorded. `xfer export` refuses a backbone that makes other rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<serde_json::Value>,
 }
 
 impl Head {
@@ -110,6 +115,7 @@ impl Head {
             standardizer,
             hyper_parameters,
             xfer_version: env!("CARGO_PKG_VERSION").to_owned(),
+            identity: None,
         };
         head.validate().map_err(Error::Data)?;
         Ok(head)

@@ -151,7 +151,8 @@ impl ModelIdentity {
             .map(|((field, a), (_, b))| (field, show(field, a), show(field, b)))
     }
 
-    fn to_json(&self) -> String {
+    /// The identity as a JSON object (the `xfer.identity` footer value; heads record it too).
+    pub fn to_json(&self) -> String {
         let map: serde_json::Map<String, serde_json::Value> = self
             .fields()
             .into_iter()
@@ -160,7 +161,8 @@ impl ModelIdentity {
         serde_json::Value::Object(map).to_string()
     }
 
-    fn from_json(text: &str, path: &str) -> Result<Self> {
+    /// Parses [`ModelIdentity::to_json`]'s text; `path` names the file in errors.
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
         let bad = || Error::Format {
             path: path.to_owned(),
             reason: format!("footer metadata `{META_IDENTITY}` = `{text}` is malformed"),

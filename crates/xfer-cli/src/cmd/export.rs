@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use xfer_head::{ExportOptions, Head};
 use xfer_runtime::ModelManifest;
+use xfer_store::ModelIdentity;
 
 /// Arguments of `xfer export`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +34,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.model.display()
             )
         })?;
+    check_identity(&head, &manifest).with_context(|| {
+        format!(
+            "the head in {} does not fit the backbone {}",
+            args.head.display(),
+            args.model.display()
+        )
+    })?;
     let backbone = xfer_onnx::read_model_bytes(&bytes)?;
     let options = ExportOptions {
         input: manifest.input.clone(),
@@ -55,6 +63,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         manifest.image_size[1],
         head.classes
     );
+    Ok(())
+}
+
+/// Refuses a backbone folder that makes other embeddings than the rows the head was trained
+/// on (same ONNX bytes at another input size, another preprocessing, ...), naming the field.
+/// Heads written before the identity was recorded are checked by fingerprint only.
+fn check_identity(head: &Head, manifest: &ModelManifest) -> anyhow::Result<()> {
+    let Some(recorded) = &head.identity else {
+        return Ok(());
+    };
+    let trained = ModelIdentity::from_json(&recorded.to_string(), "head.json")?;
+    let mut backbone = ModelIdentity::of(manifest, xfer_data::ResizeMethod::Bilinear);
+    // The exported model takes pixels already resized: the resize method is the caller's.
+    backbone.resize.clone_from(&trained.resize);
+    if let Some((field, was, now)) = trained.difference(&backbone) {
+        bail!(
+            "the head was trained on embeddings made with {field} `{was}`, but this backbone folder makes them with {field} `{now}`; export with the model folder the store was extracted with, or extract with this one and train the head again"
+        );
+    }
     Ok(())
 }
 

@@ -184,7 +184,8 @@ fn train_head(args: &TrainArgs, rows: &Rows) -> anyhow::Result<Head> {
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let rows = Rows::load(&args)?;
     let started = Instant::now();
-    let head = train_head(&args, &rows)?;
+    let mut head = train_head(&args, &rows)?;
+    head.identity = Some(serde_json::from_str(&rows.train.identity.to_json())?);
     let train_seconds = started.elapsed().as_secs_f64();
     let report = rows
         .named(&args)
