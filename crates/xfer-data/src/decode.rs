@@ -337,7 +337,8 @@ fn to_rgb8_like_tensorflow(image: image::DynamicImage) -> RgbImage {
     }
 }
 
-/// Reads the width and height from an image header without decoding the pixels.
+/// Reads the width and height from an image header without decoding the pixels; a size
+/// the decoder would refuse is an error ([`DataError::TooLarge`]).
 pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
     let bytes = read_image_file(path)?;
     let reader = ImageReader::new(Cursor::new(&bytes))
@@ -349,7 +350,25 @@ pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
             reason: "the content is not a known image format".into(),
         });
     }
-    reader.into_dimensions().map_err(|e| decode_error(path, e))
+    let (w, h) = reader.into_dimensions().map_err(|e| decode_error(path, e))?;
+    check_decodable_size(path, w, h)?;
+    Ok((w, h))
+}
+
+/// Refuses a header size the decoder would refuse (a side over [`MAX_IMAGE_SIDE`], or more
+/// RGB bytes than [`MAX_DECODE_BYTES`]), so a header-only check flags a decompression bomb
+/// (e.g. 100000×100000) as [`DataError::TooLarge`] instead of showing it as a normal size.
+fn check_decodable_size(path: &Path, w: u32, h: u32) -> Result<()> {
+    let bytes = u64::from(w) * u64::from(h) * 3;
+    if w <= MAX_IMAGE_SIDE && h <= MAX_IMAGE_SIDE && bytes <= MAX_DECODE_BYTES {
+        return Ok(());
+    }
+    Err(DataError::TooLarge {
+        path: path.to_path_buf(),
+        reason: format!("its header says {w}x{h} pixels"),
+        max_side: MAX_IMAGE_SIDE,
+        max_alloc_mib: MAX_DECODE_BYTES / (1024 * 1024),
+    })
 }
 
 /// Loads an image: decode → 8-bit RGB → bilinear half-pixel resize → CHW float32 in 0..255.

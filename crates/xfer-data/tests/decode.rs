@@ -432,3 +432,30 @@ fn load_image_is_chw_0_to_255() {
     let err = load_image(&path, 0, 10).expect_err("zero size");
     assert!(matches!(err, DataError::InvalidArgument { .. }));
 }
+
+/// Issue 18 item 12: `data info` without `--decode` reads headers only; a header the decoder
+/// would refuse (100000×100000) is flagged as too large, not shown as a normal size.
+#[test]
+fn a_bomb_header_is_too_large_for_the_header_only_check_and_data_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let class = dir.path().join("cat");
+    std::fs::create_dir_all(&class).expect("class dir");
+    let bomb = class.join("bomb.png");
+    common::write(&bomb, &common::raw_png(100_000, 100_000, 8, 2, None, None));
+    let normal = class.join("fine.png");
+    common::write(&normal, &common::raw_png(40, 30, 8, 2, None, None));
+    let err = xfer_data::image_dimensions(&bomb).expect_err("bomb header");
+    assert!(matches!(err, DataError::TooLarge { .. }), "{err:?}");
+    assert!(err.to_string().contains("100000x100000"), "{err}");
+    assert_eq!(xfer_data::image_dimensions(&normal).expect("normal"), (40, 30));
+
+    let dataset = xfer_data::Dataset::open(dir.path()).expect("dataset");
+    let info = xfer_data::dataset_info(&dataset, &[], 1, false).expect("info");
+    assert!(
+        !info.size_histogram.contains_key(&(100_000, 100_000)),
+        "{:?}",
+        info.size_histogram
+    );
+    assert_eq!(info.unreadable.len(), 1, "{:?}", info.unreadable);
+    assert_eq!(info.unreadable[0].kind, "exceeds decoder limits");
+}

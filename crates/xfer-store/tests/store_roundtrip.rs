@@ -232,3 +232,23 @@ fn a_label_beyond_the_label_column_is_an_error_naming_the_example() {
         "{text}"
     );
 }
+
+/// Issue 18 item 12: the multi-model error names the flag that picks one.
+#[test]
+fn the_several_models_error_names_the_fingerprint_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for fp in ["aaaaaaaaaaaa1111", "bbbbbbbbbbbb2222"] {
+        let mut w = EmbeddingWriter::create(dir.path(), meta(fp, 3), &WriterOptions::default())
+            .expect("writer");
+        w.append(&[rec("a", 0, "train", "h1")], emb(&[1.0]).view())
+            .expect("append");
+        w.finish().expect("finish");
+    }
+    let store = StoreReader::open(dir.path()).expect("open");
+    let err = store.load_split("train", None).expect_err("ambiguous");
+    assert!(err.to_string().contains("--fingerprint"), "{err}");
+    let err = store
+        .load_split("train", Some("cccccccc"))
+        .expect_err("unknown");
+    assert!(err.to_string().contains("--fingerprint"), "{err}");
+}

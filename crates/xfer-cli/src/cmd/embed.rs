@@ -45,6 +45,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     let load_time = load_start.elapsed();
     let size = args.size.unwrap_or(backbone.manifest.image_size);
+    if size != backbone.manifest.image_size {
+        check_input_size(&mut backbone, size)?;
+    }
     let started = Instant::now();
     let (features, model_time) = embed_all(&mut backbone, &args.images, size, args.batch_size)?;
     let timing = Timing {
@@ -66,6 +69,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     timing.report(args.images.len(), size, &backbone);
     Ok(())
+}
+
+/// Whether the model runs at `size` (one blank image); when it does not, the error states the
+/// smallest square size it accepts, measured by bisection between 1 and its own size (a
+/// model's strided, unpadded convolutions set a minimum: 7x7 for Xception's first two).
+fn check_input_size(backbone: &mut Backbone, [h, w]: [u32; 2]) -> anyhow::Result<()> {
+    let mut runs = |side_h: u32, side_w: u32| {
+        let blank = ndarray::Array4::<f32>::zeros((1, 3, side_h as usize, side_w as usize));
+        backbone.embed(blank.view()).is_ok()
+    };
+    if runs(h, w) {
+        return Ok(());
+    }
+    let own = backbone.manifest.image_size;
+    let (mut lo, mut hi) = (1u32, own[0].max(own[1]).max(1));
+    if !runs(hi, hi) {
+        bail!(
+            "the model {} does not run at --size {h}x{w}, nor at {hi}x{hi}; use its own size {}x{} (drop --size)",
+            backbone.manifest.name,
+            own[0],
+            own[1]
+        );
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if runs(mid, mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    bail!(
+        "--size {h}x{w} is too small for the model {}: its smallest input is {lo}x{lo} (its own size is {}x{}); pass --size of at least {lo}x{lo}",
+        backbone.manifest.name,
+        own[0],
+        own[1]
+    )
 }
 
 /// Features `[n, D]` of `paths` in argument order, decoded in parallel ahead of the

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use xfer_data::OnError;
 use xfer_store::LockWait;
 use xfer_store::extract::{ExtractConfig, Shard, extract};
@@ -78,6 +78,50 @@ fn parse_on_error(s: &str) -> Result<OnError, String> {
     s.parse::<OnError>().map_err(|e| e.to_string())
 }
 
+/// The extract progress bar: no length (an empty bar) until there is something to do; the
+/// rate rounded to one decimal (`16.4/s`).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::no_length();
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images ({rate}, ETA {eta}) {msg}",
+        )
+        .map(|s| {
+            s.with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate_text(state.per_sec()));
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// `16.4/s`: images per second to one decimal.
+fn rate_text(per_sec: f64) -> String {
+    format!("{per_sec:.1}/s")
+}
+
+/// Shows the counts of `p` on `bar`; with nothing to embed the bar stays empty and says so.
+fn show_progress(bar: &ProgressBar, p: &xfer_store::extract::ExtractProgress) {
+    if p.total > 0 {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+    }
+    let counts = format!(
+        "embedded {}, cached {}, skipped {}",
+        p.embedded, p.cached, p.skipped
+    );
+    bar.set_message(if p.total == 0 {
+        format!("nothing to embed ({counts})")
+    } else {
+        counts
+    });
+}
+
 /// Runs `xfer extract`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ExtractConfig::new(&args.data, &args.model, &args.store)?;
@@ -98,24 +142,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images ({per_sec}, ETA {eta}) {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
+        progress_bar()
     };
-    let result = extract(&config, &mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(format!(
-            "embedded {}, cached {}, skipped {}",
-            p.embedded, p.cached, p.skipped
-        ));
-    });
+    let result = extract(&config, &mut |p| show_progress(&bar, p));
     bar.finish_and_clear();
     let summary = result.with_context(|| {
         format!(
@@ -134,4 +163,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_has_one_decimal_and_nothing_to_do_is_an_empty_bar() {
+        assert_eq!(rate_text(16.414_432), "16.4/s");
+        assert_eq!(rate_text(0.0), "0.0/s");
+        let bar = ProgressBar::hidden();
+        let nothing = xfer_store::extract::ExtractProgress::default();
+        show_progress(&bar, &nothing);
+        assert_eq!(
+            bar.length(),
+            None,
+            "no length: an empty bar, not a full one at 0/0"
+        );
+        assert!(
+            bar.message().contains("nothing to embed"),
+            "{}",
+            bar.message()
+        );
+        let some = xfer_store::extract::ExtractProgress {
+            total: 10,
+            done: 4,
+            ..Default::default()
+        };
+        show_progress(&bar, &some);
+        assert_eq!((bar.length(), bar.position()), (Some(10), 4));
+    }
 }

@@ -1,0 +1,100 @@
+//! Issue 18 item 12: `xfer embed --size` below the model's minimum input states that minimum
+//! instead of a raw ONNX Runtime error.
+
+mod common;
+
+use std::path::Path;
+
+use common::{images, path, pixels_input, xfer_here};
+use xfer_onnx::{Dim, GraphBuilder, attr};
+use xfer_runtime::{ModelManifest, ModelSource};
+
+/// Conv 3x3 stride 2 then conv 3x3, both unpadded (Xception's first two layers), then a
+/// global average: the smallest input is 7x7 ((7 - 3) / 2 + 1 = 3, then 3 - 2 = 1).
+fn strided_backbone(dir: &Path) {
+    let mut g = GraphBuilder::new("strided");
+    pixels_input(&mut g);
+    let w1 = g.constant_f32("w1", &[2, 3, 3, 3], &[0.01; 54]);
+    let w2 = g.constant_f32("w2", &[2, 2, 3, 3], &[0.02; 36]);
+    let c1 = g.op(
+        "Conv",
+        &["pixels", &w1],
+        vec![
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("strides", &[2, 2]),
+        ],
+        "conv1",
+    );
+    let c2 = g.op(
+        "Conv",
+        &[&c1, &w2],
+        vec![attr::ints("kernel_shape", &[3, 3])],
+        "conv2",
+    );
+    let pooled = g.op("GlobalAveragePool", &[&c2], vec![], "pooled");
+    g.node_named(
+        "Flatten",
+        &[&pooled],
+        &["features"],
+        vec![attr::int("axis", 1)],
+    );
+    g.output("features", &[Dim::from("batch"), Dim::Fixed(2)]);
+    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("onnx");
+    ModelManifest {
+        name: "strided".to_owned(),
+        onnx: "model.onnx".to_owned(),
+        training_onnx: None,
+        input: "pixels".to_owned(),
+        layout: "NCHW".to_owned(),
+        channel_order: "RGB".to_owned(),
+        value_range: [0.0, 255.0],
+        image_size: [16, 16],
+        preprocessing: "none".to_owned(),
+        output: "features".to_owned(),
+        feature_dim: 2,
+        classes: None,
+        source: ModelSource {
+            package: "test".to_owned(),
+            file: "test".to_owned(),
+            sha256: String::new(),
+        },
+        fingerprint: xfer_runtime::fingerprint(&bytes),
+        xfer_version: "test".to_owned(),
+    }
+    .write(dir)
+    .expect("manifest");
+}
+
+#[test]
+fn a_size_below_the_models_minimum_names_the_minimum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = tmp.path().join("strided");
+    strided_backbone(&model);
+    let data = tmp.path().join("data");
+    let rows = images(&data);
+    let image = data.join(&rows[0].0);
+    let (ok, stdout, stderr) = xfer_here(&[
+        "embed",
+        "--model",
+        path(&model),
+        "--size",
+        "1x1",
+        path(&image),
+    ]);
+    assert!(!ok, "1x1 must be refused:\n{stdout}");
+    assert!(
+        stderr.contains("smallest input is 7x7") && !stderr.contains("Non-zero status code"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = xfer_here(&[
+        "embed",
+        "--model",
+        path(&model),
+        "--size",
+        "7x7",
+        path(&image),
+    ]);
+    assert!(ok, "the minimum itself runs:\n{stdout}\n{stderr}");
+}
