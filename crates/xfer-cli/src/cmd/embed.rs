@@ -75,6 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// smallest square size it accepts, measured by bisection between 1 and its own size (a
 /// model's strided, unpadded convolutions set a minimum: 7x7 for Xception's first two).
 fn check_input_size(backbone: &mut Backbone, [h, w]: [u32; 2]) -> anyhow::Result<()> {
+    let own = backbone.manifest.image_size;
+    let name = backbone.manifest.name.clone();
     let mut runs = |side_h: u32, side_w: u32| {
         let blank = ndarray::Array4::<f32>::zeros((1, 3, side_h as usize, side_w as usize));
         backbone.embed(blank.view()).is_ok()
@@ -82,12 +84,10 @@ fn check_input_size(backbone: &mut Backbone, [h, w]: [u32; 2]) -> anyhow::Result
     if runs(h, w) {
         return Ok(());
     }
-    let own = backbone.manifest.image_size;
     let (mut lo, mut hi) = (1u32, own[0].max(own[1]).max(1));
     if !runs(hi, hi) {
         bail!(
-            "the model {} does not run at --size {h}x{w}, nor at {hi}x{hi}; use its own size {}x{} (drop --size)",
-            backbone.manifest.name,
+            "the model {name} does not run at --size {h}x{w}, nor at {hi}x{hi}; use its own size {}x{} (drop --size)",
             own[0],
             own[1]
         );
@@ -101,8 +101,7 @@ fn check_input_size(backbone: &mut Backbone, [h, w]: [u32; 2]) -> anyhow::Result
         }
     }
     bail!(
-        "--size {h}x{w} is too small for the model {}: its smallest input is {lo}x{lo} (its own size is {}x{}); pass --size of at least {lo}x{lo}",
-        backbone.manifest.name,
+        "--size {h}x{w} is too small for the model {name}: its smallest input is {lo}x{lo} (its own size is {}x{}); pass --size of at least {lo}x{lo}",
         own[0],
         own[1]
     )
