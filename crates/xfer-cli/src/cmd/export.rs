@@ -75,8 +75,11 @@ fn check_identity(head: &Head, manifest: &ModelManifest) -> anyhow::Result<()> {
     };
     let trained = ModelIdentity::from_json(&recorded.to_string(), "head.json")?;
     let mut backbone = ModelIdentity::of(manifest, xfer_data::ResizeMethod::Bilinear);
-    // The exported model takes pixels already resized: the resize method is the caller's.
+    // The exported model takes pixels already resized, and runs wherever its user runs it:
+    // the resize method, provider and precision are the caller's.
     backbone.resize.clone_from(&trained.resize);
+    backbone.provider.clone_from(&trained.provider);
+    backbone.precision.clone_from(&trained.precision);
     if let Some((field, was, now)) = trained.difference(&backbone) {
         bail!(
             "the head was trained on embeddings made with {field} `{was}`, but this backbone folder makes them with {field} `{now}`; export with the model folder the store was extracted with, or extract with this one and train the head again"
