@@ -157,7 +157,8 @@ pub enum Outcome {
         checkpoint: PathBuf,
         /// Phase, epoch within the phase (from 1) and batches done in it.
         phase: u8,
-        /// Epoch within the phase, from 1.
+        /// The epoch a resume continues (within the phase, from 1): the one interrupted, or
+        /// at an epoch boundary the next one, with 0 batches done.
         epoch: usize,
         /// Batches done of that epoch.
         step_in_epoch: usize,
@@ -363,7 +364,7 @@ fn resume_checkpoint(run_dir: &Path) -> Result<Checkpoint> {
     match Checkpoint::load(&best) {
         Ok(checkpoint) => {
             tracing::warn!(
-                "{last_error}; resuming from {} (phase {}, epoch {}) and redoing the epochs after it",
+                "{last_error}; resuming from {} (phase {}, epoch {}) and redoing the epochs after it; it keeps the parameters only, so Adam's moments restart and the run is not bitwise the uninterrupted one",
                 best.display(),
                 checkpoint.state.phase,
                 checkpoint.state.epochs_done
@@ -462,7 +463,7 @@ impl<'a> Run<'a> {
             return Ok(Some(Outcome::Interrupted {
                 checkpoint: self.last_path(),
                 phase,
-                epoch: self.state.epochs_done,
+                epoch: self.state.epochs_done + 1,
                 step_in_epoch: self.state.step_in_epoch,
             }));
         }
@@ -620,10 +621,11 @@ impl<'a> Run<'a> {
                 }));
             }
             if self.options.stop.load(Ordering::SeqCst) && self.state.epochs_done < epochs {
+                // At an epoch boundary: the next epoch, not started (the finished one is saved).
                 return Ok(Some(Outcome::Interrupted {
                     checkpoint: self.last_path(),
                     phase: run.phase,
-                    epoch: self.state.epochs_done,
+                    epoch: self.state.epochs_done + 1,
                     step_in_epoch: 0,
                 }));
             }

@@ -1085,3 +1085,26 @@ fn the_device_resident_loop_matches_the_host_loop_and_resumes_from_its_checkpoin
         );
     }
 }
+
+/// Issue 18 item 12: Ctrl-C at an epoch boundary reports the next epoch with 0 batches done
+/// (the finished epoch is logged and saved), not the finished one as if it had not started.
+#[test]
+fn a_stop_at_an_epoch_boundary_names_the_next_epoch() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let cfg = config(&f, 3, 0);
+    // 2 steps per epoch: the 4th step ends epoch 2.
+    let (outcome, _) = run_counting_steps(&cfg, &options(&run), 4);
+    let Ok(Outcome::Interrupted {
+        phase,
+        epoch,
+        step_in_epoch,
+        ..
+    }) = outcome
+    else {
+        panic!("expected an interruption, got {outcome:?}");
+    };
+    assert_eq!((phase, epoch, step_in_epoch), (1, 3, 0));
+    let log = MetricsLog::read(&run.join("metrics.jsonl")).expect("log");
+    assert_eq!(log.len(), 2, "epochs 1 and 2 are done");
+}

@@ -374,8 +374,16 @@ fn report_outcome(outcome: Outcome, out: &Path) {
             epoch,
             step_in_epoch,
         } => {
+            let position = if step_in_epoch == 0 {
+                format!(
+                    "before epoch {epoch} of phase {phase} (epoch {} is done)",
+                    epoch - 1
+                )
+            } else {
+                format!("in phase {phase}, epoch {epoch} after {step_in_epoch} batches")
+            };
             eprintln!(
-                "stopped in phase {phase}, epoch {epoch} after {step_in_epoch} batches; checkpoint {}\n\
+                "stopped {position}; checkpoint {}\n\
                  continue with: xfer finetune --out {} --resume",
                 checkpoint.display(),
                 out.display()
