@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{images, path, pixels_input, xfer_here};
-use xfer_onnx::{Dim, GraphBuilder, attr};
-use xfer_runtime::{ModelManifest, ModelSource};
+use common::{BackboneInfo, images, path, pixels_input, publish_backbone, xfer_here};
+use xfer_onnx::{GraphBuilder, attr};
 
 /// Conv 3x3 stride 2 then conv 3x3, both unpadded (Xception's first two layers), then a
 /// global average: the smallest input is 7x7 ((7 - 3) / 2 + 1 = 3, then 3 - 2 = 1).
@@ -31,40 +30,16 @@ fn strided_backbone(dir: &Path) {
         vec![attr::ints("kernel_shape", &[3, 3])],
         "conv2",
     );
-    let pooled = g.op("GlobalAveragePool", &[&c2], vec![], "pooled");
-    g.node_named(
-        "Flatten",
-        &[&pooled],
-        &["features"],
-        vec![attr::int("axis", 1)],
-    );
-    g.output("features", &[Dim::from("batch"), Dim::Fixed(2)]);
-    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
-    std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("model.onnx"), &bytes).expect("onnx");
-    ModelManifest {
-        name: "strided".to_owned(),
-        onnx: "model.onnx".to_owned(),
-        training_onnx: None,
-        input: "pixels".to_owned(),
-        layout: "NCHW".to_owned(),
-        channel_order: "RGB".to_owned(),
-        value_range: [0.0, 255.0],
-        image_size: [16, 16],
-        preprocessing: "none".to_owned(),
-        output: "features".to_owned(),
-        feature_dim: 2,
-        classes: None,
-        source: ModelSource {
-            package: "test".to_owned(),
-            file: "test".to_owned(),
-            sha256: String::new(),
+    publish_backbone(
+        g,
+        &c2,
+        dir,
+        BackboneInfo {
+            image_size: [16, 16],
+            preprocessing: "none",
+            feature_dim: 2,
         },
-        fingerprint: xfer_runtime::fingerprint(&bytes),
-        xfer_version: "test".to_owned(),
-    }
-    .write(dir)
-    .expect("manifest");
+    );
 }
 
 #[test]

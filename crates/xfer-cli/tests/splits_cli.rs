@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use xfer_data::RgbImage;
-use xfer_onnx::{Dim, GraphBuilder, attr};
-use xfer_runtime::{ModelManifest, ModelSource};
+use xfer_onnx::GraphBuilder;
 
 mod common;
-use common::{SIZE, path, pixels_input, tiny_exported, xfer_here as xfer};
+use common::{
+    BackboneInfo, SIZE, path, pixels_input, publish_backbone, tiny_exported, xfer_here as xfer,
+};
 /// Images per class: 20 in all, so `train[:60%]` (12) and `train[50%:]` (10) share 2 images.
 const PER_CLASS: u8 = 10;
 const OVERLAPPING: &str = "a=train[:60%],b=train[50%:]";
@@ -36,40 +37,16 @@ fn tiny_dataset(root: &Path) -> PathBuf {
 fn tiny_backbone(dir: &Path) -> PathBuf {
     let mut g = GraphBuilder::new("tiny");
     pixels_input(&mut g);
-    let pooled = g.op("GlobalAveragePool", &["pixels"], vec![], "pooled");
-    g.node_named(
-        "Flatten",
-        &[&pooled],
-        &["features"],
-        vec![attr::int("axis", 1)],
-    );
-    g.output("features", &[Dim::from("batch"), Dim::Fixed(3)]);
-    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
-    std::fs::create_dir_all(dir).expect("model dir");
-    std::fs::write(dir.join("model.onnx"), &bytes).expect("onnx");
-    ModelManifest {
-        name: "tiny".into(),
-        onnx: "model.onnx".into(),
-        training_onnx: None,
-        input: "pixels".into(),
-        layout: "NCHW".into(),
-        channel_order: "RGB".into(),
-        value_range: [0.0, 255.0],
-        image_size: [SIZE, SIZE],
-        preprocessing: "none".into(),
-        output: "features".into(),
-        feature_dim: 3,
-        classes: None,
-        source: ModelSource {
-            package: "test".into(),
-            file: "tiny".into(),
-            sha256: String::new(),
+    publish_backbone(
+        g,
+        "pixels",
+        dir,
+        BackboneInfo {
+            image_size: [SIZE, SIZE],
+            preprocessing: "none",
+            feature_dim: 3,
         },
-        fingerprint: xfer_runtime::fingerprint(&bytes),
-        xfer_version: "test".into(),
-    }
-    .write(dir)
-    .expect("manifest");
+    );
     dir.to_path_buf()
 }
 

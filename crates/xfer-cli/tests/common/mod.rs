@@ -32,29 +32,67 @@ pub fn tiny_backbone(dir: &Path, bias: f32) -> ModelManifest {
     let shift = g.constant_f32("shift", &[], &[bias]);
     let x = g.op("Mul", &["pixels", &scale], vec![], "scaled");
     let x = g.op("Add", &[&x, &shift], vec![], "shifted");
-    let pooled = g.op("GlobalAveragePool", &[&x], vec![], "pooled");
+    publish_backbone(
+        g,
+        &x,
+        dir,
+        BackboneInfo {
+            image_size: [SIZE, SIZE],
+            preprocessing: "x/255",
+            feature_dim: 3,
+        },
+    )
+}
+
+/// What a tiny test backbone's manifest says beyond its graph.
+pub struct BackboneInfo {
+    pub image_size: [u32; 2],
+    pub preprocessing: &'static str,
+    pub feature_dim: usize,
+}
+
+/// Ends a test backbone: a global average of `last`, flattened to `features`
+/// [N, `feature_dim`], written as `dir/model.onnx` with its manifest (named after the graph).
+pub fn publish_backbone(
+    mut g: GraphBuilder,
+    last: &str,
+    dir: &Path,
+    info: BackboneInfo,
+) -> ModelManifest {
+    let pooled = g.op("GlobalAveragePool", &[last], vec![], "pooled");
     g.node_named(
         "Flatten",
         &[&pooled],
         &["features"],
         vec![attr::int("axis", 1)],
     );
-    g.output("features", &[Dim::from("batch"), Dim::Fixed(3)]);
-    let bytes = xfer_onnx::write_model_bytes(&g.build_model());
+    g.output(
+        "features",
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(i64::try_from(info.feature_dim).expect("feature dim")),
+        ],
+    );
+    let model = g.build_model();
+    let bytes = xfer_onnx::write_model_bytes(&model);
     std::fs::create_dir_all(dir).expect("model dir");
     std::fs::write(dir.join("model.onnx"), &bytes).expect("write model");
     let manifest = ModelManifest {
-        name: "tiny".to_owned(),
+        name: model
+            .graph
+            .as_ref()
+            .map(|g| g.name.clone())
+            .unwrap_or_default(),
         onnx: "model.onnx".to_owned(),
         training_onnx: None,
         input: "pixels".to_owned(),
         layout: "NCHW".to_owned(),
         channel_order: "RGB".to_owned(),
         value_range: [0.0, 255.0],
-        image_size: [SIZE, SIZE],
-        preprocessing: "x/255".to_owned(),
+        image_size: info.image_size,
+        preprocessing: info.preprocessing.to_owned(),
         output: "features".to_owned(),
-        feature_dim: 3,
+        feature_dim: info.feature_dim,
         classes: None,
         source: ModelSource {
             package: "test".to_owned(),
