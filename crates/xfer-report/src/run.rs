@@ -71,7 +71,8 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Reads the run in `dir`; `data` is the dataset folder when the run does not name one.
+    /// Reads the run in `dir`; `data` is the dataset folder when the run does not name one, or
+    /// names one that is not found from here.
     pub fn load(dir: &Path, data: Option<&Path>) -> Result<Self> {
         let metrics = read_json(&dir.join(METRICS_JSON))?;
         let test = match metrics.get("test") {
@@ -97,7 +98,12 @@ impl RunReport {
         {
             run.classes = t.per_class.iter().map(|c| c.class.clone()).collect();
         }
-        run.data = run.data.or_else(|| data.map(Path::to_path_buf));
+        // A fine-tuning run records its dataset as typed, relative to where it ran: from
+        // elsewhere that folder is not found, and the caller's `data` is the one to use.
+        run.data = run
+            .data
+            .filter(|d| d.is_dir())
+            .or_else(|| data.map(Path::to_path_buf));
         run.test = test;
         run.predictions = predictions;
         Ok(run)

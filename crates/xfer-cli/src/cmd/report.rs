@@ -10,8 +10,8 @@ pub struct Args {
     /// Run folders (`xfer train-head --out` or `xfer finetune --out`).
     #[arg(required = true, value_name = "RUN")]
     pub runs: Vec<PathBuf>,
-    /// Dataset folder of runs that do not name one (head-only runs), for the thumbnails of
-    /// the misclassified images.
+    /// Dataset folder of runs that do not name one (head-only runs) or whose recorded folder is
+    /// not found from here, for the thumbnails of the misclassified images.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Where to write the report (default: report.html in the first run's parent folder).
