@@ -13,12 +13,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Rng, assert_close, run, sample_indices, session};
+use common::{Rng, assert_close, run, sample_indices, session, unshaped_float_output};
 use ndarray::{ArrayD, IxDyn};
 use xfer_autodiff::vjp_model;
 use xfer_onnx::{
-    AttributeProto, DataType, Dim, GraphBuilder, ModelProto, TensorProto, TypeProto,
-    ValueInfoProto, attr, type_proto,
+    AttributeProto, DataType, Dim, GraphBuilder, ModelProto, TensorProto, ValueInfoProto, attr,
 };
 use xfer_runtime::SessionOptions;
 
@@ -80,18 +79,7 @@ impl Case {
 
     fn check(&mut self, rng: &mut Rng) {
         let mut graph = self.g.clone().build();
-        graph.output = vec![ValueInfoProto {
-            name: "y".to_owned(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: DataType::Float as i32,
-                    shape: None,
-                })),
-                denotation: String::new(),
-            }),
-            doc_string: String::new(),
-            ..Default::default()
-        }];
+        graph.output = vec![unshaped_float_output("y")];
         let forward = ModelProto::with_graph(graph, 17);
         let wrt: Vec<&str> = self.wrt.iter().map(String::as_str).collect();
         let vjp =

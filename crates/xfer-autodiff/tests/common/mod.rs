@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
-use xfer_onnx::ModelProto;
+use xfer_onnx::{DataType, ModelProto, TypeProto, ValueInfoProto, type_proto};
 use xfer_runtime::{InputTensor, Model, OutputTensor, SessionOptions};
 
 /// A small deterministic generator (splitmix64).
@@ -46,6 +46,21 @@ impl Rng {
     pub fn array(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
         let n = shape.iter().product();
         ArrayD::from_shape_vec(IxDyn(shape), self.vec(n, lo, hi)).expect("shape")
+    }
+}
+
+/// A float graph output `name` of unknown shape.
+pub fn unshaped_float_output(name: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.to_owned(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: None,
+            })),
+            denotation: String::new(),
+        }),
+        ..Default::default()
     }
 }
 
