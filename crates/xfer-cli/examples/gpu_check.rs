@@ -7,9 +7,17 @@
 //! 3. images/s of extraction and of training steps on both;
 //! 4. `--steps` (default 3) Adam steps of the device-resident loop on the device (parameters,
 //!    gradients and moments kept there, Adam as its ONNX graph; the fine-tuning loop of
-//!    `--device cuda`) against the host loop on the CPU (Rust Adam): each step's loss, and every
-//!    parameter and moment after the last step, within 1e-2 (same measure); images/s of the host
-//!    loop and the device loop on the device.
+//!    `--device cuda`) against the host loop (Rust Adam) on the same device: each step's loss,
+//!    and every parameter and moment after the last step, within 1e-2 (same measure). The host
+//!    loop on the CPU is run too and its distance to both is printed, unchecked: on an H200 in
+//!    fp32 (TF32 off), after 3 steps of the real Xception, the host loop on CUDA was 1.2e-2
+//!    (parameters) and 1.3e-1 (moments) from it while the device loop was 9e-6 and 5e-5 from the
+//!    host loop on CUDA (Adam's first updates are nearly lr * sign(gradient), so a gradient near
+//!    zero that rounds to the other sign moves a weight by 2 lr). Images/s of the host loop on
+//!    the CPU and the device, and of the device loop.
+//!
+//! TF32: the CUDA provider allows it (its default); `NVIDIA_TF32_OVERRIDE=0` (cuBLAS and cuDNN
+//! read it; `scripts/gpu_check.sh --fp32`) turns it off, and the first line says which.
 //!
 //! The model is `--model DIR` (model.onnx for extraction, its training graph for the step), or,
 //! offline with a small payload, `--skeleton FILE`: a weight-free copy of the training graph
@@ -149,6 +157,9 @@ fn run(o: Options) -> Result<bool, String> {
         "ONNX Runtime: {}",
         xfer_runtime::loaded_library().map_or("?".into(), |p| p.display().to_string())
     );
+    if o.device != Device::Cpu {
+        println!("precision on {}: {}", o.device, gpu_precision());
+    }
     let features_ok = check_extraction(&o, &extraction, [h, w], &cpu, &dev)?;
     let tg = build_training(forward, &output, [h, w], &cpu)?;
     let training_ok = check_training(&o, &tg, [h, w], &cpu, &dev)?;
@@ -156,6 +167,16 @@ fn run(o: Options) -> Result<bool, String> {
     let ok = features_ok && training_ok && loop_ok;
     println!("gpu_check: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
+}
+
+/// Whether cuBLAS and cuDNN may use TF32, which `NVIDIA_TF32_OVERRIDE=0` forbids.
+fn gpu_precision() -> &'static str {
+    match std::env::var("NVIDIA_TF32_OVERRIDE").as_deref() {
+        Ok("0") => "fp32 (NVIDIA_TF32_OVERRIDE=0: TF32 off)",
+        _ => {
+            "TF32 allowed (the CUDA provider's default; --fp32 / NVIDIA_TF32_OVERRIDE=0 turns it off)"
+        }
+    }
 }
 
 /// Deterministic pixels: (x*3 + y*5 + 40c + 97n + 13*offset) mod 256, NCHW.
@@ -458,6 +479,53 @@ fn worst_tensor(a: &[Parameter], b: &[Parameter]) -> Result<(f64, String), Strin
     Ok(worst)
 }
 
+/// How far one run of the Adam steps is from another: each step's loss, the parameters and
+/// Adam's state after the last step (worst relative difference and where).
+struct LoopDiff {
+    loss: f64,
+    params: (f64, String),
+    state: (f64, String),
+}
+
+impl LoopDiff {
+    fn between(a: &LoopResult, b: &LoopResult) -> Result<Self, String> {
+        let loss =
+            a.0.iter()
+                .zip(&b.0)
+                .map(|(x, y)| f64::from((x - y).abs()) / f64::from(x.abs()).max(1e-12))
+                .fold(
+                    if a.0.len() == b.0.len() {
+                        0f64
+                    } else {
+                        f64::INFINITY
+                    },
+                    f64::max,
+                );
+        Ok(Self {
+            loss,
+            params: worst_tensor(&a.1, &b.1)?,
+            state: worst_tensor(&a.2, &b.2)?,
+        })
+    }
+
+    fn within(&self, tolerance: f64) -> bool {
+        self.loss <= tolerance && self.params.0 <= tolerance && self.state.0 <= tolerance
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "loss {:.2e}, parameters {:.2e} ({}), adam state {:.2e} ({})",
+            self.loss, self.params.0, self.params.1, self.state.0, self.state.1
+        )
+    }
+}
+
+/// The host loop on the CPU, the host loop on the device and the device-resident loop on the
+/// device, the same steps from the same start. The device loop passes when it matches the host
+/// loop on the same device (what it replaces: same kernels, so a difference is the loop's own);
+/// how far the device's host loop is from the CPU's (a platform difference, which Adam's
+/// early, nearly sign-valued updates amplify wherever a gradient is close to zero) is printed
+/// beside it.
 fn check_device_loop(
     o: &Options,
     tg: &TrainingGraphs,
@@ -465,38 +533,41 @@ fn check_device_loop(
     cpu: &SessionOptions,
     dev: &SessionOptions,
 ) -> Result<bool, String> {
-    let (ref_losses, ref_params, ref_state, cpu_rate) = host_loop(o, tg, size, cpu)?;
-    let (_, _, _, dev_host_rate) = host_loop(o, tg, size, dev)?;
-    let (losses, params, state, dev_rate) = device_loop(o, tg, size, dev)?;
+    let cpu_host = host_loop(o, tg, size, cpu)?;
+    let dev_host = host_loop(o, tg, size, dev)?;
+    let dev_loop = device_loop(o, tg, size, dev)?;
+    let device = dev.device.to_string();
     println!(
-        "adam steps, host loop on cpu      {cpu_rate:8.1} images/s (batch {}, steps 2..{})",
-        o.batch, o.steps
+        "adam steps, host loop on cpu      {:8.1} images/s (batch {}, steps 2..{})",
+        cpu_host.3, o.batch, o.steps
     );
     println!(
-        "adam steps, host loop on {:<8}  {dev_host_rate:8.1} images/s",
-        dev.device.to_string()
+        "adam steps, host loop on {device:<8}  {:8.1} images/s",
+        dev_host.3
     );
     println!(
-        "adam steps, device loop on {:<8}{dev_rate:8.1} images/s (state stays on the device)",
-        dev.device.to_string()
+        "adam steps, device loop on {device:<8}{:8.1} images/s (state stays on the device)",
+        dev_loop.3
     );
-    let loss_rel = ref_losses
-        .iter()
-        .zip(&losses)
-        .map(|(a, b)| f64::from((a - b).abs()) / f64::from(a.abs()).max(1e-12))
-        .fold(0f64, f64::max);
-    let (param_rel, param_name) = worst_tensor(&ref_params, &params)?;
-    let (state_rel, state_name) = worst_tensor(&ref_state, &state)?;
-    let ok = losses.len() == o.steps
-        && loss_rel <= TRAINING_TOLERANCE
-        && param_rel <= TRAINING_TOLERANCE
-        && state_rel <= TRAINING_TOLERANCE;
     println!(
-        "device loop ({} steps, {}) vs host loop (cpu): losses {:?} vs {:?}; worst relative difference: loss {loss_rel:.2e}, parameters {param_rel:.2e} ({param_name}), adam state {state_rel:.2e} ({state_name}) (<= {TRAINING_TOLERANCE:.0e}: {})",
-        o.steps,
-        dev.device,
-        ref_losses,
-        losses,
+        "losses ({} steps): host loop on cpu {:?}; host loop on {device} {:?}; device loop on {device} {:?}",
+        o.steps, cpu_host.0, dev_host.0, dev_loop.0
+    );
+    let platform = LoopDiff::between(&cpu_host, &dev_host)?;
+    let across = LoopDiff::between(&cpu_host, &dev_loop)?;
+    let same = LoopDiff::between(&dev_host, &dev_loop)?;
+    println!(
+        "host loop on {device} vs host loop on cpu (platform difference, not checked): {}",
+        platform.describe()
+    );
+    println!(
+        "device loop on {device} vs host loop on cpu (not checked): {}",
+        across.describe()
+    );
+    let ok = dev_loop.0.len() == o.steps && same.within(TRAINING_TOLERANCE);
+    println!(
+        "device loop vs host loop, both on {device}: worst relative difference {} (<= {TRAINING_TOLERANCE:.0e}: {})",
+        same.describe(),
         if ok { "ok" } else { "FAIL" }
     );
     Ok(ok)
