@@ -1426,12 +1426,12 @@ fn predict(
     examples: &[Example],
     loader: LoaderConfig,
 ) -> Result<(ndarray::Array2<f64>, Vec<Example>, Vec<String>)> {
-    let loader = BatchLoader::start(examples.to_vec(), loader)?;
+    let mut loader = BatchLoader::start(examples.to_vec(), loader)?.peekable();
     let mut rows: Vec<f64> = Vec::new();
     let mut loaded = Vec::new();
     let mut width = 0;
     let mut skipped = Vec::new();
-    for batch in loader {
+    while let Some(batch) = loader.next() {
         let batch = batch?;
         for (example, error) in &batch.failures {
             tracing::warn!("skipping image {}: {error}", example.id);
@@ -1442,7 +1442,13 @@ fn predict(
         }
         let mut inputs = vec![(input, InputTensor::F32(batch.pixels.view().into_dyn()))];
         inputs.extend(feeds.iter().map(|(name, t)| (*name, reborrow(t))));
-        let outputs = model.run(&inputs)?;
+        // The pass's last run hands the arena's free memory back (the training step's
+        // buffers), before the checkpoint, export and test that follow a validation pass.
+        let outputs = if loader.peek().is_none() {
+            model.run_releasing_memory(&inputs)?
+        } else {
+            model.run(&inputs)?
+        };
         drop(inputs);
         let values = outputs
             .into_iter()

@@ -26,7 +26,7 @@ pub use manifest::{Backbone, MANIFEST_FILE_NAME, ModelManifest, ModelSource, fin
 pub use native::{DriverInfo, Gpu};
 pub use openvino::{CpuBf16, OPENVINO_LIBRARY_DIR, cpu_bf16};
 pub use resident::{Binding, DeviceMemory, DeviceTensor};
-pub use session::{Device, InputTensor, Model, OutputTensor, Precision, SessionOptions};
+pub use session::{CpuArena, Device, InputTensor, Model, OutputTensor, Precision, SessionOptions};
 
 /// Errors of the runtime layer.
 #[derive(Debug, thiserror::Error)]

@@ -224,3 +224,63 @@ pub(crate) fn ort_providers() -> Result<Vec<String>, String> {
         Ok(names)
     }
 }
+
+/// Registers on `env` a CPU arena allocator that grows by exactly what each allocation asks
+/// for (`arena_extend_strategy` = kSameAsRequested) instead of doubling, for the sessions that
+/// opt in with `session.use_env_allocators` (see [`crate::CpuArena::Exact`]).
+pub(crate) fn register_exact_cpu_arena(env: &ort::environment::Environment) -> Result<(), String> {
+    use ort::AsPointer;
+    let api = ort::api();
+    let keys = [c"arena_extend_strategy".as_ptr()];
+    let values: [usize; 1] = [1];
+    let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+    let mut info: *mut ort::sys::OrtMemoryInfo = std::ptr::null_mut();
+    // SAFETY: the OrtApi functions are called as documented in onnxruntime_c_api.h: the key
+    // and value arrays live across the call and have the length passed; the out-pointers are
+    // live locals; the config and memory info are released after registration (the
+    // environment keeps its own copies); every returned status is read and released.
+    unsafe {
+        status((api.CreateArenaCfgV2)(
+            keys.as_ptr(),
+            values.as_ptr(),
+            1,
+            &mut cfg,
+        ))?;
+        let made = status((api.CreateCpuMemoryInfo)(
+            ort::sys::OrtAllocatorType::OrtArenaAllocator,
+            ort::sys::OrtMemType::OrtMemTypeDefault,
+            &mut info,
+        ));
+        let registered = made.and_then(|()| {
+            status((api.CreateAndRegisterAllocator)(
+                env.ptr().cast_mut(),
+                info,
+                cfg,
+            ))
+        });
+        if !info.is_null() {
+            (api.ReleaseMemoryInfo)(info);
+        }
+        (api.ReleaseArenaCfg)(cfg);
+        registered
+    }
+}
+
+/// `Ok` for a null status, else the status's message (the status is released).
+///
+/// # Safety
+/// `s` is a status returned by an OrtApi call, not yet released.
+unsafe fn status(s: ort::sys::OrtStatusPtr) -> Result<(), String> {
+    if s.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from the API; its message lives until it is released.
+    unsafe {
+        let message = CStr::from_ptr((api.GetErrorMessage)(s.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(s.0);
+        Err(message)
+    }
+}

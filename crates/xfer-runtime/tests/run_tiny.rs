@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use xfer_onnx::{Dim, GraphBuilder, attr};
-use xfer_runtime::{Model, SessionOptions};
+use xfer_runtime::{CpuArena, Model, SessionOptions};
 
 fn tiny_model() -> Vec<u8> {
     let mut g = GraphBuilder::new("tiny");
@@ -97,24 +97,34 @@ fn cuda_without_feature_names_the_feature() {
 
 #[test]
 fn low_memory_sessions_give_the_same_outputs_run_after_run() {
-    // No CPU arena and no memory pattern (issue 15): the same bits as the defaults, on the
-    // first run and on later ones (the memory pattern only acts from the second run on), at
-    // two batch sizes.
+    // The exact-growth shared arena, no arena at all, and no memory pattern (issue 15): the
+    // same bits as the defaults, on the first run and on later ones (the memory pattern only
+    // acts from the second run on), at two batch sizes, with two sessions sharing the arena.
     let bytes = tiny_model();
     let defaults = SessionOptions::default();
     let low = defaults.low_memory();
-    assert!(low.disable_cpu_arena && low.disable_mem_pattern);
-    assert!(!defaults.disable_cpu_arena && !defaults.disable_mem_pattern);
+    assert!(low.cpu_arena == CpuArena::Exact && low.disable_mem_pattern);
+    assert!(defaults.cpu_arena == CpuArena::PerSession && !defaults.disable_mem_pattern);
+    let off = SessionOptions {
+        cpu_arena: CpuArena::Off,
+        ..low.clone()
+    };
     let mut plain = Model::from_bytes(&bytes, "tiny", &defaults).expect("session");
-    let mut lean = Model::from_bytes(&bytes, "tiny lean", &low).expect("lean session");
+    let mut lean = [
+        Model::from_bytes(&bytes, "tiny lean", &low).expect("lean session"),
+        Model::from_bytes(&bytes, "tiny lean 2", &low).expect("second lean session"),
+        Model::from_bytes(&bytes, "tiny no arena", &off).expect("no-arena session"),
+    ];
     for batch in [4usize, 4, 7, 4] {
         let x = ArrayD::from_shape_fn(IxDyn(&[batch, 3]), |i| (i[0] * 3 + i[1]) as f32 - 5.5);
         let a = plain.run(&[("x", x.view().into())]).expect("run");
-        let b = lean.run(&[("x", x.view().into())]).expect("lean run");
-        let (ya, yb) = (a[0].1.clone().into_f32(), b[0].1.clone().into_f32());
-        let (ya, yb) = (ya.expect("f32"), yb.expect("f32"));
+        let ya = a[0].1.clone().into_f32().expect("f32");
         assert_eq!(ya.shape(), &[batch, 2]);
         let bits = |y: &ArrayD<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&ya), bits(&yb), "batch {batch}");
+        for model in &mut lean {
+            let b = model.run(&[("x", x.view().into())]).expect("lean run");
+            let yb = b[0].1.clone().into_f32().expect("f32");
+            assert_eq!(bits(&ya), bits(&yb), "batch {batch}");
+        }
     }
 }
