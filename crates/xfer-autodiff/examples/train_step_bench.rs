@@ -9,13 +9,19 @@
 //! and as ratios to forward-only, for `--trainable head` and `--trainable all`. Also times the
 //! forward half of the all-layers training graph alone (parameters fed as inputs), which shows
 //! how much of the step is the un-pre-packed forward and how much the backward.
+//!
+//! The all-layers graph is built with the kernels `xfer finetune` uses by default
+//! ([`CpuKernelChoice::Auto`]: ONNX Runtime's NCHWc depthwise kernels on the CPU when the
+//! probe finds their block); the portable (standard ONNX) all-layers step is timed in the same
+//! run and printed next to it.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 use xfer_autodiff::{
-    Adam, HeadSpec, Optimizer, Parameter, Trainable, TrainingGraphBuilder, TrainingGraphs,
+    Adam, CpuKernelChoice, CpuKernels, HeadSpec, Optimizer, Parameter, Trainable,
+    TrainingGraphBuilder, TrainingGraphs,
 };
 use xfer_runtime::{InputTensor, Model, ModelManifest, OutputTensor, SessionOptions};
 
@@ -191,7 +197,10 @@ fn real_main() -> Result<(), String> {
         intra_threads: o.threads,
         ..Default::default()
     };
-    let build = |t: Trainable| {
+    let kernels = CpuKernelChoice::Auto
+        .resolve(&so)
+        .map_err(|e| e.to_string())?;
+    let build = |t: Trainable, kernels: CpuKernels| {
         TrainingGraphBuilder::new(forward.clone())
             .features(&manifest.output)
             .head(HeadSpec::Dense {
@@ -200,12 +209,17 @@ fn real_main() -> Result<(), String> {
             })
             .trainable(t)
             .example_shape(&[3, o.size, o.size])
+            .cpu_kernels(kernels)
             .build()
             .map_err(|e| e.to_string())
     };
     let t0 = Instant::now();
-    let head = build(Trainable::Head)?;
-    let all = build(Trainable::All)?;
+    let head = build(Trainable::Head, kernels)?;
+    let all = build(Trainable::All, kernels)?;
+    let all_portable = match kernels {
+        CpuKernels::Portable => None,
+        CpuKernels::Nchwc { .. } => Some(build(Trainable::All, CpuKernels::Portable)?),
+    };
     eprintln!("built graphs in {:.1} s", t0.elapsed().as_secs_f64());
     if let Ok(dump) = std::env::var("XFER_BENCH_DUMP") {
         // For profiling with other tools: the all-layers training graph.
@@ -264,6 +278,10 @@ fn real_main() -> Result<(), String> {
 
     let (head_s, head_loss) = time_training(&head, &x, &labels, &o, &so)?;
     let (all_s, all_loss) = time_training(&all, &x, &labels, &o, &so)?;
+    let portable = match &all_portable {
+        Some(tg) => Some(time_training(tg, &x, &labels, &o, &so)?),
+        None => None,
+    };
     time_forward(&mut fwd_times)?;
     let fwd_s = median(fwd_times);
     let ips = |s: f64| n as f64 / s;
@@ -283,11 +301,21 @@ fn real_main() -> Result<(), String> {
         fwd_s / head_s
     );
     println!(
-        "train all layers  {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {all_loss:.4})",
+        "train all layers  {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {all_loss:.4}; {kernels:?} kernels, finetune's default)",
         ips(all_s),
         all_s,
         fwd_s / all_s
     );
+    let (portable_s, _) = portable.unwrap_or((all_s, all_loss));
+    if let Some((_, loss)) = portable {
+        println!(
+            "  portable kernels {:8.2} images/s  ({:.3} s/step)  ratio {:.2}x  (loss {loss:.4}); the default is {:.2}x faster",
+            ips(portable_s),
+            portable_s,
+            fwd_s / portable_s,
+            portable_s / all_s
+        );
+    }
     println!(
         "  its forward half, parameters as graph inputs: {:8.2} images/s  ({:.3} s/batch, {:.2}x the \
          forward-only time); the step costs {:.2}x that forward",
@@ -297,13 +325,14 @@ fn real_main() -> Result<(), String> {
         all_s / train_fwd_s
     );
     println!(
-        "{{\"forward_ips\":{:.3},\"head_ips\":{:.3},\"all_ips\":{:.3},\"head_ratio\":{:.3},\"all_ratio\":{:.3},\"all_forward_half_ips\":{:.3}}}",
+        "{{\"forward_ips\":{:.3},\"head_ips\":{:.3},\"all_ips\":{:.3},\"head_ratio\":{:.3},\"all_ratio\":{:.3},\"all_forward_half_ips\":{:.3},\"all_portable_ips\":{:.3}}}",
         ips(fwd_s),
         ips(head_s),
         ips(all_s),
         fwd_s / head_s,
         fwd_s / all_s,
-        ips(train_fwd_s)
+        ips(train_fwd_s),
+        ips(portable_s)
     );
     Ok(())
 }

@@ -33,6 +33,7 @@ mod engine;
 mod fold;
 mod io;
 mod loss;
+mod nchwc;
 mod optim;
 mod probe;
 mod random;
@@ -42,6 +43,9 @@ mod vjp;
 
 pub use builder::{TrainingGraphBuilder, TrainingGraphs, vjp_model};
 pub use io::{load_params, save_params};
+pub use nchwc::{
+    CpuKernelChoice, CpuKernels, NCHWC_BLOCKS, NCHWC_DOMAIN, nchwc_block, nchwc_block_matches,
+};
 pub use optim::{
     Adam, GraphOptimizer, NamedTensor, Optimizer, Sgd, UpdateGraph, UpdateNames, state_tensors,
 };

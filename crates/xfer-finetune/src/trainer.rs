@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use xfer_autodiff::{
-    Adam, GraphSpec, HeadSpec, Loss, Optimizer, Parameter, Trainable, TrainingGraphBuilder,
-    TrainingGraphs,
+    Adam, CpuKernelChoice, GraphSpec, HeadSpec, Loss, Optimizer, Parameter, Trainable,
+    TrainingGraphBuilder, TrainingGraphs,
 };
 use xfer_data::{
     Augmentation, Batch, BatchLoader, CacheStats, Dataset, Example, FillMode, LoaderConfig,
@@ -73,6 +73,12 @@ pub struct RunOptions {
     /// Where parameters, gradients and optimizer state live between steps (default: on the
     /// device for a GPU session). Results are the same.
     pub residence: Residence,
+    /// The kernels of the training graph's depthwise convolutions (default
+    /// [`CpuKernelChoice::Auto`]: ONNX Runtime's NCHWc kernels on the CPU provider when the
+    /// probe finds their block, standard ONNX elsewhere). The parameters, checkpoints and
+    /// results are the same either way (gradients within ~1e-6 relative), so a run may resume
+    /// under another choice.
+    pub cpu_kernels: CpuKernelChoice,
 }
 
 impl RunOptions {
@@ -86,6 +92,7 @@ impl RunOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             stop: Arc::new(AtomicBool::new(false)),
             residence: Residence::Auto,
+            cpu_kernels: CpuKernelChoice::Auto,
         }
     }
 }
@@ -569,6 +576,7 @@ impl<'a> Run<'a> {
             .example_shape(&[3, i64::from(setup.size[0]), i64::from(setup.size[1])])
             .seed(self.config.seed)
             .session_options(self.options.session.clone())
+            .cpu_kernels(self.options.cpu_kernels.resolve(&self.options.session)?)
             .build()?)
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use ndarray::{Array4, ArrayD, IxDyn};
-use xfer_autodiff::{HeadSpec, Loss, Parameter, Trainable, TrainingGraphBuilder};
+use xfer_autodiff::{CpuKernelChoice, HeadSpec, Loss, Parameter, Trainable, TrainingGraphBuilder};
 use xfer_finetune::{
     Checkpoint, Error, Event, ExportChoice, ExportInfo, FinetuneConfig, MetricsLog, Outcome,
     RunOptions, TEST_PREDICTIONS, checkpoint_parameters, export_model, finetune, trained_forward,
@@ -155,8 +155,7 @@ fn tiny_forward() -> ModelProto {
 }
 
 /// Writes `dir/{model.onnx, train.onnx, model.json}`.
-fn write_model(dir: &Path) -> ModelProto {
-    let forward = tiny_forward();
+fn write_model(dir: &Path, forward: ModelProto) -> ModelProto {
     std::fs::create_dir_all(dir).expect("mkdir");
     xfer_onnx::write_model(&forward, &dir.join("model.onnx")).expect("write");
     xfer_onnx::write_model(&forward, &dir.join("train.onnx")).expect("write");
@@ -194,10 +193,46 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(tiny_forward())
+}
+
+/// [`tiny_forward`] with a depthwise 3x3 conv (4 channels, a graph input when trained) between
+/// block 2 and the pooling, whose training graph [`CpuKernelChoice::Nchwc`] rewrites.
+fn tiny_forward_with_depthwise() -> ModelProto {
+    let mut forward = tiny_forward();
+    let graph = forward.graph.as_mut().expect("graph");
+    let mut rng = Lcg(5);
+    let mut kernel = values(&mut rng, 36, 0.1);
+    for c in 0..4 {
+        kernel[c * 9 + 4] += 1.0;
+    }
+    graph.initializer.push(TensorProto::from_f32(
+        "block3_dw.depthwise_kernel",
+        &[4, 1, 3, 3],
+        &kernel,
+    ));
+    let pool = graph
+        .node
+        .iter()
+        .position(|n| n.op_type == "GlobalAveragePool")
+        .expect("pooling");
+    let input = graph.node[pool].input[0].clone();
+    graph.node[pool].input[0] = "block3_dw".to_owned();
+    let mut dw = graph.node[pool].clone();
+    dw.name = "block3_dw".to_owned();
+    dw.op_type = "Conv".to_owned();
+    dw.input = vec![input, "block3_dw.depthwise_kernel".to_owned()];
+    dw.output = vec!["block3_dw".to_owned()];
+    dw.attribute = vec![attr::int("group", 4), attr::ints("pads", &[1, 1, 1, 1])];
+    graph.node.insert(pool, dw);
+    forward
+}
+
+fn fixture_of(forward: ModelProto) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
     write_dataset(&root.join("data"));
-    let forward = write_model(&root.join("model"));
+    let forward = write_model(&root.join("model"), forward);
     Fixture {
         _dir: dir,
         root,
@@ -371,14 +406,37 @@ fn phase2_trains_the_backbone_but_never_the_batchnorm_statistics() {
 
 #[test]
 fn an_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
-    let f = fixture();
-    let cfg = config(&f, 2, 2);
+    resumed_run_ends_bit_identical(&fixture(), CpuKernelChoice::default());
+}
+
+/// With ONNX Runtime's NCHWc kernels for the depthwise conv (where this CPU has them).
+#[test]
+fn a_resumed_run_with_nchwc_depthwise_kernels_ends_bit_identical() {
+    if xfer_autodiff::nchwc_block(&SessionOptions::default())
+        .expect("probe")
+        .is_none()
+    {
+        assert!(!cfg!(target_arch = "x86_64"), "x86-64 has an NCHWc block");
+        return;
+    }
+    resumed_run_ends_bit_identical(
+        &fixture_of(tiny_forward_with_depthwise()),
+        CpuKernelChoice::Nchwc,
+    );
+}
+
+/// A run interrupted twice and resumed ends with the same bits as one straight run.
+fn resumed_run_ends_bit_identical(f: &Fixture, kernels: CpuKernelChoice) {
+    let cfg = config(f, 2, 2);
     let straight = f.root.join("straight");
-    run_to_end(&cfg, &options(&straight));
+    let mut straight_opts = options(&straight);
+    straight_opts.cpu_kernels = kernels;
+    run_to_end(&cfg, &straight_opts);
 
     // Interrupt twice: mid-epoch in phase 1, then mid-epoch in phase 2.
     let resumed = f.root.join("resumed");
     let mut opts = options(&resumed);
+    opts.cpu_kernels = kernels;
     for (stop_after, resume) in [(3usize, false), (4, true)] {
         opts.resume = resume;
         opts.stop.store(false, Ordering::SeqCst);

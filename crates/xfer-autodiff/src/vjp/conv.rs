@@ -227,6 +227,10 @@ fn flipped_kernel_conv(e: &mut Emit, g: &str, w: &str, geo: &ConvGeometry) -> St
     let wt = if geo.group == 1 {
         e.transpose(&flipped, &[1, 0, 2, 3])
     } else {
+        // Its shape, for the NCHWc rewrite, which recognizes depthwise Convs by their weight.
+        e.shapes
+            .entry(flipped.clone())
+            .or_insert_with(|| geo.w.to_vec());
         flipped
     };
     let p = [

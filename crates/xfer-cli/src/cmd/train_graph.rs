@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use xfer_autodiff::{HeadSpec, Loss, Trainable, TrainingGraphBuilder};
+use xfer_autodiff::{CpuKernelChoice, HeadSpec, Loss, Trainable, TrainingGraphBuilder};
 use xfer_runtime::ModelManifest;
 
 use crate::args::{RuntimeArgs, parse_size};
@@ -38,6 +38,12 @@ pub struct Args {
     /// Use this ONNX file instead of the manifest's graph.
     #[arg(long, value_name = "FILE")]
     pub onnx: Option<PathBuf>,
+    /// Kernels of the training graph's depthwise convolutions: `portable` (standard ONNX, every
+    /// execution provider), `nchwc` (ONNX Runtime's CPU-only com.microsoft.nchwc kernels at the
+    /// block size a probe finds on this CPU with this library; 2-3x faster per depthwise conv)
+    /// or `auto` (nchwc for --device cpu when the probe finds a block).
+    #[arg(long, value_name = "auto|portable|nchwc", default_value = "portable")]
+    pub cpu_kernels: CpuKernelChoice,
     /// How the shape probe runs.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -65,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let forward =
         xfer_onnx::read_model(&source).with_context(|| format!("reading {}", source.display()))?;
     let session = args.runtime.session_options();
+    let kernels = args.cpu_kernels.resolve(&session)?;
     let graphs = TrainingGraphBuilder::new(forward)
         .features(&manifest.output)
         .head(args.head.clone())
@@ -73,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .example_shape(&[3, i64::from(h), i64::from(w)])
         .seed(args.seed)
         .session_options(session)
+        .cpu_kernels(kernels)
         .build()
         .with_context(|| format!("building the training graph of {}", source.display()))?;
 
@@ -93,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let values: usize = graphs.params.iter().map(|p| p.numel()).sum();
     let nodes = |m: &xfer_onnx::ModelProto| m.graph.as_ref().map_or(0, |g| g.node.len());
     println!(
-        "training graph for {} at {h}x{w}: {} trainable tensors ({values} values), {} frozen; {} nodes (eval {})",
+        "training graph for {} at {h}x{w} ({kernels:?} kernels): {} trainable tensors ({values} values), {} frozen; {} nodes (eval {})",
         manifest.name,
         graphs.params.len(),
         graphs.spec.frozen_parameters,
