@@ -76,8 +76,8 @@ pub struct RunOptions {
     /// The kernels of the training graph's depthwise convolutions (default
     /// [`CpuKernelChoice::Auto`]: ONNX Runtime's NCHWc kernels on the CPU provider when the
     /// probe finds their block, standard ONNX elsewhere). The parameters, checkpoints and
-    /// results are the same either way (gradients within ~1e-6 relative), so a run may resume
-    /// under another choice.
+    /// results are the same up to float rounding (each depthwise Conv within 2e-7 relative),
+    /// so a run may resume under another choice.
     pub cpu_kernels: CpuKernelChoice,
 }
 

@@ -423,6 +423,65 @@ fn a_resumed_run_with_nchwc_depthwise_kernels_ends_bit_identical() {
     );
 }
 
+/// A run stopped mid-phase-2 under NCHWc kernels resumes under portable ones (the checkpoint
+/// does not depend on the kernels) and ends where a portable run does, up to float rounding.
+#[test]
+fn a_run_stopped_with_nchwc_kernels_resumes_with_portable_ones() {
+    if xfer_autodiff::nchwc_block(&SessionOptions::default())
+        .expect("probe")
+        .is_none()
+    {
+        return; // checked by a_resumed_run_with_nchwc_depthwise_kernels_ends_bit_identical
+    }
+    let f = fixture_of(tiny_forward_with_depthwise());
+    let cfg = config(&f, 1, 2);
+    let portable = f.root.join("portable");
+    let mut opts = options(&portable);
+    opts.cpu_kernels = CpuKernelChoice::Portable;
+    run_to_end(&cfg, &opts);
+
+    let mixed = f.root.join("mixed");
+    let mut opts = options(&mixed);
+    opts.cpu_kernels = CpuKernelChoice::Nchwc;
+    let stop = opts.stop.clone();
+    let mut steps = 0usize;
+    let outcome = finetune(&cfg, &opts, &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+            if steps == 3 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .expect("finetune");
+    assert!(
+        matches!(outcome, Outcome::Interrupted { phase: 2, .. }),
+        "{outcome:?}"
+    );
+    opts.resume = true;
+    opts.stop.store(false, Ordering::SeqCst);
+    opts.cpu_kernels = CpuKernelChoice::Portable;
+    let mut resumed_steps = 0usize;
+    let outcome = finetune(&cfg, &opts, &mut |e| {
+        if let Event::Step { .. } = e {
+            resumed_steps += 1;
+        }
+    })
+    .expect("finetune");
+    assert!(matches!(outcome, Outcome::Finished(_)), "{outcome:?}");
+    // 1 + 2 epochs of 2 steps: the resume continues after the 3 steps done.
+    assert_eq!(resumed_steps, 3);
+
+    let a = Checkpoint::load(&Checkpoint::last_path(&portable)).expect("a");
+    let b = Checkpoint::load(&Checkpoint::last_path(&mixed)).expect("b");
+    assert!(b.tensors.contains_key("param.block3_dw.depthwise_kernel"));
+    let (abs, rel, _) = checkpoint_difference(&a, &b);
+    assert!(
+        abs <= 1e-4,
+        "parameters differ by {abs:.2e} (relative {rel:.2e})"
+    );
+}
+
 /// A run interrupted twice and resumed ends with the same bits as one straight run.
 fn resumed_run_ends_bit_identical(f: &Fixture, kernels: CpuKernelChoice) {
     let cfg = config(f, 2, 2);

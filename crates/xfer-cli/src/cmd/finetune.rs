@@ -111,7 +111,8 @@ pub struct Args {
     /// Kernels of the training graph's depthwise convolutions: `auto` (ONNX Runtime's NCHWc
     /// CPU kernels on --device cpu when a probe finds their block size on this CPU, 2-3x
     /// faster per depthwise conv; standard ONNX on every other device), `portable` (standard
-    /// ONNX) or `nchwc`. Same parameters and checkpoints either way (gradients within ~1e-6).
+    /// ONNX) or `nchwc`. Same parameters and checkpoints either way; results equal up to
+    /// float rounding.
     #[arg(
         long,
         value_name = "auto|portable|nchwc",
