@@ -7,6 +7,11 @@ use std::process::Command;
 use xfer_onnx::{Dim, GraphBuilder, TensorProto, attr};
 
 fn model_folder(dir: &Path) {
+    model_folder_with(dir, false);
+}
+
+/// The tiny model, with a depthwise 3x3 conv (4 channels) after the Relu when `depthwise`.
+fn model_folder_with(dir: &Path, depthwise: bool) {
     let mut g = GraphBuilder::new("tiny");
     g.input(
         "pixels",
@@ -50,7 +55,16 @@ fn model_folder(dir: &Path) {
         vec![attr::float("epsilon", 1e-3)],
     );
     g.node_named("Relu", &["b"], &["r"], vec![]);
-    g.node_named("GlobalAveragePool", &["r"], &["p"], vec![]);
+    let pooled = if depthwise {
+        let w: Vec<f32> = (0..36).map(|i| ((i * 5 % 7) as f32 - 3.0) / 6.0).collect();
+        g.initializer(TensorProto::from_f32("dw.kernel", &[4, 1, 3, 3], &w));
+        let attrs = vec![attr::int("group", 4), attr::ints("pads", &[1, 1, 1, 1])];
+        g.node_named("Conv", &["r", "dw.kernel"], &["d"], attrs);
+        "d"
+    } else {
+        "r"
+    };
+    g.node_named("GlobalAveragePool", &[pooled], &["p"], vec![]);
     g.node_named("Flatten", &["p"], &["features"], vec![]);
     g.output("features", &[Dim::from("batch"), 4.into()]);
     xfer_onnx::write_model(&g.build_model(), &dir.join("train.onnx")).expect("write onnx");
@@ -190,4 +204,47 @@ fn unknown_layer_and_bad_head_are_clear_errors() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!out.exists(), "nothing written on error");
+}
+
+/// `--cpu-kernels`: the default graph is standard ONNX; `nchwc` rewrites the depthwise conv
+/// (forward and input gradient: the conv below it is trainable) into ONNX Runtime's NCHWc
+/// kernels and imports their domain; an unknown value is a clear error.
+#[test]
+fn cpu_kernels_nchwc_rewrites_the_depthwise_convs_and_portable_is_the_default() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    model_folder_with(&model, true);
+    let nchwc_convs = |kernels: Option<&str>| {
+        let out = tmp.path().join(kernels.unwrap_or("default"));
+        let mut args = vec![
+            "train-graph",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ];
+        args.extend(kernels.map(|k| ["--cpu-kernels", k]).into_iter().flatten());
+        let o = xfer(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let training = xfer_onnx::read_model(&out.join("training.onnx")).expect("read");
+        let domain = "com.microsoft.nchwc";
+        let imported = training.opset_import.iter().any(|o| o.domain == domain);
+        let graph = training.graph.expect("graph");
+        let convs = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Conv" && n.domain == domain)
+            .count();
+        (convs, imported)
+    };
+    assert_eq!(nchwc_convs(None), (0, false));
+    assert_eq!(nchwc_convs(Some("portable")), (0, false));
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(nchwc_convs(Some("nchwc")), (2, true));
+    }
+    let o = xfer(&["train-graph", "--cpu-kernels", "fast", "--out", "unused"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("auto, portable or nchwc"), "{err}");
 }
