@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for any CUDA machine (no network needed): the same Xception on the CPU and on
 # DEVICE in one process (crates/xfer-cli/examples/gpu_check.rs):
-#   - extraction features of one batch: max |cpu - gpu| / max |cpu| <= 1e-3 (TF32 on);
+#   - extraction features of one batch: max |cpu - gpu| / max |cpu| <= 1e-3;
 #   - one all-layers training step: loss and every gradient within 1e-2 (same measure);
 #   - images/s of extraction and of training steps on both;
 #   - a few Adam steps (--steps, default 3) of the device-resident fine-tuning loop on DEVICE
@@ -18,10 +18,13 @@
 #                scripts/gpu/xception_skeleton.onnx (about 55 KB) instead of models/xception:
 #                the payload for a machine that cannot fetch or convert the real weights.
 #                It is also used when models/xception is missing.
-#   --fp32       TF32 off (NVIDIA_TF32_OVERRIDE=0, read by cuBLAS and cuDNN): full fp32 on the GPU.
-#                The CUDA provider allows TF32 by default; on an H200 that put the features 1.4e-3
-#                to 1.6e-3 from the CPU's and the worst gradient tensor 0.12 to 0.18 (fp32: 1.3e-6
-#                and 4.1e-3 on the real Xception).
+#   --fp32       also set NVIDIA_TF32_OVERRIDE=0 (read by cuBLAS, cuDNN and TensorRT): TF32
+#                forbidden process-wide, beyond the CUDA provider option. The check needs no flag
+#                for fp32 on CUDA: xfer always turns the provider's TF32 option off (its default
+#                allows TF32, which on an H200 put the features 1.4e-3 to 1.6e-3 from the CPU's and
+#                the worst gradient tensor 0.12 to 0.18; fp32: 1.3e-6 and 4.1e-3 on the real
+#                Xception). It matters for --device tensorrt, whose own engines keep TensorRT's
+#                defaults.
 #   --bin FILE   a gpu_check binary built elsewhere (cargo build --release -p xfer-cli
 #                --features cuda,tensorrt --example gpu_check: target/release/examples/gpu_check);
 #                default: build it here.

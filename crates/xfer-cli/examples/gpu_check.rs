@@ -1,7 +1,7 @@
 //! The GPU check (`scripts/gpu_check.sh`): the same model on the CPU and on `--device`, in one
 //! process and one ONNX Runtime library (the GPU build's CPU provider is the reference):
 //!
-//! 1. extraction: features of one batch, max |cpu - device| / max |cpu| <= 1e-3 (TF32);
+//! 1. extraction: features of one batch, max |cpu - device| / max |cpu| <= 1e-3;
 //! 2. one all-layers training step (forward + loss + every gradient), loss and each gradient
 //!    within 1e-2 of the CPU's (same measure);
 //! 3. images/s of extraction and of training steps on both;
@@ -10,14 +10,17 @@
 //!    `--device cuda`) against the host loop (Rust Adam) on the same device: each step's loss,
 //!    and every parameter and moment after the last step, within 1e-2 (same measure). The host
 //!    loop on the CPU is run too and its distance to both is printed, unchecked: on an H200 in
-//!    fp32 (TF32 off), after 3 steps of the real Xception, the host loop on CUDA was 1.2e-2
+//!    fp32, after 3 steps of the real Xception, the host loop on CUDA was 1.2e-2
 //!    (parameters) and 1.3e-1 (moments) from it while the device loop was 9e-6 and 5e-5 from the
 //!    host loop on CUDA (Adam's first updates are nearly lr * sign(gradient), so a gradient near
 //!    zero that rounds to the other sign moves a weight by 2 lr). Images/s of the host loop on
 //!    the CPU and the device, and of the device loop.
 //!
-//! TF32: the CUDA provider allows it (its default); `NVIDIA_TF32_OVERRIDE=0` (cuBLAS and cuDNN
-//! read it; `scripts/gpu_check.sh --fp32`) turns it off, and the first line says which.
+//! Precision: xfer's sessions turn the CUDA provider's TF32 option off (its default allows TF32,
+//! which failed checks 1 and 2 on an H200), so the device side is fp32 as stores record it.
+//! `NVIDIA_TF32_OVERRIDE=0` (`scripts/gpu_check.sh --fp32`) also forbids TF32 where that option
+//! does not reach (TensorRT's own engines, any other cuBLAS/cuDNN handle in the process); the
+//! precision line says which applies.
 //!
 //! The model is `--model DIR` (model.onnx for extraction, its training graph for the step), or,
 //! offline with a small payload, `--skeleton FILE`: a weight-free copy of the training graph
@@ -169,12 +172,15 @@ fn run(o: Options) -> Result<bool, String> {
     Ok(ok)
 }
 
-/// Whether cuBLAS and cuDNN may use TF32, which `NVIDIA_TF32_OVERRIDE=0` forbids.
+/// The device side's precision: the CUDA provider option xfer sets, and whether
+/// `NVIDIA_TF32_OVERRIDE=0` forbids TF32 beyond it.
 fn gpu_precision() -> &'static str {
     match std::env::var("NVIDIA_TF32_OVERRIDE").as_deref() {
-        Ok("0") => "fp32 (NVIDIA_TF32_OVERRIDE=0: TF32 off)",
+        Ok("0") => {
+            "fp32 (CUDA provider use_tf32=0, xfer's setting; NVIDIA_TF32_OVERRIDE=0 also forbids TF32 in every cuBLAS/cuDNN/TensorRT call)"
+        }
         _ => {
-            "TF32 allowed (the CUDA provider's default; --fp32 / NVIDIA_TF32_OVERRIDE=0 turns it off)"
+            "fp32 (CUDA provider use_tf32=0, xfer's setting; TensorRT's own engines keep TensorRT's defaults, --fp32 / NVIDIA_TF32_OVERRIDE=0 forbids TF32 there too)"
         }
     }
 }

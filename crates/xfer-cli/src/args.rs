@@ -14,8 +14,9 @@ pub struct RuntimeArgs {
     /// only .ort-openvino/, where `just setup-openvino` puts onnxruntime-openvino).
     #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
-    /// Execution provider: cpu, cuda, tensorrt or openvino (Intel OpenVINO on the CPU, fp32 or
-    /// bf16; `just setup-openvino`). `xfer doctor --device D` checks what D needs.
+    /// Execution provider: cpu, cuda (fp32, TF32 off), tensorrt or openvino (Intel OpenVINO on
+    /// the CPU, fp32 or bf16; `just setup-openvino`). `xfer doctor --device D` checks what D
+    /// needs.
     #[arg(long, default_value = "cpu", env = "XFER_DEVICE")]
     pub device: Device,
     /// Numeric precision: fp32, or bf16 (--device openvino only; about 4 % feature error,
