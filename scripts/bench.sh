@@ -158,9 +158,9 @@ flag = "" if step / fwd >= 0.22 else "  < 0.22 target"
 print(f"all-layers step ÷ inference forward: {step:.2f} / {fwd:.2f} images/s = {step / fwd:.3f}x  (target >= 0.22; 0.13 before issue 15){flag}")
 print(f"forward half of the training graph ÷ inference forward: {half / fwd:.3f}x  (time ratio {fwd / half:.2f}x)")
 print(f"step ÷ its forward half (time): {half / step:.2f}x")
-if "all_portable_ips" in row:
-    portable = row["all_portable_ips"]
-    print(f"portable-kernel step (standard ONNX depthwise Convs) ÷ inference forward: {portable / fwd:.3f}x; finetune's default step is {step / portable:.2f}x its speed")
+if "all_nchwc_ips" in row:
+    nchwc = row["all_nchwc_ips"]
+    print(f"--cpu-kernels nchwc step (ONNX Runtime's NCHWc depthwise Convs) ÷ inference forward: {nchwc / fwd:.3f}x; {nchwc / step:.2f}x the default (portable) step's speed")
 PY
 }
 section "All-layers step ratios, same run (issue 15)" step_ratios

@@ -310,9 +310,10 @@ pub fn nchwc_block(options: &SessionOptions) -> Result<Option<i64>> {
 pub enum CpuKernelChoice {
     /// NCHWc on the CPU provider when [`nchwc_block`] finds a block; portable otherwise and on
     /// every other device.
-    #[default]
     Auto,
-    /// Standard ONNX only.
+    /// Standard ONNX only (the default: NCHWc's layout changes hold about 0.3 GB more at the
+    /// all-layers step's peak for a 4 % faster step, measured on Xception at batch 32).
+    #[default]
     Portable,
     /// NCHWc; an error on another device or where no block reproduces a standard Conv.
     Nchwc,

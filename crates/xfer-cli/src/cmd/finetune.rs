@@ -108,16 +108,17 @@ pub struct Args {
         default_value = "auto"
     )]
     pub training_state: Residence,
-    /// Kernels of the training graph's depthwise convolutions: `auto` (ONNX Runtime's NCHWc
-    /// CPU kernels on --device cpu when a probe finds their block size on this CPU, 2-3x
-    /// faster per depthwise conv; standard ONNX on every other device), `portable` (standard
-    /// ONNX) or `nchwc`. Same parameters and checkpoints either way; results equal up to
-    /// float rounding.
+    /// Kernels of the training graph's depthwise convolutions: `portable` (standard ONNX, the
+    /// default), `nchwc` (ONNX Runtime's NCHWc CPU kernels, 2-3x faster per depthwise conv:
+    /// on Xception at batch 32 a 4 % faster step for about 0.3 GB more peak memory; --device
+    /// cpu only) or `auto` (nchwc on --device cpu when a probe finds their block size on this
+    /// CPU, portable elsewhere). Same parameters and checkpoints either way; results equal up
+    /// to float rounding.
     #[arg(
         long,
         value_name = "auto|portable|nchwc",
         env = "XFER_CPU_KERNELS",
-        default_value = "auto"
+        default_value = "portable"
     )]
     pub cpu_kernels: CpuKernelChoice,
     /// How the model runs.
