@@ -10,7 +10,9 @@
 //! `ReorderOutput`, so the graph's inputs, outputs and parameters are unchanged. Measured on
 //! ONNX Runtime 1.31.1 CPU (2 threads, batch 32, AVX-512, block 16), one depthwise 3x3 Conv
 //! including both reorders: 72x72x128 69.4 -> 32.4 ms, 36x36x256 38.8 -> 18.8 ms, 18x18x728
-//! 34.4 -> 10.8 ms, 9x9x728 7.7 -> 3.5 ms, equal to 1.6e-7 relative.
+//! 34.4 -> 10.8 ms, 9x9x728 7.7 -> 3.5 ms, equal to 1.6e-7 relative. On Xception's whole
+//! all-layers step the layout changes give most of that back: 3.816 -> 3.658 s at batch 32
+//! (1.04x), for about 0.3 GB more at the step's peak, hence not the default.
 //!
 //! The contrib ops exist only in ONNX Runtime's CPU execution provider (CUDA, TensorRT and
 //! OpenVINO do not have them), and the block size is the CPU's (16 with AVX-512, 8 with AVX2):
