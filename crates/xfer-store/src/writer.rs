@@ -186,12 +186,27 @@ impl std::fmt::Debug for EmbeddingWriter {
 
 /// A run id that sorts by creation time: `<unix millis, 13 digits>-<tag>p<pid>`.
 pub(crate) fn new_run_id(tag: Option<&str>) -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let millis = unique_millis();
     let tag = tag.map(|t| format!("{t}-")).unwrap_or_default();
     format!("{millis:013}-{tag}p{}", std::process::id())
+}
+
+/// The wall clock in milliseconds, bumped past the last value this process handed out: two
+/// writers created in the same millisecond (one process, e.g. `xfer.Store.write` called twice)
+/// must not get the same run id, or the second's first part would replace the first's.
+fn unique_millis() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    u128::from(now.max(previous.saturating_add(1)))
 }
 
 impl EmbeddingWriter {

@@ -252,3 +252,33 @@ fn the_several_models_error_names_the_fingerprint_flag() {
         .expect_err("unknown");
     assert!(err.to_string().contains("--fingerprint"), "{err}");
 }
+
+#[test]
+fn writers_created_in_the_same_millisecond_keep_every_part() {
+    // One process creating writers back to back (the Python module's `Store.write`, a test
+    // harness): each gets its own run id, so no part replaces another's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 60;
+    for i in 0..n {
+        let mut w = EmbeddingWriter::create(
+            dir.path(),
+            meta("aaaaaaaaaaaa1111", 3),
+            &WriterOptions::default(),
+        )
+        .expect("writer");
+        let id = format!("img{i:03}");
+        w.append(
+            &[rec(&id, 0, "train", &format!("h{i}"))],
+            emb(&[i as f32]).view(),
+        )
+        .expect("append");
+        w.finish().expect("finish");
+    }
+    let store = StoreReader::open(dir.path()).expect("open");
+    assert_eq!(store.files().len(), n);
+    let train = store.load_split("train", None).expect("train");
+    let mut ids = train.ids.clone();
+    ids.sort();
+    let expected: Vec<String> = (0..n).map(|i| format!("img{i:03}")).collect();
+    assert_eq!(ids, expected);
+}
