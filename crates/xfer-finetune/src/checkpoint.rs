@@ -429,6 +429,35 @@ mod tests {
         assert!(err.to_string().contains("no such file"), "{err}");
     }
 
+    /// 1000 values from `seed`.
+    fn values(seed: f32) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(
+            IxDyn(&[1000]),
+            (0..1000).map(|i| seed * (i as f32).sin() * 1e-3).collect(),
+        )
+        .expect("shape")
+    }
+
+    /// [`sample`] with a 1000-value backbone parameter and its two Adam moments.
+    fn sample_with_moments() -> Checkpoint {
+        let mut ckpt = sample();
+        ckpt.tensors
+            .insert("param.backbone.w".to_owned(), values(1.0));
+        ckpt.tensors
+            .insert("optim.m.backbone.w".to_owned(), values(2.0));
+        ckpt.tensors
+            .insert("optim.v.backbone.w".to_owned(), values(3.0));
+        ckpt
+    }
+
+    /// Each tensor's name and the bits of its values.
+    fn bits(c: &Checkpoint) -> Vec<(String, Vec<u32>)> {
+        c.tensors
+            .iter()
+            .map(|(n, a)| (n.clone(), a.iter().map(|v| v.to_bits()).collect()))
+            .collect()
+    }
+
     /// Issue 17 defect 5: `best` is a link to `last`'s parameters only (no Adam moments, about
     /// a third of the bytes), while `last` still resumes bit for bit.
     #[test]
@@ -437,30 +466,11 @@ mod tests {
         let last = Checkpoint::last_path(dir.path());
         let best = Checkpoint::best_path(dir.path());
         std::fs::create_dir_all(last.parent().expect("dir")).expect("mkdir");
-        let mut ckpt = sample();
-        let values = |seed: f32| -> ArrayD<f32> {
-            ArrayD::from_shape_vec(
-                IxDyn(&[1000]),
-                (0..1000).map(|i| seed * (i as f32).sin() * 1e-3).collect(),
-            )
-            .expect("shape")
-        };
-        ckpt.tensors
-            .insert("param.backbone.w".to_owned(), values(1.0));
-        ckpt.tensors
-            .insert("optim.m.backbone.w".to_owned(), values(2.0));
-        ckpt.tensors
-            .insert("optim.v.backbone.w".to_owned(), values(3.0));
+        let ckpt = sample_with_moments();
         ckpt.save(&last).expect("save");
         Checkpoint::link(&last, &best).expect("link");
 
         let back = Checkpoint::load(&last).expect("load last");
-        let bits = |c: &Checkpoint| -> Vec<(String, Vec<u32>)> {
-            c.tensors
-                .iter()
-                .map(|(n, a)| (n.clone(), a.iter().map(|v| v.to_bits()).collect()))
-                .collect()
-        };
         assert_eq!(bits(&back), bits(&ckpt), "last resumes bit for bit");
         assert_eq!(back.state, ckpt.state);
 
@@ -498,6 +508,16 @@ mod tests {
         let linked_again = Checkpoint::load(&best).expect("best after a later save");
         assert_eq!(linked_again.tensors, params_only.tensors);
         assert_eq!(bits(&Checkpoint::load(&last).expect("last")), bits(&later));
+    }
+
+    /// A damaged or mismatched `last.optimizer.safetensors` makes `last` a clear error.
+    #[test]
+    fn a_truncated_or_foreign_optimizer_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let last = Checkpoint::last_path(dir.path());
+        std::fs::create_dir_all(last.parent().expect("dir")).expect("mkdir");
+        let ckpt = sample_with_moments();
+        ckpt.save(&last).expect("save");
 
         // A truncated optimizer file: last is refused, saying why and what best holds.
         let optimizer = Checkpoint::optimizer_path(&last);

@@ -201,12 +201,13 @@ fn unique_millis() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let previous = LAST
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-            Some(now.max(last.saturating_add(1)))
-        })
-        .unwrap_or(now);
-    u128::from(now.max(previous.saturating_add(1)))
+    let mut id = now;
+    // The closure always returns Some, so the update always succeeds with the last `id`.
+    let _ = LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+        id = now.max(last.saturating_add(1));
+        Some(id)
+    });
+    u128::from(id)
 }
 
 impl EmbeddingWriter {
